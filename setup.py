@@ -1,0 +1,51 @@
+"""stableaudio-jax: Stable Audio (latent audio diffusion) in JAX/Flax."""
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+INSTALL_REQUIRES = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "ml-collections>=1.1.0",
+    "tensorflow-datasets>=4.9.10",
+    "sentencepiece>=0.2.0",
+    "librosa>=0.11.0",
+    "soundfile>=0.13.0",
+    "safetensors>=0.5.0",
+    "numpy>=1.26",
+    "tqdm>=4.66",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8.0",
+    # The PyTorch reference for parity tests. Pinned: on the project machines `torch==2.13.0` is a local CPU
+    # wheel, any other version pulls CUDA. Never add torchaudio/torchvision (they break diffusers' Stable Audio).
+    "torch==2.13.0",
+    "diffusers>=0.32.0",
+    "transformers>=4.46.0",
+]
+
+setup(
+    name="stableaudio-jax",
+    version="0.1.0",
+    description="Stable Audio latent diffusion (text-to-audio) in JAX/Flax for TPU pods and GPU clusters",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    # configs/ lives at the top level (the user's layout); it is also installed as stableaudio_jax.configs so
+    # `--config vae.py:sao` resolves without a source checkout.
+    packages=find_packages(include=["stableaudio_jax", "stableaudio_jax.*"]) + ["stableaudio_jax.configs"],
+    package_dir={"stableaudio_jax.configs": "configs"},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["stableaudio-jax = stableaudio_jax.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Sound/Audio",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

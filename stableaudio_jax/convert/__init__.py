@@ -1,0 +1,19 @@
+"""Checkpoint converters: stable-audio-tools and diffusers → stableaudio-jax params."""
+from stableaudio_jax.convert.state_dict import CheckpointMismatchError, read_state_dict
+from stableaudio_jax.convert.vae import (
+    load_vae_diffusers,
+    load_vae_stable_audio_tools,
+    vae_config_from_diffusers,
+    vae_config_from_stable_audio_tools,
+    vae_params_from_state_dict,
+)
+
+__all__ = [
+    "CheckpointMismatchError",
+    "load_vae_diffusers",
+    "load_vae_stable_audio_tools",
+    "read_state_dict",
+    "vae_config_from_diffusers",
+    "vae_config_from_stable_audio_tools",
+    "vae_params_from_state_dict",
+]

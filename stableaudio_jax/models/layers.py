@@ -1,0 +1,158 @@
+"""Building blocks shared by the models: weight-normalised 1-D convolutions and SnakeBeta.
+
+Layout conventions (see DESIGN.md):
+  * activations are channels-last, ``[batch, time, channels]``;
+  * convolution kernels are stored ``[kernel, in, out]`` for both plain and transposed convolutions;
+  * every parameter carries logical axis names, mapped to mesh axes by the rules in ``parallel.sharding``.
+
+Weight normalisation keeps the PyTorch parametrisation ``W = g * v / ||v||`` as two trainable parameters so a
+converted Stable Audio VAE can be fine-tuned and a fresh one trained the way the reference trains it. The norm is
+taken per *output* channel for a convolution and per *input* channel for a transposed convolution, exactly as
+``torch.nn.utils.weight_norm(dim=0)`` does on PyTorch's ``[out, in, k]`` and ``[in, out, k]`` weights.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+
+# Logical axis names of convolution parameters and activations.
+KERNEL = "conv_kernel"
+CONV_IN = "conv_in"
+CONV_OUT = "conv_out"
+CHANNELS = "channels"
+
+
+def torch_default_kernel_init(fan_in_axis: int, fan_out_axis: int):
+    """PyTorch's default conv init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=fan_in_axis,
+                                            out_axis=fan_out_axis)
+
+
+def _uniform_bias_init(fan_in: int):
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _weight_norm(v: jax.Array, g: jax.Array, norm_axes: tuple[int, ...], g_axis: int) -> jax.Array:
+    """W = g * v / ||v||, the norm over every axis but ``g_axis`` (no epsilon, as in PyTorch)."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes, keepdims=True))
+    shape = [1] * v.ndim
+    shape[g_axis] = g.shape[0]
+    return v * (g.reshape(shape) / norm)
+
+
+class _WNConvBase(nn.Module):
+    """Shared parameter creation for the two weight-normalised convolutions."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    # Which kernel axis weight norm keeps (1 = input channels, 2 = output channels) and PyTorch's fan-in axis.
+    g_axis: ClassVar[int] = 2
+    fan_in_axis: ClassVar[int] = 1
+
+    def _weight(self, in_features: int) -> jax.Array:
+        shape = (self.kernel_size, in_features, self.features)
+        fan_out_axis = 2 if self.fan_in_axis == 1 else 1
+        v = self.param("weight_v",
+                       nn.with_logical_partitioning(torch_default_kernel_init(self.fan_in_axis, fan_out_axis),
+                                                    (KERNEL, CONV_IN, CONV_OUT)),
+                       shape, self.param_dtype)
+        norm_axes = tuple(a for a in range(3) if a != self.g_axis)
+        g_name = CONV_OUT if self.g_axis == 2 else CONV_IN
+        # g starts at ||v|| so that W == v at initialisation, as torch's weight_norm does.
+        g = self.param("weight_g",
+                       nn.with_logical_partitioning(
+                           lambda _, v_: jnp.sqrt(jnp.sum(jnp.square(v_), axis=norm_axes)), (g_name,)),
+                       v)
+        return _weight_norm(v, g, norm_axes, self.g_axis).astype(self.dtype)
+
+    def _bias(self, y: jax.Array, fan_in: int) -> jax.Array:
+        if not self.use_bias:
+            return y
+        b = self.param("bias", nn.with_logical_partitioning(_uniform_bias_init(fan_in), (CONV_OUT,)),
+                       (self.features,), self.param_dtype)
+        return y + b.astype(self.dtype)
+
+
+class WNConv1d(_WNConvBase):
+    """Weight-normalised ``torch.nn.Conv1d`` equivalent on ``[B, T, C]`` inputs.
+
+    ``padding`` is PyTorch's symmetric zero padding; ``None`` means "same" for stride 1
+    (``dilation * (kernel_size - 1) // 2``).
+    """
+
+    dilation: int = 1
+    padding: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        w = self._weight(in_features)
+        pad = self.dilation * (self.kernel_size - 1) // 2 if self.padding is None else self.padding
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype), w, window_strides=(self.stride,), padding=[(pad, pad)],
+            rhs_dilation=(self.dilation,), dimension_numbers=("NWC", "WIO", "NWC"), precision=self.precision)
+        return self._bias(y, in_features * self.kernel_size)
+
+
+class WNConvTranspose1d(_WNConvBase):
+    """Weight-normalised ``torch.nn.ConvTranspose1d`` (output_padding 0) on ``[B, T, C]`` inputs.
+
+    Output length ``(T - 1) * stride - 2 * padding + kernel_size``. Implemented as the gradient of a convolution:
+    dilate the input by ``stride``, pad by ``kernel_size - 1 - padding`` and correlate with the flipped kernel.
+    Weight norm keeps ``g`` per *input* channel, as torch does for transposed convolutions.
+    """
+
+    padding: int = 0
+    g_axis: ClassVar[int] = 1
+    fan_in_axis: ClassVar[int] = 2  # torch computes fan-in of a transposed conv from its out-channel dim
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = self._weight(x.shape[-1])
+        edge = self.kernel_size - 1 - self.padding
+        if edge < 0:
+            raise ValueError(f"WNConvTranspose1d: padding {self.padding} exceeds kernel_size - 1 "
+                             f"({self.kernel_size - 1}); expected 0 <= padding < kernel_size")
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype), w[::-1], window_strides=(1,), padding=[(edge, edge)],
+            lhs_dilation=(self.stride,), dimension_numbers=("NWC", "WIO", "NWC"), precision=self.precision)
+        return self._bias(y, self.features * self.kernel_size)
+
+
+def snake_beta(x: jax.Array, log_alpha: jax.Array, log_beta: jax.Array) -> jax.Array:
+    """SnakeBeta with log-scale parameters: x + 1/(e^beta + 1e-9) * sin^2(e^alpha * x), computed in float32."""
+    x32 = x.astype(jnp.float32)
+    alpha = jnp.exp(log_alpha.astype(jnp.float32))
+    inv_beta = 1.0 / (jnp.exp(log_beta.astype(jnp.float32)) + 1e-9)
+    return (x32 + inv_beta * jnp.square(jnp.sin(alpha * x32))).astype(x.dtype)
+
+
+class SnakeBeta(nn.Module):
+    """BigVGAN's SnakeBeta activation over the last (channel) axis, alpha/beta stored in log scale, init 0."""
+
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (CHANNELS,))
+        log_alpha = self.param("alpha", init, (channels,), self.param_dtype)
+        log_beta = self.param("beta", init, (channels,), self.param_dtype)
+        return snake_beta(x, log_alpha, log_beta)

@@ -1,0 +1,111 @@
+"""Logical axis names → mesh shardings, in one place.
+
+Models name the axes of every parameter (``nn.with_logical_partitioning``) and of their big activations
+(:func:`constrain`). A rules table (from the config) maps logical names to the mesh axes
+``('data', 'fsdp', 'tensor')``. The strategy is chosen by the *mesh shape*, not by different rules: with
+``fsdp=1`` the FSDP rules shard nothing and training is pure data parallel; with ``tensor=1`` there is no tensor
+parallelism (the MaxText convention).
+
+A dimension that a mesh axis does not divide (a 2-channel audio conv on a 4-way ``fsdp`` axis, say) is replicated
+along that axis instead of failing: :func:`fit_spec` drops the non-dividing mesh axes, per dimension.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# The default rules. Every logical name used by the models appears here, mapped to mesh axes or None.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("channels", None),
+    # convolution parameters: FSDP shards output channels; kernels and input channels stay whole
+    ("conv_out", "fsdp"),
+    ("conv_in", None),
+    ("conv_kernel", None),
+)
+
+LogicalRules = Sequence[tuple[str, Any]]
+
+
+def normalize_rules(rules: Any) -> tuple[tuple[str, Any], ...]:
+    """Rules from a config (lists of lists, ConfigDict tuples) → a tuple of (name, mesh axes) pairs."""
+    out = []
+    for i, rule in enumerate(rules):
+        if len(rule) != 2 or not isinstance(rule[0], str):
+            raise ValueError(f"sharding rule #{i} is {rule!r}; expected (logical_name, mesh_axis | [mesh_axes] | None)")
+        name, axes = rule
+        if isinstance(axes, (list, tuple)):
+            axes = tuple(axes)
+        out.append((name, axes))
+    return tuple(out)
+
+
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh_shape: Mapping[str, int]) -> PartitionSpec:
+    """Drops, per dimension, trailing mesh axes whose combined size does not divide that dimension."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        if axes is None:
+            fitted.append(None)
+            continue
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        while axes and dim % math.prod(mesh_shape[a] for a in axes) != 0:
+            axes = axes[:-1]
+        fitted.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*fitted)
+
+
+def logical_sharding(logical_names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                     rules: LogicalRules) -> NamedSharding:
+    """The NamedSharding of an array of ``shape`` whose axes have the given logical names."""
+    spec = nn.logical_to_mesh_axes(tuple(logical_names), normalize_rules(rules))
+    return NamedSharding(mesh, fit_spec(spec, shape, mesh.shape))
+
+
+def param_shardings(abstract_variables: Any, mesh: Mesh, rules: LogicalRules) -> Any:
+    """Shardings for a (boxed, possibly abstract) variable tree; the result matches ``nn.unbox(tree)``."""
+    rules = normalize_rules(rules)
+    logical_specs = nn.get_partition_spec(abstract_variables)
+    shapes = nn.unbox(abstract_variables)
+    return jax.tree_util.tree_map(
+        lambda spec, x: NamedSharding(mesh, fit_spec(nn.logical_to_mesh_axes(spec, rules), x.shape, mesh.shape)),
+        logical_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def constrain(x: jax.Array, logical_names: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint on an activation by logical axis names.
+
+    A no-op unless both logical rules (``nn.logical_axis_rules``) and a mesh (``jax.set_mesh``) are active, so the
+    models run unchanged on one device and in tests.
+    """
+    rules = nn.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return x
+    spec = nn.logical_to_mesh_axes(tuple(logical_names), normalize_rules(rules))
+    return lax.with_sharding_constraint(x, fit_spec(spec, x.shape, mesh.shape))
+
+
+def init_sharded(module: nn.Module, rng: jax.Array, *example_args, mesh: Mesh, rules: LogicalRules,
+                 **init_kwargs) -> tuple[Any, Any]:
+    """Initialises ``module`` directly into its shardings (no full copy on one device).
+
+    Shapes come from ``jax.eval_shape`` first, then ``jax.jit(init, out_shardings=...)`` materialises each shard
+    where it lives. ``init_kwargs`` go to ``module.init`` (``method=...``, static flags). Returns (unboxed
+    variables, their shardings).
+    """
+    init = functools.partial(module.init, **init_kwargs)
+    abstract = jax.eval_shape(init, rng, *example_args)
+    shardings = param_shardings(abstract, mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
+        variables = jax.jit(lambda r, *a: nn.unbox(init(r, *a)), out_shardings=shardings)(rng, *example_args)
+    return variables, shardings

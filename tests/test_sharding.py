@@ -1,0 +1,123 @@
+"""Meshes, logical sharding rules, sharded init, and the VAE forward on a (data=2, fsdp=4) mesh."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import randomize_snake
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from stableaudio_jax.config_loader import load_config
+from stableaudio_jax.models.autoencoder import vae_from_config
+from stableaudio_jax.parallel.mesh import make_mesh, resolve_mesh_shape
+from stableaudio_jax.parallel.sharding import DEFAULT_RULES, fit_spec, init_sharded, logical_sharding, param_shardings
+
+
+def test_mesh_shape_fill_and_errors():
+    assert resolve_mesh_shape({"data": -1, "fsdp": 4}, 8) == (2, 4, 1)
+    assert resolve_mesh_shape((1, -1, 2), 8) == (1, 4, 2)
+    with pytest.raises(ValueError, match=r"needs 6 devices; 8 are available"):
+        resolve_mesh_shape({"data": 2, "fsdp": 3}, 8)
+    with pytest.raises(ValueError, match=r"at most one -1"):
+        resolve_mesh_shape({"data": -1, "fsdp": -1}, 8)
+    with pytest.raises(ValueError, match=r"unknown axes \['model'\]"):
+        resolve_mesh_shape({"model": 8}, 8)
+    with pytest.raises(ValueError, match=r"not divisible by the fixed axes' product 3"):
+        resolve_mesh_shape({"data": -1, "fsdp": 3}, 8)
+    mesh = make_mesh(load_config("configs/vae.py:tiny").mesh)
+    assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert mesh.axis_types == (AxisType.Auto,) * 3
+
+
+def test_fit_spec_replicates_what_does_not_divide():
+    mesh_shape = {"data": 2, "fsdp": 4, "tensor": 1}
+    assert fit_spec(P(("data", "fsdp"), None), (8, 3), mesh_shape) == P(("data", "fsdp"), None)
+    assert fit_spec(P(("data", "fsdp"), None), (2, 3), mesh_shape) == P("data", None)
+    assert fit_spec(P(None, "fsdp"), (5, 2), mesh_shape) == P(None, None)
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    sharding = logical_sharding(("conv_kernel", "conv_in", "conv_out"), (7, 2, 16), mesh, DEFAULT_RULES)
+    assert sharding.spec == P(None, None, "fsdp")
+
+
+@pytest.fixture(scope="module")
+def tiny_vae():
+    vae = vae_from_config(load_config("configs/vae.py:tiny").model)
+    audio = jax.random.normal(jax.random.key(0), (8, 16 * vae.downsampling_ratio, 2))
+    return vae, audio
+
+
+def test_vae_parameter_shardings_golden(tiny_vae):
+    """Every VAE parameter's PartitionSpec under the default rules on a (data=2, fsdp=4) mesh."""
+    vae, audio = tiny_vae
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    abstract = jax.eval_shape(lambda a: vae.init(jax.random.key(0), a, sample=False), audio[:1])
+    specs = {"/".join(str(k.key) for k in path): s.spec for path, s in
+             jax.tree_util.tree_flatten_with_path(param_shardings(abstract, mesh, DEFAULT_RULES))[0]}
+    conv = {"weight_v": P(None, None, "fsdp"), "weight_g": P("fsdp"), "bias": P("fsdp")}
+    snake = {"alpha": P(None), "beta": P(None)}
+    expected = {}
+
+    def add(prefix, table):
+        expected.update({f"params/{prefix}/{k}": v for k, v in table.items()})
+
+    def residuals(prefix):
+        for j in range(3):
+            add(f"{prefix}/res_{j}/act_0", snake), add(f"{prefix}/res_{j}/conv_0", conv)
+            add(f"{prefix}/res_{j}/act_1", snake), add(f"{prefix}/res_{j}/conv_1", conv)
+
+    add("encoder/conv_in", conv)
+    for i in range(2):
+        residuals(f"encoder/blocks_{i}")
+        add(f"encoder/blocks_{i}/act", snake), add(f"encoder/blocks_{i}/conv", conv)
+    add("encoder/act_out", snake), add("encoder/conv_out", conv)  # 8 channels: divisible by 4
+    add("decoder/conv_in", conv)
+    for i in range(2):
+        add(f"decoder/blocks_{i}/act", snake)
+        # a transposed conv's g is per *input* channel (conv_in): replicated under these rules
+        add(f"decoder/blocks_{i}/conv_t", dict(conv, weight_g=P(None)))
+        residuals(f"decoder/blocks_{i}")
+    add("decoder/act_out", snake)
+    add("decoder/conv_out", {"weight_v": P(None, None, None), "weight_g": P(None)})  # 2 audio channels
+    assert specs == expected
+
+
+def test_vae_forward_on_data2_fsdp4_mesh_equals_single_device(tiny_vae):
+    vae, audio = tiny_vae
+    init = jax.jit(lambda k, a: nn.unbox(vae.init(k, a, sample=False)))
+    params = randomize_snake(init(jax.random.key(1), audio[:1]))
+
+    def forward(p, a):
+        out = vae.apply(p, a, sample=False)
+        return out.reconstruction, out.latents, out.posterior.kl()
+
+    single = jax.jit(forward)(params, audio)
+
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    abstract = jax.eval_shape(lambda a: vae.init(jax.random.key(0), a, sample=False), audio[:1])
+    p_shard = param_shardings(abstract, mesh, DEFAULT_RULES)
+    batch = NamedSharding(mesh, P(("data", "fsdp")))
+    sharded_params = jax.device_put(params, p_shard)
+    sharded_audio = jax.device_put(audio, batch)
+    conv_v = sharded_params["params"]["decoder"]["blocks_0"]["conv_t"]["weight_v"]
+    assert conv_v.addressable_shards[0].data.shape[-1] == conv_v.shape[-1] // 4  # really sharded over fsdp
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        step = jax.jit(forward, in_shardings=(p_shard, batch), out_shardings=(batch, batch, None))
+        recon, latents, kl = step(sharded_params, sharded_audio)
+    assert recon.sharding.spec == P(("data", "fsdp"))
+    np.testing.assert_allclose(recon, single[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(latents, single[1], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(kl, single[2], rtol=1e-5)
+
+
+def test_init_sharded_matches_plain_init(tiny_vae):
+    vae, audio = tiny_vae
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    variables, shardings = init_sharded(vae, jax.random.key(3), audio[:1], mesh=mesh, rules=DEFAULT_RULES,
+                                       sample=False)
+    plain = jax.jit(lambda k, a: nn.unbox(vae.init(k, a, sample=False)))(jax.random.key(3), audio[:1])
+    v = variables["params"]["encoder"]["conv_out"]["weight_v"]
+    assert v.sharding == shardings["params"]["encoder"]["conv_out"]["weight_v"]
+    assert v.sharding.spec == P(None, None, "fsdp")
+    # the same random draws; weight_g (a norm) may differ in the last ulp from the sharded reduction order
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6),
+                           variables, plain)
