@@ -1,0 +1,22 @@
+"""The benchmark scripts run end to end on tiny configs and write well-formed JSON (no timing assertions)."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_vae_benchmark_writes_json(tmp_path):
+    out = tmp_path / "vae.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "vae_bench.py"), "--config", "configs/vae.py:tiny",
+           "--seconds", "0.01", "--long-seconds", "0.5", "--chunk-size", "16", "--repeats", "1", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    speed, memory = report["speed"], report["decode_memory"]
+    assert speed["parameters"] > 0 and speed["jax_decode_s"] > 0 and speed["torch_decode_s"] > 0
+    assert speed["max_abs_diff_decode"] < 1e-4 and speed["max_abs_diff_encode_mean"] < 1e-4  # same weights
+    assert memory["latent_frames"] == round(0.5 * 44100 / 8)
+    assert memory["whole_temp_bytes"] > memory["chunked_temp_bytes"] > 0
