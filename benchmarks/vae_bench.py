@@ -12,10 +12,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 import time
 
@@ -23,20 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import environment, median_seconds, write_report
+
 from stableaudio_jax.config_loader import load_config
 from stableaudio_jax.convert.vae import vae_params_from_state_dict
 from stableaudio_jax.models.autoencoder import OobleckVAE, count_params, vae_from_config
 from stableaudio_jax.models.chunked_vae import chunked_decode
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (compile / allocator)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _torch_reference(model_cfg):
@@ -69,16 +58,15 @@ def speed(model_cfg, seconds: float, batch: int, repeats: int, skip_torch: bool)
     a_dev, z_dev = jnp.asarray(audio), jnp.asarray(latents)
     result = {"audio_seconds": frames * ratio / model_cfg.sample_rate, "batch": batch, "latent_frames": frames,
               "parameters": count_params(params),
-              "jax_encode_s": _median_seconds(lambda: encode(params, a_dev).block_until_ready(), repeats),
-              "jax_decode_s": _median_seconds(lambda: decode(params, z_dev).block_until_ready(), repeats)}
+              "jax_encode_s": median_seconds(lambda: encode(params, a_dev).block_until_ready(), repeats),
+              "jax_decode_s": median_seconds(lambda: decode(params, z_dev).block_until_ready(), repeats)}
     if skip_torch:
         return result
-    torch.set_num_threads(os.cpu_count() or 1)
     a_t = torch.from_numpy(np.ascontiguousarray(audio.transpose(0, 2, 1)))
     z_t = torch.from_numpy(np.ascontiguousarray(latents.transpose(0, 2, 1)))
     with torch.no_grad():
-        result["torch_encode_s"] = _median_seconds(lambda: ref.encode(a_t).latent_dist.mean, repeats)
-        result["torch_decode_s"] = _median_seconds(lambda: ref.decode(z_t).sample, repeats)
+        result["torch_encode_s"] = median_seconds(lambda: ref.encode(a_t).latent_dist.mean, repeats)
+        result["torch_decode_s"] = median_seconds(lambda: ref.decode(z_t).sample, repeats)
         ref_decoded = ref.decode(z_t).sample.numpy().transpose(0, 2, 1)
         ref_mean = ref.encode(a_t).latent_dist.mean.numpy().transpose(0, 2, 1)
     result["max_abs_diff_decode"] = float(np.abs(np.asarray(decode(params, z_dev)) - ref_decoded).max())
@@ -122,24 +110,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     model_cfg = load_config(args.config).model
-    report = {
-        "benchmark": "vae", "config": args.config,
-        "device": f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})",
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "versions": {"jax": jax.__version__},
-        "dtype": "float32",
-        "speed": speed(model_cfg, args.seconds, args.batch, args.repeats, args.skip_torch),
-        "decode_memory": decode_memory(model_cfg, args.long_seconds, args.chunk_size, args.overlap),
-    }
-    if not args.skip_torch:
-        import torch
-        report["versions"]["torch"] = torch.__version__
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+    report = {"benchmark": "vae", "config": args.config, "dtype": "float32", **environment(not args.skip_torch),
+              "speed": speed(model_cfg, args.seconds, args.batch, args.repeats, args.skip_torch),
+              "decode_memory": decode_memory(model_cfg, args.long_seconds, args.chunk_size, args.overlap)}
+    write_report(report, args.out)
     return 0
 
 

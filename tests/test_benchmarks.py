@@ -20,3 +20,15 @@ def test_vae_benchmark_writes_json(tmp_path):
     assert speed["max_abs_diff_decode"] < 1e-4 and speed["max_abs_diff_encode_mean"] < 1e-4  # same weights
     assert memory["latent_frames"] == round(0.5 * 44100 / 8)
     assert memory["whole_temp_bytes"] > memory["chunked_temp_bytes"] > 0
+
+
+def test_t5_benchmark_writes_json(tmp_path):
+    out = tmp_path / "t5.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "t5_bench.py"), "--config", "configs/t5.py:tiny",
+           "--batch", "4", "--max-length", "16", "--repeats", "1", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr
+    encode = json.loads(out.read_text())["encode"]
+    assert encode["jax_prompts_per_s"] > 0 and encode["torch_prompts_per_s"] > 0
+    assert encode["max_abs_diff"] < 1e-4  # the same weights, so the same embeddings

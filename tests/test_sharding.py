@@ -121,3 +121,42 @@ def test_init_sharded_matches_plain_init(tiny_vae):
     # the same random draws; weight_g (a norm) may differ in the last ulp from the sharded reduction order
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6),
                            variables, plain)
+
+
+def _logical_names(module, *args, **kwargs):
+    boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
+    leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    return {name for leaf in leaves for name in leaf.names}
+
+
+def test_every_logical_name_has_a_rule():
+    from stableaudio_jax.models.conditioning import LearnedNullEmbedding, TimingConditioner
+    from stableaudio_jax.models.t5 import T5Encoder
+    vae = vae_from_config(load_config("configs/vae.py:tiny").model)
+    names = _logical_names(vae, jnp.zeros((1, 8, 2)), sample=False)
+    names |= _logical_names(T5Encoder(**load_config("configs/t5.py:tiny").model), jnp.zeros((1, 4), jnp.int32),
+                            jnp.ones((1, 4), bool))
+    names |= _logical_names(TimingConditioner(features=8), jnp.zeros(1), jnp.zeros(1))
+    names |= _logical_names(TimingConditioner(features=8, style="int"), jnp.zeros(1), jnp.zeros(1))
+    names |= _logical_names(LearnedNullEmbedding(4, 8), 1, 4)
+    names |= {"batch", "length", "channels", "act_embed", "act_heads", "act_kv", "act_mlp"}  # activations
+    assert names == {name for name, _ in DEFAULT_RULES}
+
+
+def test_t5_on_data_fsdp_tensor_mesh_equals_single_device():
+    from stableaudio_jax.models.t5 import T5Encoder
+    t5 = T5Encoder(**load_config("configs/t5.py:tiny").model)
+    ids = jax.random.randint(jax.random.key(0), (4, 12), 3, 500)
+    mask = jnp.arange(12)[None] < jnp.array([[12], [5], [9], [1]])
+    params = jax.jit(lambda k: nn.unbox(t5.init(k, ids, mask)))(jax.random.key(1))
+    single = jax.jit(t5.apply)(params, ids, mask)
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    abstract = jax.eval_shape(lambda: t5.init(jax.random.key(1), ids, mask))
+    p_shard = param_shardings(abstract, mesh, DEFAULT_RULES)
+    q = p_shard["params"]["blocks_0"]["attn"]["q"]["kernel"]
+    assert q.spec == P("fsdp", "tensor", None)  # heads split over tensor, model dim over fsdp
+    batch = NamedSharding(mesh, P(("data", "fsdp")))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        out = jax.jit(t5.apply, in_shardings=(p_shard, batch, batch), out_shardings=batch)(
+            jax.device_put(params, p_shard), jax.device_put(ids, batch), jax.device_put(mask, batch))
+    np.testing.assert_allclose(out, single, atol=1e-5, rtol=1e-5)

@@ -1,5 +1,10 @@
 """Checkpoint converters: stable-audio-tools and diffusers → stableaudio-jax params."""
+from stableaudio_jax.convert.conditioning import (
+    conditioning_config_from_stable_audio_tools,
+    timing_params_from_state_dict,
+)
 from stableaudio_jax.convert.state_dict import CheckpointMismatchError, read_state_dict
+from stableaudio_jax.convert.t5 import load_hf_t5, t5_config_from_hf, t5_params_from_state_dict
 from stableaudio_jax.convert.vae import (
     load_vae_diffusers,
     load_vae_stable_audio_tools,
@@ -10,6 +15,11 @@ from stableaudio_jax.convert.vae import (
 
 __all__ = [
     "CheckpointMismatchError",
+    "conditioning_config_from_stable_audio_tools",
+    "load_hf_t5",
+    "t5_config_from_hf",
+    "t5_params_from_state_dict",
+    "timing_params_from_state_dict",
     "load_vae_diffusers",
     "load_vae_stable_audio_tools",
     "read_state_dict",

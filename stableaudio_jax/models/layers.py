@@ -156,3 +156,40 @@ class SnakeBeta(nn.Module):
         log_alpha = self.param("alpha", init, (channels,), self.param_dtype)
         log_beta = self.param("beta", init, (channels,), self.param_dtype)
         return snake_beta(x, log_alpha, log_beta)
+
+
+class DenseGeneral(nn.Module):
+    """A linear map contracting the last ``in_dims`` input axes into ``features`` (a tuple of output dims).
+
+    Unlike ``flax.linen.DenseGeneral`` the kernel is created in its full shape ``in_shape + features``, so its
+    logical axis names (``axes``: one per kernel dim) hold at init *and* when Linen re-checks shapes at apply time
+    under active sharding rules.
+    """
+
+    features: tuple[int, ...]
+    axes: tuple[str, ...]
+    in_dims: int = 1
+    use_bias: bool = False
+    kernel_init: Any = nn.initializers.lecun_normal()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = tuple(self.features)
+        shape = tuple(x.shape[x.ndim - self.in_dims:]) + features
+        if len(self.axes) != len(shape):
+            raise ValueError(f"DenseGeneral {self.name}: {len(self.axes)} axis names {self.axes} for a kernel of "
+                             f"shape {shape}")
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes), shape,
+                            self.param_dtype)
+        contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
+        y = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())),
+                            precision=self.precision)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                   self.axes[self.in_dims:]),
+                              features, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y

@@ -22,16 +22,31 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# The default rules. Every logical name used by the models appears here, mapped to mesh axes or None.
+# The default rules. Every logical name used by the models appears here, mapped to mesh axes or None
+# (tests/test_sharding.py checks that no model uses a name missing from this table).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     # activations
     ("batch", ("data", "fsdp")),
     ("length", None),
     ("channels", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv", None),
+    ("act_mlp", "tensor"),
     # convolution parameters: FSDP shards output channels; kernels and input channels stay whole
     ("conv_out", "fsdp"),
     ("conv_in", None),
     ("conv_kernel", None),
+    # transformer parameters: FSDP over the model dimension, tensor parallelism over heads and MLP hidden units
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("norm", None),
+    ("relpos_buckets", None),
+    ("fourier", None),
+    ("fourier_out", None),
 )
 
 LogicalRules = Sequence[tuple[str, Any]]

@@ -1,0 +1,91 @@
+"""The T5 text conditioner: tokenizer + Flax T5 encoder + params, as stable-audio-tools' ``T5Conditioner``.
+
+``encode(ids, mask)`` returns ``last_hidden_state * mask`` in float32 (padded positions exactly zero), which is what
+the reference feeds the denoiser. ``embed_prompts`` is the batch API for pre-encoding datasets: fixed-size batches
+(one compile), sharded over the mesh's data axes, results returned to the host; nothing is cached between calls.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from stableaudio_jax.data.tokenizer import SPIECE_FILE, T5Tokenizer
+from stableaudio_jax.models.t5 import T5Encoder
+
+BATCH_AXES = ("data", "fsdp")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(module: T5Encoder, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    hidden = module.apply(params, ids, mask)
+    return hidden.astype(jnp.float32) * mask[..., None].astype(jnp.float32)
+
+
+class T5TextEncoder:
+    """``tokenize(prompts) -> (ids, mask)``; ``encode(ids, mask) -> embeddings`` (padded positions zero)."""
+
+    def __init__(self, module: T5Encoder, params: Any, tokenizer: T5Tokenizer | None = None, max_length: int = 128,
+                 source: str = "T5 text encoder"):
+        self.module, self.params, self.tokenizer = module, params, tokenizer
+        self.max_length = tokenizer.max_length if tokenizer is not None else max_length
+        self.source = source
+
+    @property
+    def d_model(self) -> int:
+        return self.module.d_model
+
+    def tokenize(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.tokenizer is None:
+            raise FileNotFoundError(f"{self.source}: no tokenizer; tokenize() needs the T5 directory's {SPIECE_FILE}")
+        return self.tokenizer(prompts)
+
+    def encode(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(f"encode: ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be [batch, length]")
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"encode: ids have dtype {ids.dtype}; expected integer token ids")
+        return _encode(self.module, self.params, ids.astype(jnp.int32), mask.astype(bool))
+
+    def __call__(self, prompts: str | Sequence[str]) -> tuple[jax.Array, np.ndarray]:
+        """prompts → (embeddings [B, L, d_model] float32, mask [B, L] bool)."""
+        ids, mask = self.tokenize(prompts)
+        return self.encode(ids, mask), mask
+
+    def embed_prompts(self, prompts: Sequence[str], batch_size: int = 256, mesh: Mesh | None = None,
+                      out_dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """Embeds many prompts in fixed-size batches (the last one padded, so one compile serves all), each batch
+        sharded over the mesh's ('data', 'fsdp') axes with the params replicated. Returns host arrays
+        (embeddings [N, L, d_model] in ``out_dtype``, mask [N, L])."""
+        ids, mask = self.tokenize(prompts)
+        count = len(ids)
+        encode = self._sharded_encode(batch_size, mesh)
+        params = self.params if mesh is None else jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
+        out = np.empty((count, self.max_length, self.d_model), out_dtype)
+        for start in range(0, count, batch_size):
+            stop = min(start + batch_size, count)
+            batch_ids = np.zeros((batch_size, self.max_length), np.int32)
+            batch_mask = np.zeros((batch_size, self.max_length), bool)
+            batch_ids[: stop - start], batch_mask[: stop - start] = ids[start:stop], mask[start:stop]
+            batch_mask[stop - start:, 0] = True  # padding rows: a lone </s>-position keeps softmax well defined
+            emb = encode(params, batch_ids, batch_mask)
+            out[start:stop] = np.asarray(jax.device_get(emb))[: stop - start].astype(out_dtype)
+        return out, mask
+
+    def _sharded_encode(self, batch_size: int, mesh: Mesh | None):
+        if mesh is None:
+            return lambda p, i, m: _encode(self.module, p, i, m)
+        shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
+        if batch_size % shards:
+            raise ValueError(f"embed_prompts: batch_size {batch_size} is not divisible by the mesh's data axes "
+                             f"{BATCH_AXES} ({shards} devices)")
+        batch = NamedSharding(mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape)))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        fn = jax.jit(lambda p, i, m: _encode(self.module, p, i, m), in_shardings=(replicated, batch, batch),
+                     out_shardings=batch)
+        return fn
