@@ -3,6 +3,12 @@ from stableaudio_jax.convert.conditioning import (
     conditioning_config_from_stable_audio_tools,
     timing_params_from_state_dict,
 )
+from stableaudio_jax.convert.dit import (
+    dit_config_from_diffusers,
+    dit_config_from_stable_audio_tools,
+    dit_params_from_state_dict,
+)
+from stableaudio_jax.convert.stable_audio import StableAudioBundle, load_diffusers, load_stable_audio_tools
 from stableaudio_jax.convert.state_dict import CheckpointMismatchError, read_state_dict
 from stableaudio_jax.convert.t5 import load_hf_t5, t5_config_from_hf, t5_params_from_state_dict
 from stableaudio_jax.convert.vae import (
@@ -15,6 +21,12 @@ from stableaudio_jax.convert.vae import (
 
 __all__ = [
     "CheckpointMismatchError",
+    "StableAudioBundle",
+    "dit_config_from_diffusers",
+    "dit_config_from_stable_audio_tools",
+    "dit_params_from_state_dict",
+    "load_diffusers",
+    "load_stable_audio_tools",
     "conditioning_config_from_stable_audio_tools",
     "load_hf_t5",
     "t5_config_from_hf",

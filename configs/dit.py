@@ -1,0 +1,48 @@
+"""Diffusion-transformer (Stable Audio Open / 2.0) configs.
+
+Variants:
+  sao   Stable Audio Open 1.0: DiT 24 x 1536, 24 heads (64-d), cross-attention on 768-d tokens (T5 + 2 timing)
+        with 12 key/value heads, global conditioning 1536 (2 timing embeddings); 1,056,828,544 parameters.
+        VAE: configs/vae.py:sao; text: t5-base, 128 tokens; window 2,097,152 samples (47.55 s, 1024 latents).
+  tiny  the same structure at toy size (GQA x2 and partial rotary kept), float32, for tests.
+"""
+import ml_collections
+
+from stableaudio_jax.configs import t5 as t5_configs
+from stableaudio_jax.configs import vae as vae_configs
+from stableaudio_jax.parallel.sharding import DEFAULT_RULES
+
+MODELS = {
+    "sao": dict(io_channels=64, embed_dim=1536, depth=24, num_heads=24, cond_token_dim=768, global_cond_dim=1536),
+    "tiny": dict(io_channels=4, embed_dim=256, depth=2, num_heads=4, cond_token_dim=32, cond_embed_dim=128,
+                 global_cond_dim=64),
+}
+TEXT = {"sao": "t5-base", "tiny": "tiny"}
+
+
+def get_config(arg=None):
+    variant = arg or "sao"
+    if variant not in MODELS:
+        raise ValueError(f"configs/dit.py: unknown variant {variant!r}; expected one of {sorted(MODELS)}")
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    config.model = ml_collections.ConfigDict(dict(
+        type="dit", rotary_dim=None, norm_bias=False, attention_impl="auto", scan_layers=variant == "sao",
+        remat="none", **MODELS[variant]))
+    config.vae = vae_configs.get_config(variant).model
+    text = t5_configs.get_config(TEXT[variant])
+    cond_dim = MODELS[variant]["cond_token_dim"]
+    config.conditioning = ml_collections.ConfigDict(dict(
+        text=dict(type="t5", model=text.model.to_dict(), max_length=128),
+        timing=dict(style="number", features=cond_dim, min_val=0.0, max_val=512.0),
+        cross_attention_ids=["prompt", "seconds_start", "seconds_total"],
+        global_ids=["seconds_start", "seconds_total"]))
+    config.diffusion = ml_collections.ConfigDict(dict(objective="v"))
+    config.audio = ml_collections.ConfigDict(dict(
+        sample_rate=44100, channels=2, sample_size=2097152 if variant == "sao" else 8 * 64))
+    config.dtype = "float32" if variant == "tiny" else "bfloat16"
+    config.param_dtype = "float32"
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.sharding_rules = DEFAULT_RULES
+    config.seed = 0
+    return config

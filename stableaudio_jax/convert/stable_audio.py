@@ -1,0 +1,207 @@
+"""Complete Stable Audio Open checkpoints → a bundle of callables with their params bound.
+
+``load_stable_audio_tools(model.safetensors, model_config.json)`` reads the stable-audio-tools layout (VAE under
+``pretransform.model.``, DiT under ``model.model.``, timing conditioners under ``conditioner.conditioners.``; every
+tensor must belong to one of them). ``load_diffusers(directory)`` reads a diffusers ``StableAudioPipeline`` folder
+(``vae/``, ``transformer/``, ``projection_model/``). T5 is loaded separately (``convert.load_hf_t5``).
+
+All parts are channels-last and float32 unless a compute ``dtype`` is asked for:
+
+  bundle.vae.encode(audio[B, N, C], sample=False, rng=None) -> latents[B, N / ratio, latent_dim]
+  bundle.vae.decode(latents) -> audio[B, N, C]
+  bundle.timing(seconds_start[B], seconds_total[B]) -> (cross_tokens[B, 2, cond_dim], global_cond[B, 2 cond_dim])
+  bundle.dit(x[B, T, io], t[B], cross_attn_cond[B, S, cond_dim], global_cond[B, G], cfg_scale=None) -> v[B, T, io]
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from stableaudio_jax.convert.conditioning import (SAT_PREFIX, conditioning_config_from_stable_audio_tools,
+                                                  timing_params_from_state_dict)
+from stableaudio_jax.convert.dit import (dit_config_from_diffusers, dit_config_from_stable_audio_tools,
+                                         dit_params_from_state_dict, has_nonzero_norm_bias)
+from stableaudio_jax.convert.state_dict import CheckpointMismatchError, read_state_dict, strip_prefix
+from stableaudio_jax.convert.vae import (load_vae_diffusers, vae_config_from_stable_audio_tools,
+                                         vae_params_from_state_dict)
+from stableaudio_jax.models.autoencoder import OobleckVAE, vae_from_config
+from stableaudio_jax.models.conditioning import TimingConditioner
+from stableaudio_jax.models.dit import DiT, dit_from_config, guided
+
+VAE_PREFIX, DIT_PREFIX = "pretransform.model.", "model.model."
+SAO_CROSS_IDS = ["prompt", "seconds_start", "seconds_total"]
+SAO_GLOBAL_IDS = ["seconds_start", "seconds_total"]
+
+
+@functools.partial(jax.jit, static_argnames=("vae", "method"))
+def _vae_call(vae, params, x, method):
+    return vae.apply(params, x, method=getattr(OobleckVAE, method))
+
+
+@dataclass(frozen=True)
+class BoundVAE:
+    module: OobleckVAE
+    params: Any
+
+    def encode(self, audio, sample: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        posterior = _vae_call(self.module, self.params, jnp.asarray(audio), "encode_posterior")
+        if not sample:
+            return posterior.mean
+        if rng is None:
+            raise ValueError("vae.encode(sample=True) needs an rng key")
+        return posterior.sample(rng)
+
+    def decode(self, latents) -> jax.Array:
+        return _vae_call(self.module, self.params, jnp.asarray(latents), "decode")
+
+
+@functools.partial(jax.jit, static_argnames=("timing",))
+def _timing_call(timing, params, start, total):
+    start_tok, total_tok = timing.apply(params, start, total)
+    return jnp.concatenate([start_tok, total_tok], axis=1), jnp.concatenate([start_tok[:, 0], total_tok[:, 0]], -1)
+
+
+@dataclass(frozen=True)
+class BoundTiming:
+    module: TimingConditioner
+    params: Any
+
+    def __call__(self, seconds_start, seconds_total) -> tuple[jax.Array, jax.Array]:
+        start, total = jnp.asarray(seconds_start, jnp.float32), jnp.asarray(seconds_total, jnp.float32)
+        if start.ndim != 1 or start.shape != total.shape:
+            raise ValueError(f"timing: seconds_start {tuple(start.shape)} and seconds_total {tuple(total.shape)} "
+                             "must both be [batch]")
+        return _timing_call(self.module, self.params, start, total)
+
+
+@functools.partial(jax.jit, static_argnames=("dit", "guidance"))
+def _dit_call(dit, params, x, t, cross, global_cond, cfg_scale, scale_phi, guidance):
+    apply = functools.partial(dit.apply, params)
+    if not guidance:
+        return apply(x, t, cross, global_cond)
+    return guided(apply, x, t, cross, global_cond, cfg_scale, scale_phi)
+
+
+@dataclass(frozen=True)
+class BoundDiT:
+    module: DiT
+    params: Any
+
+    def __call__(self, x, t, cross_attn_cond, global_cond, cfg_scale=None, scale_phi: float = 0.0) -> jax.Array:
+        """v-prediction; with ``cfg_scale`` the reference's batched guidance against an all-zero cross null."""
+        args = [jnp.asarray(a, jnp.float32) for a in (x, t, cross_attn_cond, global_cond)]
+        scale = jnp.asarray(1.0 if cfg_scale is None else cfg_scale, jnp.float32)
+        return _dit_call(self.module, self.params, *args, scale, jnp.asarray(scale_phi, jnp.float32),
+                         guidance=cfg_scale is not None)
+
+
+@dataclass(frozen=True)
+class StableAudioBundle:
+    vae: BoundVAE
+    timing: BoundTiming
+    dit: BoundDiT
+    config: ml_collections.ConfigDict
+    params: dict
+
+
+def _bundle(config, vae_mod, vae_params, timing_mod, timing_params, dit_mod, dit_params) -> StableAudioBundle:
+    return StableAudioBundle(vae=BoundVAE(vae_mod, vae_params), timing=BoundTiming(timing_mod, timing_params),
+                             dit=BoundDiT(dit_mod, dit_params), config=config,
+                             params={"vae": vae_params, "timing": timing_params, "dit": dit_params})
+
+
+def _load_json(path_or_dict) -> dict:
+    if isinstance(path_or_dict, Mapping):
+        return dict(path_or_dict)
+    with open(path_or_dict, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def bundle_config_from_stable_audio_tools(model_config: Mapping[str, Any],
+                                          source: str = "model_config.json") -> ml_collections.ConfigDict:
+    """Our config sections (vae, dit, conditioning, diffusion, audio) for a stable-audio-tools diffusion model."""
+    if model_config.get("model_type") != "diffusion_cond":
+        raise ValueError(f"{source}: model_type is {model_config.get('model_type')!r}; expected 'diffusion_cond'")
+    conditioning = conditioning_config_from_stable_audio_tools(model_config, source)
+    if list(conditioning.cross_attention_ids) != SAO_CROSS_IDS or list(conditioning.global_ids) != SAO_GLOBAL_IDS:
+        raise ValueError(f"{source}: model.diffusion.cross_attention_cond_ids {list(conditioning.cross_attention_ids)}"
+                         f" / global_cond_ids {list(conditioning.global_ids)} are not supported; expected "
+                         f"{SAO_CROSS_IDS} / {SAO_GLOBAL_IDS} (Stable Audio Open)")
+    diffusion = model_config["model"]["diffusion"]
+    objective = diffusion.get("diffusion_objective", "v")
+    if objective not in ("v", "rectified_flow"):
+        raise ValueError(f"{source}: model.diffusion.diffusion_objective={objective!r} is not supported")
+    return ml_collections.ConfigDict(dict(
+        vae=vae_config_from_stable_audio_tools(model_config, source),
+        dit=dit_config_from_stable_audio_tools(model_config, source), conditioning=conditioning,
+        diffusion=dict(objective=objective),
+        audio=dict(sample_rate=int(model_config.get("sample_rate", 44100)),
+                   sample_size=int(model_config.get("sample_size", 2097152)),
+                   channels=int(model_config.get("audio_channels", 2)))))
+
+
+def _split_sat_state(state: Mapping, source: str) -> tuple[dict, dict, dict]:
+    parts = (strip_prefix(state, VAE_PREFIX), strip_prefix(state, DIT_PREFIX), strip_prefix(state, SAT_PREFIX))
+    other = sorted(k for k in state if not k.startswith((VAE_PREFIX, DIT_PREFIX, SAT_PREFIX)))
+    if other:
+        raise CheckpointMismatchError(source, [], other, [])
+    return parts
+
+
+def load_stable_audio_tools(checkpoint_path: str | os.PathLike, model_config: str | os.PathLike | Mapping,
+                            dtype: Any = jnp.float32) -> StableAudioBundle:
+    """A complete stable-audio-tools checkpoint (SAO ``model.safetensors`` / ``model.ckpt``) → bundle."""
+    source = os.fspath(checkpoint_path)
+    config = bundle_config_from_stable_audio_tools(_load_json(model_config))
+    vae_state, dit_state, cond_state = _split_sat_state(read_state_dict(checkpoint_path), source)
+    vae = vae_from_config(config.vae, dtype=dtype)
+    dit = dit_from_config(config.dit, dtype=dtype)
+    timing = TimingConditioner(features=config.conditioning.timing.features, min_val=config.conditioning.timing.min_val,
+                               max_val=config.conditioning.timing.max_val, style=config.conditioning.timing.style)
+    return _bundle(config, vae, vae_params_from_state_dict(vae_state, vae, "stable-audio-tools", source), timing,
+                   timing_params_from_state_dict(cond_state, timing, "stable-audio-tools", source), dit,
+                   dit_params_from_state_dict(dit_state, dit, "stable-audio-tools", source))
+
+
+def load_diffusers(directory: str | os.PathLike, dtype: Any = jnp.float32) -> StableAudioBundle:
+    """A diffusers ``StableAudioPipeline`` directory (``vae/``, ``transformer/``, ``projection_model/``) → bundle."""
+    directory = os.fspath(directory)
+
+    def part(name):
+        folder = os.path.join(directory, name)
+        config_path = os.path.join(folder, "config.json")
+        weights = [os.path.join(folder, f) for f in ("diffusion_pytorch_model.safetensors",
+                                                     "diffusion_pytorch_model.bin") if os.path.isfile(
+            os.path.join(folder, f))]
+        if not os.path.isfile(config_path) or not weights:
+            raise FileNotFoundError(f"{directory}: {name}/ needs config.json and diffusion_pytorch_model.safetensors")
+        return _load_json(config_path), read_state_dict(weights[0]), weights[0]
+
+    vae_cfg, vae_params = load_vae_diffusers(directory)
+    dit_json, dit_state, dit_source = part("transformer")
+    proj_json, proj_state, proj_source = part("projection_model")
+    dit_cfg = dit_config_from_diffusers(dit_json, dit_source, norm_bias=has_nonzero_norm_bias(dit_state))
+    if proj_json.get("text_encoder_dim") != proj_json.get("conditioning_dim"):
+        raise ValueError(f"{proj_source}: a text projection (text_encoder_dim {proj_json.get('text_encoder_dim')} != "
+                         f"conditioning_dim {proj_json.get('conditioning_dim')}) is not supported")
+    timing = TimingConditioner(features=int(proj_json["conditioning_dim"]), min_val=float(proj_json["min_value"]),
+                               max_val=float(proj_json["max_value"]))
+    dit = dit_from_config(dit_cfg, dtype=dtype)
+    vae = vae_from_config(vae_cfg, dtype=dtype)
+    sample_size = int(dit_json.get("sample_size", 1024)) * vae.downsampling_ratio
+    config = ml_collections.ConfigDict(dict(
+        vae=vae_cfg, dit=dit_cfg, diffusion=dict(objective="v"),
+        conditioning=dict(timing=dict(style="number", features=timing.features, min_val=timing.min_val,
+                                      max_val=timing.max_val, ids=["seconds_start", "seconds_total"]),
+                          cross_attention_ids=SAO_CROSS_IDS, global_ids=SAO_GLOBAL_IDS),
+        audio=dict(sample_rate=int(vae_cfg.sample_rate), sample_size=sample_size, channels=int(vae_cfg.audio_channels))))
+    return _bundle(config, vae, vae_params, timing,
+                   timing_params_from_state_dict(proj_state, timing, "diffusers", proj_source), dit,
+                   dit_params_from_state_dict(dit_state, dit, "diffusers", dit_source))

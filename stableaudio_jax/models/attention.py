@@ -1,0 +1,153 @@
+"""Transformer pieces shared by the denoisers: LayerNorm, partial rotary embeddings, (grouped-query) attention.
+
+Conventions: activations ``[batch, length, features]``; heads split as ``[batch, length, heads, head_dim]`` with
+heads outermost in the flattened feature axis (PyTorch's ``(h d)`` layout). Grouped-query attention groups query
+heads consecutively: query head ``h`` reads key/value head ``h // (heads // kv_heads)`` (``repeat_interleave``).
+Normalisation statistics, rotary phases and softmax are computed in float32 whatever the compute dtype.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from stableaudio_jax.models.layers import DenseGeneral
+from stableaudio_jax.parallel.sharding import constrain
+
+Dtype = Any
+HEAD_AXES = ("batch", "length", "act_heads", "act_kv")
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis; stable-audio-tools' variant has a learnable scale and a fixed zero bias
+    (``use_bias=False``)."""
+
+    eps: float = 1e-5
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        features = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+                           (features,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+                              (features,), self.param_dtype)
+            y = y + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+def rotary_tables(length: int, dim: int, base: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables ``[length, dim]`` for positions 0..length-1, frequencies repeated as [f, f] (rotate-half)."""
+    inv_freq = 1.0 / (base ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    freqs = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None]
+    freqs = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(freqs), jnp.sin(freqs)
+
+
+def apply_partial_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates the first ``cos.shape[-1]`` dims of each head (rotate-half layout); the rest pass through.
+
+    ``x`` is ``[B, L, H, D]``; tables are ``[L, R]`` with R <= D, in float32.
+    """
+    rot = cos.shape[-1]
+    if rot > x.shape[-1]:
+        raise ValueError(f"rotary dim {rot} exceeds the head dim {x.shape[-1]}")
+    x32 = x.astype(jnp.float32)
+    xr, xp = x32[..., :rot], x32[..., rot:]
+    x1, x2 = jnp.split(xr, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return jnp.concatenate([xr * cos + rotated * sin, xp], axis=-1).astype(x.dtype)
+
+
+def _resolve_impl(impl: str) -> str:
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention implementation {impl!r}; expected one of {ATTENTION_IMPLS}")
+    if impl == "auto":
+        # XLA's fused attention is slower than plain einsums on CPU; on GPU/TPU let JAX pick (cuDNN flash on GPU).
+        return "einsum" if jax.default_backend() == "cpu" else "dot_product"
+    return impl
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+                          impl: str = "auto") -> jax.Array:
+    """Softmax attention with grouped-query heads. q ``[B, Lq, H, D]``; k, v ``[B, Lk, KV, D]`` with H % KV == 0;
+    mask ``[B, Lk]`` (True = attend) or None. Returns ``[B, Lq, H, D]`` in q's dtype."""
+    heads, kv_heads, head_dim = q.shape[2], k.shape[2], q.shape[3]
+    if heads % kv_heads:
+        raise ValueError(f"attention: {heads} query heads are not a multiple of {kv_heads} key/value heads")
+    impl = _resolve_impl(impl)
+    if impl != "einsum":
+        bias_mask = None if mask is None else mask[:, None, None, :].astype(bool)
+        return jax.nn.dot_product_attention(q, k, v, mask=bias_mask,
+                                            implementation=None if impl == "dot_product" else impl)
+    group = heads // kv_heads
+    qg = q.reshape(q.shape[0], q.shape[1], kv_heads, group, head_dim)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None, None, :].astype(bool), logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
+    return out.reshape(q.shape)
+
+
+class SelfAttention(nn.Module):
+    """Fused q/k/v projection (kernel ``[D, 3, H, head_dim]``), partial rotary on q and k, output projection."""
+
+    num_heads: int
+    head_dim: int
+    impl: str = "auto"
+    zero_init_output: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cos: jax.Array | None = None, sin: jax.Array | None = None) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        qkv = DenseGeneral((3, self.num_heads, self.head_dim), ("embed", "qkv", "heads", "kv"), name="qkv",
+                           kernel_init=nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3)), **kw)(x)
+        q, k, v = (constrain(qkv[:, :, i], HEAD_AXES) for i in range(3))
+        if cos is not None:
+            q, k = apply_partial_rotary(q, cos, sin), apply_partial_rotary(k, cos, sin)
+        out = dot_product_attention(q, k, v, impl=self.impl)
+        return _output_projection(out, x.shape[-1], self.zero_init_output, kw)
+
+
+class CrossAttention(nn.Module):
+    """Queries from x, fused keys/values (kernel ``[C, 2, KV, head_dim]``) from the context; no rotary."""
+
+    num_heads: int
+    head_dim: int
+    kv_heads: int
+    impl: str = "auto"
+    zero_init_output: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        q = DenseGeneral((self.num_heads, self.head_dim), ("embed", "heads", "kv"), name="q",
+                         kernel_init=nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)), **kw)(x)
+        kv = DenseGeneral((2, self.kv_heads, self.head_dim), ("cond_embed", "qkv", "heads", "kv"), name="kv",
+                          kernel_init=nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3)), **kw)(context)
+        q = constrain(q, HEAD_AXES)
+        k, v = (constrain(kv[:, :, i], HEAD_AXES) for i in range(2))
+        out = dot_product_attention(q, k, v, mask=context_mask, impl=self.impl)
+        return _output_projection(out, x.shape[-1], self.zero_init_output, kw)
+
+
+def _output_projection(out: jax.Array, features: int, zero_init: bool, kw: dict) -> jax.Array:
+    init = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+    return DenseGeneral((features,), ("heads", "kv", "embed"), in_dims=2, name="out", kernel_init=init, **kw)(out)
