@@ -1,4 +1,6 @@
 """Helpers shared by the tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
+import re
+
 import jax
 import numpy as np
 
@@ -51,7 +53,7 @@ def diffusers_dit_forward(model, x_btc, t, cross, global_cond):
     with torch.no_grad():
         out = model(torch.from_numpy(np.ascontiguousarray(x_btc.transpose(0, 2, 1))), torch.from_numpy(t),
                     encoder_hidden_states=torch.from_numpy(cross),
-                    global_hidden_states=torch.from_numpy(global_cond[:, None]), rotary_embedding=rotary,
+                    global_hidden_states=torch.from_numpy(np.array(global_cond[:, None])), rotary_embedding=rotary,
                     return_dict=False)[0]
     return out.numpy().transpose(0, 2, 1)
 
@@ -63,3 +65,79 @@ def dit_inputs(batch=2, frames=20, tokens=7, seed=0):
             rng.uniform(0, 1, batch).astype(np.float32),
             rng.standard_normal((batch, tokens, cfg["cross_attention_input_dim"])).astype(np.float32),
             rng.standard_normal((batch, cfg["global_states_input_dim"])).astype(np.float32))
+
+
+# ---- stable-audio-tools names for diffusers state dicts (diffusers' conversion script, reversed; written
+# independently of the project's converters so that a mapping error in either shows up)
+
+
+def vae_key_to_sat(key: str, n: int) -> str:
+    """stable-audio-tools names for diffusers' AutoencoderOobleck keys (diffusers' conversion script, reversed)."""
+    res = {"snake1": "0", "conv1": "1", "snake2": "2", "conv2": "3"}
+    m = re.match(r"(encoder|decoder)\.(conv1|snake1|conv2)\.(.+)", key)
+    if m:
+        index = {"conv1": 0, "snake1": n + 1, "conv2": n + 2}[m.group(2)]
+        return f"{m.group(1)}.layers.{index}.{m.group(3)}"
+    coder, block, rest = re.match(r"(encoder|decoder)\.block\.(\d+)\.(.+)", key).groups()
+    head = f"{coder}.layers.{int(block) + 1}.layers"
+    m = re.match(r"res_unit(\d)\.(snake1|conv1|snake2|conv2)\.(.+)", rest)
+    if m:
+        offset = -1 if coder == "encoder" else 1
+        return f"{head}.{int(m.group(1)) + offset}.layers.{res[m.group(2)]}.{m.group(3)}"
+    layer, leaf = rest.split(".", 1)
+    index = {"encoder": {"snake1": 3, "conv1": 4}, "decoder": {"snake1": 0, "conv_t1": 1}}[coder][layer]
+    return f"{head}.{index}.{leaf}"
+
+
+def dit_state_to_sat(state, num_layers=TINY_DIFFUSERS_DIT["num_layers"], rotary_dim=32):
+    """stable-audio-tools names for a diffusers DiT state dict (diffusers' conversion script, reversed)."""
+    out = {}
+    for key, value in state.items():
+        k = key
+        for a, b in [("cross_attention_proj", "to_cond_embed"), ("global_proj", "to_global_embed"),
+                     ("timestep_proj", "to_timestep_embed"), ("time_proj.weight", "timestep_features.weight"),
+                     ("proj_in", "transformer.project_in"), ("proj_out", "transformer.project_out"),
+                     ("transformer_blocks", "transformer.layers"), ("norm1", "pre_norm"),
+                     ("norm2", "cross_attend_norm"), ("norm3", "ff_norm"), ("attn1", "self_attn"),
+                     ("attn2", "cross_attn"), ("to_out.0", "to_out"), ("ff.net", "ff.ff")]:
+            k = k.replace(a, b)
+        k = re.sub(r"norm\.weight$", "norm.gamma", re.sub(r"norm\.bias$", "norm.beta", k))
+        out[k] = value[:, None] if k == "timestep_features.weight" else value
+    for i in range(num_layers):
+        p = f"transformer.layers.{i}"
+        out[f"{p}.self_attn.to_qkv.weight"] = np.concatenate(
+            [out.pop(f"{p}.self_attn.to_{c}.weight") for c in "qkv"])
+        out[f"{p}.cross_attn.to_kv.weight"] = np.concatenate([out.pop(f"{p}.cross_attn.to_{c}.weight") for c in "kv"])
+    out["transformer.rotary_pos_emb.inv_freq"] = 1.0 / 10000 ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim)
+    return out
+
+
+def timing_state_to_sat(state):
+    """stable-audio-tools names for the projection model's timing tensors (prefix stripped)."""
+    rename = {"start_number_conditioner": "seconds_start", "end_number_conditioner": "seconds_total"}
+    out = {}
+    for key, value in state.items():
+        head, rest = key.split(".", 1)
+        out[f"{rename[head]}.{rest.replace('time_positional_embedding', 'embedder.embedding')}"] = value
+    return out
+
+
+def synthetic_state_dict(shapes, seed=0):
+    """Deterministic random weights for a PyTorch state dict given {name: shape}: matrices/convs N(0, 1/fan_in),
+    1-D ``weight`` (norm gains) 1 + 0.1 N, Fourier ``weights`` N(0, 1), biases 0.1 N. Keys are visited sorted, so
+    the same shapes always give the same tensors (reference fixtures are produced with this function)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in sorted(shapes):
+        shape = tuple(int(s) for s in shapes[name])
+        z = rng.standard_normal(shape)
+        if name.endswith(".weights"):
+            w = z
+        elif len(shape) >= 2:
+            w = z / np.sqrt(np.prod(shape) / shape[0])
+        elif name.endswith(".weight"):
+            w = 1.0 + 0.1 * z
+        else:
+            w = 0.1 * z
+        out[name] = w.astype(np.float32)
+    return out

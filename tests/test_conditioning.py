@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from helpers import timing_state_to_sat
 from diffusers import AutoencoderOobleck, EDMDPMSolverMultistepScheduler, StableAudioDiTModel, StableAudioPipeline
 from diffusers.pipelines.stable_audio import StableAudioProjectionModel
 from transformers import T5Config, T5EncoderModel
@@ -33,23 +34,13 @@ def _state(model):
     return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
-def _sat_names(state):
-    """stable-audio-tools names for the projection model's timing tensors (prefix stripped)."""
-    rename = {"start_number_conditioner": "seconds_start", "end_number_conditioner": "seconds_total"}
-    out = {}
-    for key, value in state.items():
-        head, rest = key.split(".", 1)
-        out[f"{rename[head]}.{rest.replace('time_positional_embedding', 'embedder.embedding')}"] = value
-    return out
-
-
 SECONDS = np.array([-5.0, 0.0, 3.7, 47.55, 511.9, 600.0], np.float32)  # outside [0, 512] is clamped
 
 
 @pytest.mark.parametrize("layout", ["diffusers", "stable-audio-tools"])
 def test_timing_parity(projection, layout):
     timing = TimingConditioner(features=DIM)
-    state = _state(projection) if layout == "diffusers" else _sat_names(_state(projection))
+    state = _state(projection) if layout == "diffusers" else timing_state_to_sat(_state(projection))
     params = timing_params_from_state_dict(state, timing, layout)
     start, total = timing.apply(params, jnp.asarray(SECONDS), jnp.asarray(SECONDS[::-1].copy()))
     with torch.no_grad():

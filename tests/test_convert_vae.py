@@ -1,7 +1,6 @@
 """Parity of the converted VAE with diffusers' AutoencoderOobleck (the PyTorch reference), through both the
 diffusers and the stable-audio-tools key layouts, and the converter's error reporting."""
 import json
-import re
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderOobleck
+from helpers import vae_key_to_sat
 from safetensors.numpy import save_file
 
 from stableaudio_jax.config_loader import load_config
@@ -77,29 +77,11 @@ def test_diffusers_directory(reference, tmp_path):
     _check_parity(vae_from_config(model_cfg), params, reference)
 
 
-def _diffusers_to_sat(key: str, n: int) -> str:
-    """stable-audio-tools names for diffusers' AutoencoderOobleck keys (diffusers' conversion script, reversed)."""
-    res = {"snake1": "0", "conv1": "1", "snake2": "2", "conv2": "3"}
-    m = re.match(r"(encoder|decoder)\.(conv1|snake1|conv2)\.(.+)", key)
-    if m:
-        index = {"conv1": 0, "snake1": n + 1, "conv2": n + 2}[m.group(2)]
-        return f"{m.group(1)}.layers.{index}.{m.group(3)}"
-    coder, block, rest = re.match(r"(encoder|decoder)\.block\.(\d+)\.(.+)", key).groups()
-    head = f"{coder}.layers.{int(block) + 1}.layers"
-    m = re.match(r"res_unit(\d)\.(snake1|conv1|snake2|conv2)\.(.+)", rest)
-    if m:
-        offset = -1 if coder == "encoder" else 1
-        return f"{head}.{int(m.group(1)) + offset}.layers.{res[m.group(2)]}.{m.group(3)}"
-    layer, leaf = rest.split(".", 1)
-    index = {"encoder": {"snake1": 3, "conv1": 4}, "decoder": {"snake1": 0, "conv_t1": 1}}[coder][layer]
-    return f"{head}.{index}.{leaf}"
-
-
 def _sat_state(state):
     out = {}
     for key, value in state.items():
         value = value.reshape(-1) if key.endswith(("alpha", "beta")) else value  # SAT stores Snake params as [C]
-        out["pretransform.model." + _diffusers_to_sat(key, len(STRIDES))] = np.ascontiguousarray(value)
+        out["pretransform.model." + vae_key_to_sat(key, len(STRIDES))] = np.ascontiguousarray(value)
     return out
 
 

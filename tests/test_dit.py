@@ -1,14 +1,13 @@
 """The Stable Audio Open DiT: exact size, parity with diffusers' StableAudioDiTModel (with and without the CFG
 batch), the stable-audio-tools key layout, scan/remat/attention options and input errors."""
-import re
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_DIFFUSERS_DIT, diffusers_dit_forward, dit_inputs, randomized_diffusers_dit
+from helpers import (TINY_DIFFUSERS_DIT, diffusers_dit_forward, dit_inputs, dit_state_to_sat,
+                     randomized_diffusers_dit)
 
 from stableaudio_jax.config_loader import load_config
 from stableaudio_jax.convert import (dit_config_from_diffusers, dit_config_from_stable_audio_tools,
@@ -74,32 +73,9 @@ def test_parity_with_the_cfg_batch(reference, scale_phi):
     assert np.abs(batched - both).max() <= 1e-4
 
 
-def _to_sat(state):
-    """stable-audio-tools names for a diffusers DiT state dict (diffusers' conversion script, reversed)."""
-    out = {}
-    for key, value in state.items():
-        k = key
-        for a, b in [("cross_attention_proj", "to_cond_embed"), ("global_proj", "to_global_embed"),
-                     ("timestep_proj", "to_timestep_embed"), ("time_proj.weight", "timestep_features.weight"),
-                     ("proj_in", "transformer.project_in"), ("proj_out", "transformer.project_out"),
-                     ("transformer_blocks", "transformer.layers"), ("norm1", "pre_norm"),
-                     ("norm2", "cross_attend_norm"), ("norm3", "ff_norm"), ("attn1", "self_attn"),
-                     ("attn2", "cross_attn"), ("to_out.0", "to_out"), ("ff.net", "ff.ff")]:
-            k = k.replace(a, b)
-        k = re.sub(r"norm\.weight$", "norm.gamma", re.sub(r"norm\.bias$", "norm.beta", k))
-        out[k] = value[:, None] if k == "timestep_features.weight" else value
-    for i in range(TINY_DIFFUSERS_DIT["num_layers"]):
-        p = f"transformer.layers.{i}"
-        out[f"{p}.self_attn.to_qkv.weight"] = np.concatenate(
-            [out.pop(f"{p}.self_attn.to_{c}.weight") for c in "qkv"])
-        out[f"{p}.cross_attn.to_kv.weight"] = np.concatenate([out.pop(f"{p}.cross_attn.to_{c}.weight") for c in "kv"])
-    out["transformer.rotary_pos_emb.inv_freq"] = 1.0 / 10000 ** (np.arange(0, 32, 2, dtype=np.float32) / 32)
-    return out
-
-
 def test_stable_audio_tools_layout(reference):
     model, state = reference
-    sat = _to_sat(state)
+    sat = dit_state_to_sat(state)
     assert sat["transformer.layers.0.self_attn.to_qkv.weight"].shape == (768, 256)
     dit = dit_from_config(dict(dit_config_from_diffusers(TINY_DIFFUSERS_DIT)))
     params = dit_params_from_state_dict(sat, dit, "stable-audio-tools")
@@ -110,7 +86,7 @@ def test_stable_audio_tools_layout(reference):
 
 def test_norm_bias_is_kept_only_when_asked():
     model = randomized_diffusers_dit(seed=3, zero_norm_bias=False)
-    sat = _to_sat({k: v.numpy() for k, v in model.state_dict().items()})
+    sat = dit_state_to_sat({k: v.numpy() for k, v in model.state_dict().items()})
     plain = dit_from_config(dit_config_from_diffusers(TINY_DIFFUSERS_DIT))
     with pytest.raises(ValueError, match=r"LayerNorm biases .*pre_norm.beta.* are non-zero; load with "
                                          r"config.model.norm_bias=True"):

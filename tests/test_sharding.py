@@ -139,6 +139,12 @@ def test_every_logical_name_has_a_rule():
     names |= _logical_names(TimingConditioner(features=8), jnp.zeros(1), jnp.zeros(1))
     names |= _logical_names(TimingConditioner(features=8, style="int"), jnp.zeros(1), jnp.zeros(1))
     names |= _logical_names(LearnedNullEmbedding(4, 8), 1, 4)
+    from stableaudio_jax.models.dit import dit_from_config
+    from stableaudio_jax.models.unet import unet_from_config
+    dit = dit_from_config(dict(load_config("configs/dit.py:tiny").model, scan_layers=True))
+    names |= _logical_names(dit, jnp.zeros((1, 2, 4)), jnp.zeros(1), jnp.zeros((1, 3, 32)), jnp.zeros((1, 64)))
+    unet = unet_from_config(load_config("configs/unet.py:tiny").model)
+    names |= _logical_names(unet, jnp.zeros((1, 16, 8)), jnp.zeros(1), jnp.zeros((1, 3, 32)))
     names |= {"batch", "length", "channels", "act_embed", "act_heads", "act_kv", "act_mlp"}  # activations
     assert names == {name for name, _ in DEFAULT_RULES}
 

@@ -106,7 +106,13 @@ def fill_params(state: Mapping[str, np.ndarray], abstract_params: Any, key_for: 
             leaves.append(None)
             continue
         used.add(key)
-        value = np.asarray(transform(path, state[key]))
+        try:
+            value = np.asarray(transform(path, state[key]))
+        except ValueError as e:  # a layout change impossible for this shape: report it with the others
+            mismatched.append(f"{key}: checkpoint {tuple(state[key].shape)} cannot become model "
+                              f"{'/'.join(path)} {tuple(spec.shape)} ({e})")
+            leaves.append(None)
+            continue
         if tuple(value.shape) != tuple(spec.shape):
             mismatched.append(f"{key}: checkpoint {tuple(state[key].shape)} → {tuple(value.shape)}, "
                               f"model {'/'.join(path)} expects {tuple(spec.shape)}")

@@ -171,6 +171,7 @@ class DenseGeneral(nn.Module):
     in_dims: int = 1
     use_bias: bool = False
     kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros_init()
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     precision: Any = None
@@ -188,8 +189,7 @@ class DenseGeneral(nn.Module):
         y = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())),
                             precision=self.precision)
         if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                                   self.axes[self.in_dims:]),
+            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, self.axes[self.in_dims:]),
                               features, self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y

@@ -47,6 +47,13 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("relpos_buckets", None),
     ("fourier", None),
     ("fourier_out", None),
+    ("cond_embed", "fsdp"),    # cross-attention token width (keys/values read from it)
+    ("cond_global", "fsdp"),   # global conditioning input
+    ("qkv", None),             # the fused q/k/v (or k/v) selector
+    ("glu", None),             # SwiGLU value/gate selector
+    ("latent", None),          # latent channels of the DiT's input/output projections
+    ("latent_out", None),
+    ("layers", None),          # the stacked-layers axis of scanned blocks
 )
 
 LogicalRules = Sequence[tuple[str, Any]]
@@ -66,13 +73,14 @@ def normalize_rules(rules: Any) -> tuple[tuple[str, Any], ...]:
 
 
 def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh_shape: Mapping[str, int]) -> PartitionSpec:
-    """Drops, per dimension, trailing mesh axes whose combined size does not divide that dimension."""
+    """Drops, per dimension, mesh axes of size 1 (they shard nothing) and then trailing mesh axes whose combined
+    size does not divide that dimension."""
     fitted = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
         if axes is None:
             fitted.append(None)
             continue
-        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if mesh_shape[a] > 1)
         while axes and dim % math.prod(mesh_shape[a] for a in axes) != 0:
             axes = axes[:-1]
         fitted.append(None if not axes else axes[0] if len(axes) == 1 else axes)

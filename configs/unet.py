@@ -1,0 +1,42 @@
+"""Stable Audio 1.0 style 1-D U-Net configs.
+
+Variants:
+  sa1   the Stable Audio 1.0 denoiser: channels 256 x [4, 4, 4, 5, 5], factors [1, 2, 2, 4], 2 ResNets per level,
+        attentions [1, 3, 3, 3, 3], 16 heads, 79 cross-attention tokens of 768 (77 CLAP + 2 integer timing
+        tokens); 906,679,744 parameters. Its VAE is a 1024x DAC-style one (not the SAO Oobleck VAE).
+  tiny  the same structure at toy size (the configuration of tests/data/unet_reference.npz), float32.
+"""
+import ml_collections
+
+from stableaudio_jax.parallel.sharding import DEFAULT_RULES
+
+MODELS = {
+    "sa1": dict(in_channels=64, channels=256, multipliers=(4, 4, 4, 5, 5), factors=(1, 2, 2, 4), num_blocks=(2, 2, 2, 2),
+                attentions=(1, 3, 3, 3, 3), attention_heads=16, attention_multiplier=4, resnet_groups=16,
+                kernel_multiplier_downsample=2, context_features=768, context_max_length=79),
+    "tiny": dict(in_channels=8, channels=32, multipliers=(2, 2, 2, 3, 3), factors=(1, 2, 2, 4), num_blocks=(2, 2, 2, 2),
+                 attentions=(1, 2, 2, 2, 2), attention_heads=4, attention_multiplier=4, resnet_groups=8,
+                 kernel_multiplier_downsample=2, context_features=32, context_max_length=6),
+}
+
+
+def get_config(arg=None):
+    variant = arg or "sa1"
+    if variant not in MODELS:
+        raise ValueError(f"configs/unet.py: unknown variant {variant!r}; expected one of {sorted(MODELS)}")
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    config.model = ml_collections.ConfigDict(dict(type="unet1d", init_scale=0.5, attention_impl="auto",
+                                                  **MODELS[variant]))
+    # SA 1.0 timing: integer seconds embedded by nn.Embed over 0..512, entering only through cross-attention.
+    config.conditioning = ml_collections.ConfigDict(dict(
+        timing=dict(style="int", features=MODELS[variant]["context_features"], min_val=0.0, max_val=512.0),
+        cross_attention_ids=["prompt", "seconds_start", "seconds_total"], global_ids=[]))
+    config.guidance = ml_collections.ConfigDict(dict(scale_phi=0.4))  # generate() rescales CFG with phi 0.4
+    config.diffusion = ml_collections.ConfigDict(dict(objective="v"))
+    config.dtype = "float32" if variant == "tiny" else "bfloat16"
+    config.param_dtype = "float32"
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.sharding_rules = DEFAULT_RULES
+    config.seed = 0
+    return config

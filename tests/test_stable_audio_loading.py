@@ -1,0 +1,139 @@
+"""Loading a complete Stable Audio Open style checkpoint (VAE + DiT + timing conditioners) from the
+stable-audio-tools layout and from a diffusers pipeline directory; every part checked against the PyTorch modules."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderOobleck
+from diffusers.pipelines.stable_audio import StableAudioProjectionModel
+from helpers import (diffusers_dit_forward, dit_state_to_sat, randomized_diffusers_dit, timing_state_to_sat,
+                     vae_key_to_sat)
+from safetensors.numpy import save_file
+
+from stableaudio_jax.convert import CheckpointMismatchError, load_diffusers, load_stable_audio_tools
+
+COND = 128  # cross-attention token width = 2 key/value heads x 64: SAO's grouped-query structure at toy size
+VAE = dict(encoder_hidden_size=16, downsampling_ratios=[2, 4, 2], channel_multiples=[1, 2, 2], decoder_channels=16,
+           decoder_input_channels=8, audio_channels=2, sampling_rate=44100)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    torch.manual_seed(0)
+    vae = AutoencoderOobleck(**VAE).eval()
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.endswith(("alpha", "beta")):
+                p.copy_(0.3 * torch.randn_like(p))
+    # stable-audio-tools fixes the timestep features at 256
+    dit = randomized_diffusers_dit(seed=1, cross_attention_input_dim=COND, cross_attention_dim=COND,
+                                   global_states_input_dim=2 * COND, time_proj_dim=256)
+    projection = StableAudioProjectionModel(text_encoder_dim=COND, conditioning_dim=COND, min_value=0,
+                                            max_value=512).eval()
+    return vae, dit, projection
+
+
+def _sao_config():
+    oobleck = dict(channels=16, c_mults=[1, 2, 2], strides=[2, 4, 2], use_snake=True)
+    return {"model_type": "diffusion_cond", "sample_size": 16 * 32, "sample_rate": 44100, "audio_channels": 2,
+            "model": {
+                "pretransform": {"type": "autoencoder", "iterate_batch": True, "config": {
+                    "encoder": {"type": "oobleck", "config": dict(oobleck, in_channels=2, latent_dim=16)},
+                    "decoder": {"type": "oobleck", "config": dict(oobleck, out_channels=2, latent_dim=8,
+                                                                  final_tanh=False)},
+                    "bottleneck": {"type": "vae"}, "latent_dim": 8, "downsampling_ratio": 16, "io_channels": 2}},
+                "conditioning": {"cond_dim": COND, "configs": [
+                    {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": 128}},
+                    {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 512}},
+                    {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 512}}]},
+                "diffusion": {"cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
+                              "global_cond_ids": ["seconds_start", "seconds_total"], "type": "dit", "config": {
+                                  "io_channels": 8, "embed_dim": 256, "depth": 2, "num_heads": 4,
+                                  "cond_token_dim": COND, "global_cond_dim": 2 * COND, "project_cond_tokens": False,
+                                  "transformer_type": "continuous_transformer"}},
+                "io_channels": 8}}
+
+
+def _sat_checkpoint(parts, path, extra=None):
+    vae, dit, projection = parts
+    state = {}
+    for key, value in vae.state_dict().items():
+        value = value.numpy().reshape(-1) if key.endswith(("alpha", "beta")) else value.numpy()
+        state["pretransform.model." + vae_key_to_sat(key, 3)] = np.ascontiguousarray(value)
+    for key, value in dit_state_to_sat({k: v.numpy() for k, v in dit.state_dict().items()}).items():
+        state["model.model." + key] = value
+    for key, value in timing_state_to_sat({k: v.numpy() for k, v in projection.state_dict().items()}).items():
+        state["conditioner.conditioners." + key] = value
+    state.update(extra or {})
+    save_file(state, str(path))
+    return path
+
+
+def _check_bundle(bundle, parts):
+    vae, dit, projection = parts
+    rng = np.random.default_rng(0)
+    audio = rng.standard_normal((2, 16 * 24, 2)).astype(np.float32)
+    with torch.no_grad():
+        mean = vae.encode(torch.from_numpy(audio.transpose(0, 2, 1).copy())).latent_dist.mean.numpy()
+    latents = np.asarray(bundle.vae.encode(audio))
+    assert latents.shape == (2, 24, 8) and np.abs(latents - mean.transpose(0, 2, 1)).max() <= 1e-4
+    with torch.no_grad():
+        decoded = vae.decode(torch.from_numpy(mean)).sample.numpy().transpose(0, 2, 1)
+    assert np.abs(np.asarray(bundle.vae.decode(latents)) - decoded).max() <= 1e-4
+
+    start, total = np.array([0.0, 7.5], np.float32), np.array([30.0, 600.0], np.float32)
+    cross_tokens, global_cond = bundle.timing(start, total)
+    with torch.no_grad():
+        out = projection(start_seconds=torch.from_numpy(start), end_seconds=torch.from_numpy(total))
+    ref_tokens = torch.cat([out.seconds_start_hidden_states, out.seconds_end_hidden_states], 1).numpy()
+    assert cross_tokens.shape == (2, 2, COND) and np.abs(np.asarray(cross_tokens) - ref_tokens).max() <= 1e-5
+    np.testing.assert_allclose(global_cond, ref_tokens.reshape(2, 2 * COND), atol=1e-5)
+
+    text = rng.standard_normal((2, 5, COND)).astype(np.float32)
+    cross = np.concatenate([text, np.asarray(cross_tokens)], axis=1)
+    x, t = latents, np.array([0.3, 0.9], np.float32)
+    want = diffusers_dit_forward(dit, x, t, cross, np.asarray(global_cond))
+    assert np.abs(np.asarray(bundle.dit(x, t, cross, global_cond)) - want).max() <= 1e-4
+    both = diffusers_dit_forward(dit, np.concatenate([x, x]), np.concatenate([t, t]),
+                                 np.concatenate([cross, np.zeros_like(cross)]), np.concatenate([global_cond] * 2))
+    guided = both[2:] + (both[:2] - both[2:]) * 7.0
+    assert np.abs(np.asarray(bundle.dit(x, t, cross, global_cond, cfg_scale=7.0)) - guided).max() <= 1e-4
+
+
+def test_load_stable_audio_tools(parts, tmp_path):
+    path = _sat_checkpoint(parts, tmp_path / "model.safetensors")
+    config = tmp_path / "model_config.json"
+    config.write_text(json.dumps(_sao_config()))
+    bundle = load_stable_audio_tools(path, config)
+    assert bundle.config.audio.sample_rate == 44100 and bundle.config.dit.cond_embed_dim == COND
+    assert set(bundle.params) == {"vae", "dit", "timing"}
+    _check_bundle(bundle, parts)
+
+
+def test_sat_checkpoint_errors(parts, tmp_path):
+    path = _sat_checkpoint(parts, tmp_path / "model.safetensors",
+                           extra={"discriminator.conv.weight": np.zeros(3, np.float32)})
+    with pytest.raises(CheckpointMismatchError, match="discriminator.conv.weight"):
+        load_stable_audio_tools(path, _sao_config())
+    path = _sat_checkpoint(parts, tmp_path / "ok.safetensors")
+    config = _sao_config()
+    config["model"]["diffusion"]["config"]["global_cond_type"] = "adaLN"
+    with pytest.raises(ValueError, match=r"model.diffusion.config.global_cond_type='adaLN' is not supported"):
+        load_stable_audio_tools(path, config)
+    config = _sao_config()
+    config["model"]["diffusion"]["global_cond_ids"] = ["seconds_total"]
+    with pytest.raises(ValueError, match=r"global_cond_ids \['seconds_total'\] are not supported"):
+        load_stable_audio_tools(path, config)
+
+
+def test_load_diffusers_directory(parts, tmp_path):
+    vae, dit, projection = parts
+    vae.save_pretrained(tmp_path / "vae")
+    dit.save_pretrained(tmp_path / "transformer")
+    projection.save_pretrained(tmp_path / "projection_model")
+    bundle = load_diffusers(tmp_path)
+    assert bundle.config.dit.rotary_dim == 32 and bundle.config.audio.sample_size == 32 * 16
+    _check_bundle(bundle, parts)
+    with pytest.raises(FileNotFoundError, match="transformer/ needs config.json"):
+        load_diffusers(tmp_path / "vae")
