@@ -32,3 +32,16 @@ def test_t5_benchmark_writes_json(tmp_path):
     encode = json.loads(out.read_text())["encode"]
     assert encode["jax_prompts_per_s"] > 0 and encode["torch_prompts_per_s"] > 0
     assert encode["max_abs_diff"] < 1e-4  # the same weights, so the same embeddings
+
+
+def test_dit_benchmark_writes_json(tmp_path):
+    out = tmp_path / "dit.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "dit_bench.py"), "--config", "configs/dit.py:sao",
+           "--config.model.depth=1", "--config.model.scan_layers=false", "--frames", "16", "--tokens", "10",
+           "--dtype", "float32", "--repeats", "1", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr
+    forward = json.loads(out.read_text())["forward"]
+    assert forward["depth"] == 1 and forward["flops_per_forward"] > 0 and forward["torch_forwards_per_s"] > 0
+    assert forward["max_abs_diff"] < 1e-3 and forward["jax_mfu"] is None  # no known peak for a CPU
