@@ -11,7 +11,8 @@ import ml_collections
 from stableaudio_jax.parallel.sharding import DEFAULT_RULES
 
 MODELS = {
-    "sa1": dict(in_channels=64, channels=256, multipliers=(4, 4, 4, 5, 5), factors=(1, 2, 2, 4), num_blocks=(2, 2, 2, 2),
+    "sa1": dict(in_channels=64, channels=256, multipliers=(4, 4, 4, 5, 5), factors=(1, 2, 2, 4),
+                num_blocks=(2, 2, 2, 2),
                 attentions=(1, 3, 3, 3, 3), attention_heads=16, attention_multiplier=4, resnet_groups=16,
                 kernel_multiplier_downsample=2, context_features=768, context_max_length=79),
     "tiny": dict(in_channels=8, channels=32, multipliers=(2, 2, 2, 3, 3), factors=(1, 2, 2, 4), num_blocks=(2, 2, 2, 2),

@@ -108,7 +108,8 @@ def dit_state_to_sat(state, num_layers=TINY_DIFFUSERS_DIT["num_layers"], rotary_
         out[f"{p}.self_attn.to_qkv.weight"] = np.concatenate(
             [out.pop(f"{p}.self_attn.to_{c}.weight") for c in "qkv"])
         out[f"{p}.cross_attn.to_kv.weight"] = np.concatenate([out.pop(f"{p}.cross_attn.to_{c}.weight") for c in "kv"])
-    out["transformer.rotary_pos_emb.inv_freq"] = 1.0 / 10000 ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim)
+    exponents = np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim
+    out["transformer.rotary_pos_emb.inv_freq"] = 1.0 / 10000 ** exponents
     return out
 
 

@@ -1,10 +1,11 @@
 """Timing conditioners from stable-audio-tools (``conditioner.conditioners.*``) and diffusers
 (``StableAudioProjectionModel``) checkpoints, and the conditioning section of a stable-audio-tools model config.
 
-  ours                               stable-audio-tools (prefix stripped)        diffusers projection model
-  seconds_start/fourier/weights      seconds_start.embedder.embedding.0.weights   start_number_conditioner.time_positional_embedding.0.weights
-  seconds_start/proj/kernel, bias    seconds_start.embedder.embedding.1.weight/bias   ....time_positional_embedding.1.weight/bias
-  seconds_start/embed/embedding      seconds_start.int_embedder.weight (SA 1.0)    -
+  ours                             stable-audio-tools (prefix stripped)   diffusers projection model
+  seconds_start/fourier/weights    seconds_start.embedder.embedding.0     start_number_conditioner.T.0
+  seconds_start/proj/kernel, bias  seconds_start.embedder.embedding.1     start_number_conditioner.T.1
+  seconds_start/embed/embedding    seconds_start.int_embedder (SA 1.0)    -
+  (T = time_positional_embedding)
   (seconds_total likewise; diffusers calls it end_number_conditioner)
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ from stableaudio_jax.models.conditioning import TimingConditioner
 
 SAT_PREFIX = "conditioner.conditioners."
 _DIFFUSERS_NAMES = {"seconds_start": "start_number_conditioner", "seconds_total": "end_number_conditioner"}
-_SAT_LEAVES = {("fourier", "weights"): "embedder.embedding.0.weights", ("proj", "kernel"): "embedder.embedding.1.weight",
-               ("proj", "bias"): "embedder.embedding.1.bias", ("embed", "embedding"): "int_embedder.weight"}
+_SAT_LEAVES = {("fourier", "weights"): "embedder.embedding.0.weights",
+               ("proj", "kernel"): "embedder.embedding.1.weight", ("proj", "bias"): "embedder.embedding.1.bias",
+               ("embed", "embedding"): "int_embedder.weight"}
 
 
 def _sat_key(path: Path) -> str:

@@ -39,7 +39,7 @@ _BLOCK = {("self_attn", "qkv", "kernel"): "self_attn.to_qkv.weight",
           ("cross_attn", "out", "kernel"): "cross_attn.to_out.weight",
           ("ff", "proj", "kernel"): "ff.ff.0.proj.weight", ("ff", "proj", "bias"): "ff.ff.0.proj.bias",
           ("ff", "out", "kernel"): "ff.ff.2.weight", ("ff", "out", "bias"): "ff.ff.2.bias"}
-_TOP = {"to_cond_embed": "to_cond_embed", "to_global_embed": "to_global_embed", "to_timestep_embed": "to_timestep_embed"}
+_TOP = ("to_cond_embed", "to_global_embed", "to_timestep_embed")
 
 
 def sat_key(path: Path) -> str:

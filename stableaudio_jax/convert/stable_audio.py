@@ -201,7 +201,8 @@ def load_diffusers(directory: str | os.PathLike, dtype: Any = jnp.float32) -> St
         conditioning=dict(timing=dict(style="number", features=timing.features, min_val=timing.min_val,
                                       max_val=timing.max_val, ids=["seconds_start", "seconds_total"]),
                           cross_attention_ids=SAO_CROSS_IDS, global_ids=SAO_GLOBAL_IDS),
-        audio=dict(sample_rate=int(vae_cfg.sample_rate), sample_size=sample_size, channels=int(vae_cfg.audio_channels))))
+        audio=dict(sample_rate=int(vae_cfg.sample_rate), sample_size=sample_size,
+                   channels=int(vae_cfg.audio_channels))))
     return _bundle(config, vae, vae_params, timing,
                    timing_params_from_state_dict(proj_state, timing, "diffusers", proj_source), dit,
                    dit_params_from_state_dict(dit_state, dit, "diffusers", dit_source))

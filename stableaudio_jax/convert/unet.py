@@ -30,9 +30,9 @@ from stableaudio_jax.convert.state_dict import Path, fill_params
 from stableaudio_jax.models.unet import UNet1d
 
 _TOP = {"time_fourier": "to_time.0.0", "to_time": "to_time.0.1", "mapping_1": "to_mapping.0",
-        "mapping_2": "to_mapping.2", "to_in": "to_in.block", "to_out": "to_out.block", "mid_res_0": "bottleneck.pre_block",
-        "mid_transformer": "bottleneck.transformer", "mid_res_1": "bottleneck.post_block",
-        "fixed_embedding": "fixed_embedding"}
+        "mapping_2": "to_mapping.2", "to_in": "to_in.block", "to_out": "to_out.block",
+        "mid_res_0": "bottleneck.pre_block", "mid_transformer": "bottleneck.transformer",
+        "mid_res_1": "bottleneck.post_block", "fixed_embedding": "fixed_embedding"}
 _RESNET = {"norm1": "block1.groupnorm", "conv1": "block1.project", "film": "to_scale_shift.to_scale_shift.1",
            "norm2": "block2.groupnorm", "conv2": "block2.project", "skip": "to_out"}
 _TRANSFORMER = {"norm": "to_in.0", "proj_in": "to_in.1", "proj_out": "to_out.1"}
@@ -129,7 +129,8 @@ def unet_config_from_stable_audio_tools(model_config: Mapping[str, Any],
              "attention_features": None}
     for key, value in fixed.items():
         if key in cfg and cfg[key] != value:
-            raise ValueError(f"{source}: model.diffusion.config.{key}={cfg[key]!r} is not supported; expected {value!r}")
+            raise ValueError(f"{source}: model.diffusion.config.{key}={cfg[key]!r} is not supported; "
+                             f"expected {value!r}")
     if cfg.get("out_channels") not in (None, cfg.get("in_channels")):
         raise ValueError(f"{source}: model.diffusion.config.out_channels must equal in_channels")
     return ml_collections.ConfigDict(dict(

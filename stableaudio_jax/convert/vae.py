@@ -30,6 +30,7 @@ from stableaudio_jax.models.autoencoder import OobleckVAE, vae_from_config
 
 SAT_PREFIXES = ("pretransform.model.", "")  # full diffusion model, or an unwrapped autoencoder
 _RES_SAT = {"act_0": "0", "conv_0": "1", "act_1": "2", "conv_1": "3"}
+_BLOCK_SAT = {"encoder": {"act": "3", "conv": "4"}, "decoder": {"act": "0", "conv_t": "1"}}
 _RES_DIFFUSERS = {"act_0": "snake1", "conv_0": "conv1", "act_1": "snake2", "conv_1": "conv2"}
 
 
@@ -48,7 +49,7 @@ def sat_key(path: Path, num_blocks: int) -> str:
             offset = 0 if coder == "encoder" else 2
             parts += ["layers", str(_block_index(sub) + offset), "layers", _RES_SAT[rest[1]]]
         else:
-            parts += ["layers", {"encoder": {"act": "3", "conv": "4"}, "decoder": {"act": "0", "conv_t": "1"}}[coder][sub]]
+            parts += ["layers", _BLOCK_SAT[coder][sub]]
     else:
         index = {"conv_in": 0, "act_out": num_blocks + 1, "conv_out": num_blocks + 2}[module]
         parts = [coder, "layers", str(index)]

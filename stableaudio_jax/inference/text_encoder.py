@@ -47,7 +47,8 @@ class T5TextEncoder:
     def encode(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
         ids, mask = jnp.asarray(ids), jnp.asarray(mask)
         if ids.ndim != 2 or ids.shape != mask.shape:
-            raise ValueError(f"encode: ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be [batch, length]")
+            raise ValueError(f"encode: ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be "
+                             "[batch, length]")
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(f"encode: ids have dtype {ids.dtype}; expected integer token ids")
         return _encode(self.module, self.params, ids.astype(jnp.int32), mask.astype(bool))

@@ -1,4 +1,6 @@
-"""The Stable Audio 1.0 1-D U-Net (stable-audio-tools ``UNetCFG1d``, from audio-diffusion-pytorch v0.0.94), channels-last.
+"""The Stable Audio 1.0 1-D U-Net (stable-audio-tools ``UNetCFG1d``, from audio-diffusion-pytorch 0.0.94).
+
+Channels-last throughout:
 
   mapping = GELU-MLP(GELU(Linear([t, sin 2 pi t w, cos 2 pi t w])))           time → FiLM source (width 4c)
   x       = to_in ResNet(in → C0, 1 group)                                      kept as the outermost skip
