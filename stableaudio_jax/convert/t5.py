@@ -116,16 +116,17 @@ def _read_hf_weights(directory: str) -> tuple[dict, str]:
 
 
 def load_hf_t5(directory: str | os.PathLike, max_length: int = 128, dtype: Any = jnp.float32,
-               require_tokenizer: bool = True) -> T5TextEncoder:
+               require_tokenizer: bool = True, tokenizer_file: str | os.PathLike | None = None) -> T5TextEncoder:
     """A ready text encoder from a Hugging Face T5 directory (``config.json``, weights, ``spiece.model``).
 
-    ``require_tokenizer=False`` allows a directory without ``spiece.model`` (then only ``encode`` works).
+    ``tokenizer_file`` points at a ``spiece.model`` kept elsewhere (diffusers keeps it in ``tokenizer/``).
+    ``require_tokenizer=False`` allows a directory without one (then only ``encode`` works).
     """
     directory = os.fspath(directory)
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{directory}: no config.json; expected a Hugging Face T5 checkpoint directory")
-    spiece = os.path.join(directory, SPIECE_FILE)
+    spiece = os.fspath(tokenizer_file) if tokenizer_file is not None else os.path.join(directory, SPIECE_FILE)
     tokenizer = None
     if os.path.isfile(spiece):
         tokenizer = T5Tokenizer(spiece, max_length)

@@ -210,10 +210,18 @@ def guided(apply_fn: Callable, x, t, cross_attn_cond, global_cond, cfg_scale, sc
     out = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([cross_attn_cond, null]),
                    jnp.concatenate([global_cond, global_cond]))
     cond, uncond = jnp.split(out, 2)
+    return combine_guidance(cond, uncond, cfg_scale, scale_phi)
+
+
+def combine_guidance(cond, uncond, cfg_scale, scale_phi=0.0):
+    """``uncond + (cond - uncond) * cfg_scale``, then CFG-rescale: mix ``scale_phi`` of the result rescaled to the
+    conditional prediction's (unbiased) std over channels. Both scalars may be traced."""
     cfg = uncond + (cond - uncond) * cfg_scale
     if isinstance(scale_phi, (int, float)) and scale_phi == 0.0:
         return cfg
-    ratio = jnp.std(cond, axis=-1, ddof=1, keepdims=True) / jnp.std(cfg, axis=-1, ddof=1, keepdims=True)
+    cfg_std = jnp.std(cfg, axis=-1, ddof=1, keepdims=True)
+    ratio = jnp.where(cfg_std > 0, jnp.std(cond, axis=-1, ddof=1, keepdims=True) / jnp.where(cfg_std > 0, cfg_std, 1),
+                      1.0)
     return scale_phi * (cfg * ratio) + (1 - scale_phi) * cfg
 
 

@@ -30,6 +30,7 @@ from jax import lax
 
 from stableaudio_jax.models.attention import LayerNorm, dot_product_attention
 from stableaudio_jax.models.conditioning import LearnedFourierFeatures, LearnedNullEmbedding
+from stableaudio_jax.models.dit import combine_guidance
 from stableaudio_jax.models.layers import DenseGeneral
 from stableaudio_jax.parallel.sharding import constrain
 
@@ -312,11 +313,7 @@ class UNet1d(nn.Module):
         mask = None if embedding_mask is None else jnp.concatenate([embedding_mask, embedding_mask])
         out = self._core(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([embedding, null]), mask)
         cond, uncond = jnp.split(out, 2)
-        cfg = uncond + (cond - uncond) * cfg_scale
-        if isinstance(scale_phi, (int, float)) and scale_phi == 0.0:
-            return cfg
-        ratio = jnp.std(cond, axis=-1, ddof=1, keepdims=True) / jnp.std(cfg, axis=-1, ddof=1, keepdims=True)
-        return scale_phi * (cfg * ratio) + (1 - scale_phi) * cfg
+        return combine_guidance(cond, uncond, cfg_scale, scale_phi)
 
 
 def unet_from_config(model_config: Any, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> UNet1d:

@@ -1,0 +1,287 @@
+"""Text-to-audio: prompt → T5 → conditioning → one jitted sampling scan with guidance → VAE decode → audio.
+
+``TextToAudioPipeline.generate`` never recompiles for a new prompt, negative prompt, guidance scale, CFG rescale,
+seed, duration or sigma range: all of them are traced values. A new batch size, step count, sampler or window length
+compiles once. Long windows are decoded in chunks (exact, bounded memory). With a mesh, the batch is sharded over
+its ('data', 'fsdp') axes.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from stableaudio_jax.audio.io import load_audio, match_channels, resample
+from stableaudio_jax.diffusion.samplers import check_sampler, sample
+from stableaudio_jax.inference.generation_inputs import (GenerationRequest, audio_to_window, mask_to_latent_frames,
+                                                         parse_request)
+from stableaudio_jax.inference.text_encoder import T5TextEncoder
+from stableaudio_jax.models.autoencoder import OobleckVAE
+from stableaudio_jax.models.chunked_vae import chunked_decode, decoder_receptive_field
+from stableaudio_jax.models.conditioning import TimingConditioner
+from stableaudio_jax.models.dit import DiT, guided
+
+BATCH_AXES = ("data", "fsdp")
+DEFAULT_SAMPLING = dict(sampler="dpmpp-3m-sde", steps=100, cfg_scale=7.0, sigma_min=0.3, sigma_max=500.0)
+_PROGRESS: dict[str, Callable | None] = {"fn": None}  # the current generate() call's progress hook
+
+
+def _report_progress(step):
+    if _PROGRESS["fn"] is not None:
+        _PROGRESS["fn"](int(step))
+
+
+@functools.partial(jax.jit, static_argnames=("dit", "objective", "sampler", "steps", "report"))
+def _sample_latents(dit, dit_params, noise, rng, cross, uncond_cross, global_cond, cfg_scale, cfg_rescale,
+                    sigma_min, sigma_max, init_latents, init_level, inpaint_latents, inpaint_mask, *, objective,
+                    sampler, steps, report):
+    def model_fn(x, t):
+        return guided(functools.partial(dit.apply, dit_params), x, t, cross, global_cond, cfg_scale, cfg_rescale,
+                      uncond_cross)
+
+    return sample(model_fn, noise, rng, objective=objective, sampler=sampler, steps=steps, sigma_min=sigma_min,
+                  sigma_max=sigma_max, init_latents=init_latents, init_noise_level=init_level,
+                  inpaint_latents=inpaint_latents, inpaint_mask=inpaint_mask,
+                  progress=_report_progress if report else None)
+
+
+@functools.partial(jax.jit, static_argnames=("timing",))
+def _conditioning(timing, timing_params, text, text_mask, neg_text, neg_mask, start, total):
+    start_tok, total_tok = timing.apply(timing_params, start, total)
+    cross = jnp.concatenate([text, start_tok, total_tok], axis=1)
+    global_cond = jnp.concatenate([start_tok[:, 0], total_tok[:, 0]], axis=-1)
+    if neg_text is None:
+        return cross, jnp.zeros_like(cross), global_cond
+    neg_text = jnp.where(neg_mask[..., None], neg_text, 0.0)
+    return cross, jnp.concatenate([neg_text, start_tok, total_tok], axis=1), global_cond
+
+
+@functools.partial(jax.jit, static_argnames=("vae", "chunk_size", "overlap"))
+def _decode(vae, params, latents, chunk_size, overlap):
+    return chunked_decode(vae, params, latents, chunk_size=chunk_size, overlap=overlap).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("vae",))
+def _encode(vae, params, audio):
+    # the posterior mean: deterministic (stable-audio-tools samples; the difference is within the posterior std)
+    return vae.apply(params, audio, method=OobleckVAE.encode)
+
+
+class TextToAudioPipeline:
+    """Prompt in, audio out. Build with :meth:`from_pretrained_stable_audio`, :meth:`from_diffusers` or
+    :meth:`from_checkpoint`; :meth:`save` writes a model checkpoint the last one reads."""
+
+    def __init__(self, *, text: T5TextEncoder, timing: TimingConditioner, timing_params: Any, dit: DiT,
+                 dit_params: Any, vae: OobleckVAE, vae_params: Any, config: ml_collections.ConfigDict,
+                 mesh: Mesh | None = None):
+        self.text, self.timing, self.dit, self.vae = text, timing, dit, vae
+        self.config = config
+        self.mesh = mesh
+        self.objective = config.diffusion.objective
+        self.sample_rate = int(config.audio.sample_rate)
+        self.audio_channels = int(config.audio.channels)
+        self.latent_frames = int(config.audio.sample_size) // vae.downsampling_ratio
+        self.window_samples = self.latent_frames * vae.downsampling_ratio
+        self.params = {"text": text.params, "timing": timing_params, "dit": dit_params, "vae": vae_params}
+        if mesh is not None:  # parameters replicated over the mesh; the batch is sharded in generate()
+            self.params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
+        self.text = T5TextEncoder(text.module, self.params["text"], text.tokenizer, text.max_length, text.source)
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / self.sample_rate
+
+    # ------------------------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_pretrained_stable_audio(cls, checkpoint: str | os.PathLike, model_config: Any,
+                                     t5_directory: str | os.PathLike, dtype: Any = jnp.float32,
+                                     mesh: Mesh | None = None) -> "TextToAudioPipeline":
+        """A stable-audio-tools checkpoint (SAO ``model.safetensors`` + ``model_config.json``) + a T5 directory."""
+        from stableaudio_jax.convert import load_hf_t5, load_stable_audio_tools
+        bundle = load_stable_audio_tools(checkpoint, model_config, dtype=dtype)
+        max_length = int(bundle.config.conditioning.text.max_length)
+        return cls._from_bundle(bundle, load_hf_t5(t5_directory, max_length=max_length, dtype=dtype), mesh)
+
+    @classmethod
+    def from_diffusers(cls, directory: str | os.PathLike, t5_directory: str | os.PathLike | None = None,
+                       max_length: int = 128, dtype: Any = jnp.float32, mesh: Mesh | None = None):
+        """A diffusers ``StableAudioPipeline`` folder; T5 from its ``text_encoder/`` + ``tokenizer/spiece.model``
+        unless ``t5_directory`` is given."""
+        from stableaudio_jax.convert import load_diffusers, load_hf_t5
+        bundle = load_diffusers(directory, dtype=dtype)
+        if t5_directory is None:
+            text = load_hf_t5(os.path.join(directory, "text_encoder"), max_length, dtype,
+                              tokenizer_file=os.path.join(directory, "tokenizer", "spiece.model"))
+        else:
+            text = load_hf_t5(t5_directory, max_length, dtype)
+        return cls._from_bundle(bundle, text, mesh)
+
+    @classmethod
+    def _from_bundle(cls, bundle, text: T5TextEncoder, mesh):
+        config = ml_collections.ConfigDict(bundle.config.to_dict())
+        config.text = dict(model=_t5_config(text.module), max_length=text.max_length)
+        config.sampling = dict(DEFAULT_SAMPLING)
+        return cls(text=text, timing=bundle.timing.module, timing_params=bundle.timing.params,
+                   dit=bundle.dit.module, dit_params=bundle.dit.params, vae=bundle.vae.module,
+                   vae_params=bundle.vae.params, config=config, mesh=mesh)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = None):
+        """One of our model checkpoints (``stableaudio-jax convert`` / :meth:`save`)."""
+        from stableaudio_jax.inference.checkpoint_io import load_pipeline_parts
+        return cls(**load_pipeline_parts(directory, dtype), mesh=mesh)
+
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> str:
+        from stableaudio_jax.inference.checkpoint_io import save_pipeline
+        return save_pipeline(self, directory, overwrite)
+
+    # ---------------------------------------------------------------------------------------------- generate
+
+    def generate(self, prompts: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
+                 seconds_start: float | Sequence[float] = 0.0, seconds_total: float | Sequence[float] | None = None,
+                 steps: int | None = None, cfg_scale: float | None = None, sampler: str | None = None,
+                 sigma_min: float | None = None, sigma_max: float | None = None, cfg_rescale: float = 0.0,
+                 seed: int = 0, init_audio: np.ndarray | str | None = None, init_audio_sample_rate: int | None = None,
+                 init_noise_level: float = 1.0, inpaint_audio: np.ndarray | str | None = None,
+                 inpaint_mask: np.ndarray | None = None, inpaint_audio_sample_rate: int | None = None,
+                 initial_noise: np.ndarray | None = None, progress: Callable[[int], None] | None = None,
+                 return_latents: bool = False):
+        """Audio ``[batch, samples, channels]`` float32 at the model rate, cropped to the longest ``seconds_total``
+        (each prompt's samples past its own ``seconds_total`` are zero; ``None`` keeps the whole window).
+
+        ``init_audio`` (array ``[samples, channels]`` / ``[batch, samples, channels]`` or a file path) turns on
+        audio-to-audio from ``init_noise_level``; ``inpaint_audio`` + ``inpaint_mask`` (``[samples]`` or ``[batch,
+        samples]``, True/1 = keep) regenerate the rest. ``initial_noise`` (``[batch, latent frames, latent dim]``,
+        standard normal) replaces the seeded draw. ``progress(step)`` is called after each sampling step.
+        """
+        s = self.config.sampling
+        req = parse_request(prompts, negative_prompt, seconds_start, seconds_total, self.window_seconds,
+                            steps if steps is not None else s.steps, sampler or s.sampler,
+                            cfg_scale if cfg_scale is not None else s.cfg_scale,
+                            sigma_min if sigma_min is not None else s.sigma_min,
+                            sigma_max if sigma_max is not None else s.sigma_max, cfg_rescale, init_noise_level)
+        check_sampler(self.objective, req.sampler)
+        batch = len(req.prompts)
+        padded = self._padded_batch(batch)
+        noise_key, sample_key = jax.random.split(jax.random.key(seed))
+        latent_shape = (padded, self.latent_frames, self.vae.latent_dim)
+        noise = self._noise(initial_noise, noise_key, latent_shape, batch)
+        cross, uncond, global_cond = self._conditioning(req, padded)
+        init = self._init_latents(init_audio, init_audio_sample_rate, padded)
+        inpaint = self._inpaint(inpaint_audio, inpaint_mask, inpaint_audio_sample_rate, padded)
+        put = self._shard
+        _PROGRESS["fn"] = progress
+        try:
+            latents = _sample_latents(
+                self.dit, self.params["dit"], put(noise), sample_key, put(cross), put(uncond), put(global_cond),
+                jnp.float32(req.cfg_scale), jnp.float32(req.cfg_rescale), jnp.float32(req.sigma_min),
+                jnp.float32(req.sigma_max), None if init is None else put(init),
+                None if init is None else jnp.float32(req.init_noise_level),
+                None if inpaint is None else put(inpaint[0]), None if inpaint is None else put(inpaint[1]),
+                objective=self.objective, sampler=req.sampler, steps=req.steps, report=progress is not None)
+            latents.block_until_ready()
+        finally:
+            _PROGRESS["fn"] = None
+        audio = self.decode(latents)[:batch]
+        audio = self._crop(audio, req.seconds_total)
+        return (audio, np.asarray(latents[:batch])) if return_latents else audio
+
+    def decode(self, latents: jax.Array) -> np.ndarray:
+        overlap = max(32, decoder_receptive_field(self.vae))
+        return np.asarray(_decode(self.vae, self.params["vae"], latents, 128, overlap))
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    def _padded_batch(self, batch: int) -> int:
+        if self.mesh is None:
+            return batch
+        shards = math.prod(self.mesh.shape[a] for a in BATCH_AXES if a in self.mesh.shape)
+        return -(-batch // shards) * shards
+
+    def _shard(self, x):
+        if self.mesh is None:
+            return x
+        axes = tuple(a for a in BATCH_AXES if a in self.mesh.shape)
+        return jax.device_put(x, NamedSharding(self.mesh, PartitionSpec(axes)))
+
+    def _noise(self, initial_noise, key, shape, batch):
+        if initial_noise is None:
+            return jax.random.normal(key, shape, jnp.float32)
+        noise = np.asarray(initial_noise, np.float32)
+        if noise.shape != (batch,) + shape[1:]:
+            raise ValueError(f"initial_noise has shape {noise.shape}; expected {(batch,) + shape[1:]}")
+        return jnp.asarray(np.concatenate([noise, np.zeros((shape[0] - batch,) + shape[1:], np.float32)]))
+
+    def _conditioning(self, req: GenerationRequest, padded: int):
+        pad = lambda seq: list(seq) + [seq[-1]] * (padded - len(seq))  # noqa: E731
+        text, mask = self.text(pad(req.prompts))
+        neg_text = neg_mask = None
+        if req.negative_prompts is not None:
+            neg_text, neg_mask = self.text(pad(req.negative_prompts))
+        start = jnp.asarray(pad(req.seconds_start), jnp.float32)
+        total = jnp.asarray(pad(req.seconds_total_conditioning), jnp.float32)
+        return _conditioning(self.timing, self.params["timing"], text, jnp.asarray(mask), neg_text,
+                             None if neg_mask is None else jnp.asarray(neg_mask), start, total)
+
+    def _load(self, audio, rate, what):
+        """→ (audio at the model rate and channel count [B, N, C], the source rate, the source sample count)."""
+        if isinstance(audio, (str, os.PathLike)):
+            audio, rate = load_audio(audio)
+        audio = np.asarray(audio, np.float32)
+        rate = self.sample_rate if rate is None else int(rate)
+        if audio.ndim == 2:
+            audio = audio[None]
+        if audio.ndim != 3:
+            raise ValueError(f"{what} has shape {audio.shape}; expected [samples, channels] or [batch, samples, "
+                             "channels]")
+        converted = [match_channels(resample(a, rate, self.sample_rate), self.audio_channels) for a in audio]
+        return np.stack(converted), rate, audio.shape[1]
+
+    def _batched(self, arr, padded, what):
+        if arr.shape[0] == 1:
+            return np.repeat(arr, padded, axis=0)
+        if arr.shape[0] > padded:
+            raise ValueError(f"{what} has batch {arr.shape[0]}; expected 1 or the number of prompts")
+        return np.concatenate([arr, np.repeat(arr[-1:], padded - arr.shape[0], axis=0)])
+
+    def _init_latents(self, init_audio, rate, padded):
+        if init_audio is None:
+            return None
+        audio = self._load(init_audio, rate, "init_audio")[0]
+        window = audio_to_window(audio, self.window_samples)
+        return _encode(self.vae, self.params["vae"], jnp.asarray(self._batched(window, padded, "init_audio")))
+
+    def _inpaint(self, inpaint_audio, inpaint_mask, rate, padded):
+        if inpaint_audio is None and inpaint_mask is None:
+            return None
+        if inpaint_audio is None or inpaint_mask is None:
+            raise ValueError("inpaint_audio and inpaint_mask must be given together")
+        audio, source_rate, source_samples = self._load(inpaint_audio, rate, "inpaint_audio")
+        frames = mask_to_latent_frames(inpaint_mask, source_samples, source_rate, self.sample_rate,
+                                       self.vae.downsampling_ratio, self.latent_frames)
+        latents = _encode(self.vae, self.params["vae"],
+                          jnp.asarray(self._batched(audio_to_window(audio, self.window_samples), padded,
+                                                    "inpaint_audio")))
+        return latents, jnp.asarray(self._batched(frames, padded, "inpaint_mask"))
+
+    def _crop(self, audio: np.ndarray, seconds_total: list[float] | None) -> np.ndarray:
+        if seconds_total is None:
+            return audio
+        lengths = [min(round(s * self.sample_rate), audio.shape[1]) for s in seconds_total]
+        audio = audio[:, : max(lengths)].copy()
+        for i, n in enumerate(lengths):
+            audio[i, n:] = 0.0
+        return audio
+
+
+def _t5_config(module) -> dict:
+    return {k: getattr(module, k) for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
+                                            "num_buckets", "max_distance", "layer_norm_eps", "feed_forward")}
