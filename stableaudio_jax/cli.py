@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from stableaudio_jax.commands import convert, generate
+from stableaudio_jax.training.checkpoints import CheckpointError
 from stableaudio_jax.config_loader import load_config, split_override_args
 
 
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("config", help="config file and variant, e.g. configs/vae.py:sao")
     show.add_argument("--params", action="store_true", help="also print the model's parameter count")
     show.set_defaults(run=_show_config)
+    generate.add_parser(sub)
+    convert.add_parser(sub)
     return parser
 
 
@@ -60,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     try:
         return args.run(args, overrides)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, FileNotFoundError, CheckpointError) as e:
         print(f"stableaudio-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

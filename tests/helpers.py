@@ -142,3 +142,74 @@ def synthetic_state_dict(shapes, seed=0):
             w = 0.1 * z
         out[name] = w.astype(np.float32)
     return out
+
+
+def build_tiny_sao_diffusers(root, cond_dim=32, frames=32, captions=("a dog barking",)):
+    """A Stable Audio Open shaped diffusers folder with random tiny modules (vae/, transformer/, text_encoder/,
+    projection_model/, tokenizer/spiece.model) under ``root``; returns the torch modules."""
+    import torch
+    from diffusers import AutoencoderOobleck
+    from diffusers.pipelines.stable_audio import StableAudioProjectionModel
+    from transformers import T5Config, T5EncoderModel
+
+    from stableaudio_jax.data.tokenizer import train_sentencepiece
+    torch.manual_seed(0)
+    vae = AutoencoderOobleck(encoder_hidden_size=16, downsampling_ratios=[2, 4, 2], channel_multiples=[1, 2, 2],
+                             decoder_channels=16, decoder_input_channels=8, audio_channels=2).eval()
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.endswith(("alpha", "beta")):
+                p.copy_(0.3 * torch.randn_like(p))
+    dit = randomized_diffusers_dit(seed=2, sample_size=frames, cross_attention_input_dim=cond_dim,
+                                   global_states_input_dim=2 * cond_dim, time_proj_dim=256)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=160, d_model=cond_dim, d_kv=8, d_ff=48, num_layers=2,
+                                           num_heads=4)).eval()
+    projection = StableAudioProjectionModel(text_encoder_dim=cond_dim, conditioning_dim=cond_dim, min_value=0,
+                                            max_value=512)
+    with torch.no_grad():
+        for p in projection.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    parts = dict(vae=vae, transformer=dit, text_encoder=text_encoder, projection_model=projection)
+    for name, module in parts.items():
+        module.save_pretrained(root / name)
+    train_sentencepiece(list(captions) * 20 + ["rain on a tin roof", "a crowd cheering"] * 10,
+                        root / "tokenizer" / "spiece.model", vocab_size=150)
+    return parts
+
+
+def sat_model_config(cond):
+    oobleck = dict(channels=16, c_mults=[1, 2, 2], strides=[2, 4, 2], use_snake=True)
+    return {"model_type": "diffusion_cond", "sample_size": 16 * 32, "sample_rate": 44100, "audio_channels": 2,
+            "model": {
+                "pretransform": {"type": "autoencoder", "iterate_batch": True, "config": {
+                    "encoder": {"type": "oobleck", "config": dict(oobleck, in_channels=2, latent_dim=16)},
+                    "decoder": {"type": "oobleck", "config": dict(oobleck, out_channels=2, latent_dim=8,
+                                                                  final_tanh=False)},
+                    "bottleneck": {"type": "vae"}, "latent_dim": 8, "downsampling_ratio": 16, "io_channels": 2}},
+                "conditioning": {"cond_dim": cond, "configs": [
+                    {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": 128}},
+                    {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 512}},
+                    {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 512}}]},
+                "diffusion": {"cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
+                              "global_cond_ids": ["seconds_start", "seconds_total"], "type": "dit", "config": {
+                                  "io_channels": 8, "embed_dim": 256, "depth": 2, "num_heads": 4,
+                                  "cond_token_dim": cond, "global_cond_dim": 2 * cond, "project_cond_tokens": False,
+                                  "transformer_type": "continuous_transformer"}},
+                "io_channels": 8}}
+
+
+def write_sat_checkpoint(parts, path, extra=None):
+    """stable-audio-tools layout of diffusers parts: pretransform.model.* / model.model.* / conditioner.*"""
+    from safetensors.numpy import save_file
+    vae, dit, projection = parts["vae"], parts["transformer"], parts["projection_model"]
+    state = {}
+    for key, value in vae.state_dict().items():
+        value = value.numpy().reshape(-1) if key.endswith(("alpha", "beta")) else value.numpy()
+        state["pretransform.model." + vae_key_to_sat(key, 3)] = np.ascontiguousarray(value)
+    for key, value in dit_state_to_sat({k: v.numpy() for k, v in dit.state_dict().items()}).items():
+        state["model.model." + key] = value
+    for key, value in timing_state_to_sat({k: v.numpy() for k, v in projection.state_dict().items()}).items():
+        state["conditioner.conditioners." + key] = value
+    state.update(extra or {})
+    save_file(state, str(path))
+    return path

@@ -45,3 +45,18 @@ def test_dit_benchmark_writes_json(tmp_path):
     forward = json.loads(out.read_text())["forward"]
     assert forward["depth"] == 1 and forward["flops_per_forward"] > 0 and forward["torch_forwards_per_s"] > 0
     assert forward["max_abs_diff"] < 1e-3 and forward["jax_mfu"] is None  # no known peak for a CPU
+
+
+def test_generate_benchmark_writes_json(tmp_path):
+    out = tmp_path / "generate.json"
+    small = ["--config.model.depth=1", "--config.model.embed_dim=256", "--config.model.num_heads=4",
+             "--config.model.cond_token_dim=128", "--config.model.global_cond_dim=256", "--config.model.io_channels=8",
+             "--config.vae.channels=16", "--config.vae.latent_dim=8"]
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "generate_bench.py"), *small, "--frames", "16",
+           "--steps", "2", "--t5-layers", "1", "--dtype", "float32", "--repeats", "1", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["ours"]) >= {"conditioning_s", "sampling_s", "decode_s", "total_s", "total_3m_sde_s"}
+    assert all(v > 0 for v in report["ours"].values()) and report["diffusers"]["total_s"] > 0

@@ -6,12 +6,8 @@ import jax
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderOobleck, EDMDPMSolverMultistepScheduler, StableAudioPipeline
-from diffusers.pipelines.stable_audio import StableAudioProjectionModel
-from helpers import randomized_diffusers_dit
-from transformers import T5Config, T5EncoderModel
-
-from stableaudio_jax.data.tokenizer import train_sentencepiece
+from diffusers import EDMDPMSolverMultistepScheduler, StableAudioPipeline
+from helpers import build_tiny_sao_diffusers
 from stableaudio_jax.inference.pipeline import TextToAudioPipeline
 from stableaudio_jax.training.checkpoints import CheckpointError
 
@@ -23,27 +19,7 @@ PROMPTS = ["a dog barking in the rain", "slow ambient synth pad"]
 @pytest.fixture(scope="module")
 def components(tmp_path_factory):
     root = tmp_path_factory.mktemp("sao_tiny")
-    torch.manual_seed(0)
-    vae = AutoencoderOobleck(encoder_hidden_size=16, downsampling_ratios=[2, 4, 2], channel_multiples=[1, 2, 2],
-                             decoder_channels=16, decoder_input_channels=8, audio_channels=2).eval()
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if name.endswith(("alpha", "beta")):
-                p.copy_(0.3 * torch.randn_like(p))
-    dit = randomized_diffusers_dit(seed=2, sample_size=FRAMES, cross_attention_input_dim=D,
-                                   global_states_input_dim=2 * D)
-    text_encoder = T5EncoderModel(T5Config(vocab_size=160, d_model=D, d_kv=8, d_ff=48, num_layers=2,
-                                           num_heads=4)).eval()
-    projection = StableAudioProjectionModel(text_encoder_dim=D, conditioning_dim=D, min_value=0, max_value=512)
-    with torch.no_grad():
-        for p in projection.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    for name, module in [("vae", vae), ("transformer", dit), ("text_encoder", text_encoder),
-                         ("projection_model", projection)]:
-        module.save_pretrained(root / name)
-    train_sentencepiece(PROMPTS * 20 + ["rain on a tin roof", "a crowd cheering"] * 10,
-                        root / "tokenizer" / "spiece.model", vocab_size=150)
-    return root, dict(vae=vae, transformer=dit, text_encoder=text_encoder, projection_model=projection)
+    return root, build_tiny_sao_diffusers(root, D, FRAMES, PROMPTS)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +159,7 @@ def test_sharded_batch_equals_single_device(pipe):
     a = pipe.generate(prompts, steps=4, seed=9)
     b = sharded.generate(prompts, steps=4, seed=9)
     assert b.shape == a.shape == (3, FRAMES * 16, 2)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, b, atol=1e-4)  # the same computation, partitioned differently
 
 
 def test_progress_reports_every_step(pipe):

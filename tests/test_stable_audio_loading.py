@@ -7,9 +7,7 @@ import pytest
 import torch
 from diffusers import AutoencoderOobleck
 from diffusers.pipelines.stable_audio import StableAudioProjectionModel
-from helpers import (diffusers_dit_forward, dit_state_to_sat, randomized_diffusers_dit, timing_state_to_sat,
-                     vae_key_to_sat)
-from safetensors.numpy import save_file
+from helpers import diffusers_dit_forward, randomized_diffusers_dit, sat_model_config, write_sat_checkpoint
 
 from stableaudio_jax.convert import CheckpointMismatchError, load_diffusers, load_stable_audio_tools
 
@@ -31,47 +29,11 @@ def parts():
                                    global_states_input_dim=2 * COND, time_proj_dim=256)
     projection = StableAudioProjectionModel(text_encoder_dim=COND, conditioning_dim=COND, min_value=0,
                                             max_value=512).eval()
-    return vae, dit, projection
-
-
-def _sao_config():
-    oobleck = dict(channels=16, c_mults=[1, 2, 2], strides=[2, 4, 2], use_snake=True)
-    return {"model_type": "diffusion_cond", "sample_size": 16 * 32, "sample_rate": 44100, "audio_channels": 2,
-            "model": {
-                "pretransform": {"type": "autoencoder", "iterate_batch": True, "config": {
-                    "encoder": {"type": "oobleck", "config": dict(oobleck, in_channels=2, latent_dim=16)},
-                    "decoder": {"type": "oobleck", "config": dict(oobleck, out_channels=2, latent_dim=8,
-                                                                  final_tanh=False)},
-                    "bottleneck": {"type": "vae"}, "latent_dim": 8, "downsampling_ratio": 16, "io_channels": 2}},
-                "conditioning": {"cond_dim": COND, "configs": [
-                    {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": 128}},
-                    {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 512}},
-                    {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 512}}]},
-                "diffusion": {"cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
-                              "global_cond_ids": ["seconds_start", "seconds_total"], "type": "dit", "config": {
-                                  "io_channels": 8, "embed_dim": 256, "depth": 2, "num_heads": 4,
-                                  "cond_token_dim": COND, "global_cond_dim": 2 * COND, "project_cond_tokens": False,
-                                  "transformer_type": "continuous_transformer"}},
-                "io_channels": 8}}
-
-
-def _sat_checkpoint(parts, path, extra=None):
-    vae, dit, projection = parts
-    state = {}
-    for key, value in vae.state_dict().items():
-        value = value.numpy().reshape(-1) if key.endswith(("alpha", "beta")) else value.numpy()
-        state["pretransform.model." + vae_key_to_sat(key, 3)] = np.ascontiguousarray(value)
-    for key, value in dit_state_to_sat({k: v.numpy() for k, v in dit.state_dict().items()}).items():
-        state["model.model." + key] = value
-    for key, value in timing_state_to_sat({k: v.numpy() for k, v in projection.state_dict().items()}).items():
-        state["conditioner.conditioners." + key] = value
-    state.update(extra or {})
-    save_file(state, str(path))
-    return path
+    return dict(vae=vae, transformer=dit, projection_model=projection)
 
 
 def _check_bundle(bundle, parts):
-    vae, dit, projection = parts
+    vae, dit, projection = parts["vae"], parts["transformer"], parts["projection_model"]
     rng = np.random.default_rng(0)
     audio = rng.standard_normal((2, 16 * 24, 2)).astype(np.float32)
     with torch.no_grad():
@@ -102,9 +64,9 @@ def _check_bundle(bundle, parts):
 
 
 def test_load_stable_audio_tools(parts, tmp_path):
-    path = _sat_checkpoint(parts, tmp_path / "model.safetensors")
+    path = write_sat_checkpoint(parts, tmp_path / "model.safetensors")
     config = tmp_path / "model_config.json"
-    config.write_text(json.dumps(_sao_config()))
+    config.write_text(json.dumps(sat_model_config(COND)))
     bundle = load_stable_audio_tools(path, config)
     assert bundle.config.audio.sample_rate == 44100 and bundle.config.dit.cond_embed_dim == COND
     assert set(bundle.params) == {"vae", "dit", "timing"}
@@ -112,23 +74,23 @@ def test_load_stable_audio_tools(parts, tmp_path):
 
 
 def test_sat_checkpoint_errors(parts, tmp_path):
-    path = _sat_checkpoint(parts, tmp_path / "model.safetensors",
+    path = write_sat_checkpoint(parts, tmp_path / "model.safetensors",
                            extra={"discriminator.conv.weight": np.zeros(3, np.float32)})
     with pytest.raises(CheckpointMismatchError, match="discriminator.conv.weight"):
-        load_stable_audio_tools(path, _sao_config())
-    path = _sat_checkpoint(parts, tmp_path / "ok.safetensors")
-    config = _sao_config()
+        load_stable_audio_tools(path, sat_model_config(COND))
+    path = write_sat_checkpoint(parts, tmp_path / "ok.safetensors")
+    config = sat_model_config(COND)
     config["model"]["diffusion"]["config"]["global_cond_type"] = "adaLN"
     with pytest.raises(ValueError, match=r"model.diffusion.config.global_cond_type='adaLN' is not supported"):
         load_stable_audio_tools(path, config)
-    config = _sao_config()
+    config = sat_model_config(COND)
     config["model"]["diffusion"]["global_cond_ids"] = ["seconds_total"]
     with pytest.raises(ValueError, match=r"global_cond_ids \['seconds_total'\] are not supported"):
         load_stable_audio_tools(path, config)
 
 
 def test_load_diffusers_directory(parts, tmp_path):
-    vae, dit, projection = parts
+    vae, dit, projection = parts["vae"], parts["transformer"], parts["projection_model"]
     vae.save_pretrained(tmp_path / "vae")
     dit.save_pretrained(tmp_path / "transformer")
     projection.save_pretrained(tmp_path / "projection_model")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -153,7 +154,7 @@ class TextToAudioPipeline:
                  init_noise_level: float = 1.0, inpaint_audio: np.ndarray | str | None = None,
                  inpaint_mask: np.ndarray | None = None, inpaint_audio_sample_rate: int | None = None,
                  initial_noise: np.ndarray | None = None, progress: Callable[[int], None] | None = None,
-                 return_latents: bool = False):
+                 return_latents: bool = False, timings: dict | None = None):
         """Audio ``[batch, samples, channels]`` float32 at the model rate, cropped to the longest ``seconds_total``
         (each prompt's samples past its own ``seconds_total`` are zero; ``None`` keeps the whole window).
 
@@ -161,7 +162,9 @@ class TextToAudioPipeline:
         audio-to-audio from ``init_noise_level``; ``inpaint_audio`` + ``inpaint_mask`` (``[samples]`` or ``[batch,
         samples]``, True/1 = keep) regenerate the rest. ``initial_noise`` (``[batch, latent frames, latent dim]``,
         standard normal) replaces the seeded draw. ``progress(step)`` is called after each sampling step.
+        ``timings``, a dict, receives the wall seconds of conditioning (T5 + timing), sampling and decoding.
         """
+        clock = _Clock(timings)
         s = self.config.sampling
         req = parse_request(prompts, negative_prompt, seconds_start, seconds_total, self.window_seconds,
                             steps if steps is not None else s.steps, sampler or s.sampler,
@@ -174,7 +177,7 @@ class TextToAudioPipeline:
         noise_key, sample_key = jax.random.split(jax.random.key(seed))
         latent_shape = (padded, self.latent_frames, self.vae.latent_dim)
         noise = self._noise(initial_noise, noise_key, latent_shape, batch)
-        cross, uncond, global_cond = self._conditioning(req, padded)
+        cross, uncond, global_cond = clock.lap("conditioning_s", self._conditioning(req, padded))
         init = self._init_latents(init_audio, init_audio_sample_rate, padded)
         inpaint = self._inpaint(inpaint_audio, inpaint_mask, inpaint_audio_sample_rate, padded)
         put = self._shard
@@ -187,10 +190,10 @@ class TextToAudioPipeline:
                 None if init is None else jnp.float32(req.init_noise_level),
                 None if inpaint is None else put(inpaint[0]), None if inpaint is None else put(inpaint[1]),
                 objective=self.objective, sampler=req.sampler, steps=req.steps, report=progress is not None)
-            latents.block_until_ready()
+            latents = clock.lap("sampling_s", latents)
         finally:
             _PROGRESS["fn"] = None
-        audio = self.decode(latents)[:batch]
+        audio = clock.lap("decode_s", self.decode(latents))[:batch]
         audio = self._crop(audio, req.seconds_total)
         return (audio, np.asarray(latents[:batch])) if return_latents else audio
 
@@ -280,6 +283,23 @@ class TextToAudioPipeline:
         for i, n in enumerate(lengths):
             audio[i, n:] = 0.0
         return audio
+
+
+class _Clock:
+    """Stage timer for ``generate(timings=...)``: ``lap(name, result)`` blocks on result, records the seconds since
+    the previous lap."""
+
+    def __init__(self, timings: dict | None):
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, name, result):
+        jax.block_until_ready(result)
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = now - self.last
+        self.last = now
+        return result
 
 
 def _t5_config(module) -> dict:

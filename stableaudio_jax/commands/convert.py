@@ -1,0 +1,33 @@
+"""``stableaudio-jax convert``: a stable-audio-tools or diffusers checkpoint (+ T5) → one of our model checkpoints."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert a Stable Audio checkpoint into a stableaudio-jax model checkpoint",
+                       description="Write a model checkpoint that `generate --checkpoint` loads.")
+    p.add_argument("--from", dest="source", required=True, choices=["stable-audio-tools", "diffusers"])
+    p.add_argument("--checkpoint", required=True,
+                   help="stable-audio-tools model.safetensors / model.ckpt, or a diffusers pipeline directory")
+    p.add_argument("--model-config", help="stable-audio-tools model_config.json")
+    p.add_argument("--t5", help="Hugging Face T5 directory (config.json, weights, spiece.model); diffusers folders "
+                                "default to their text_encoder/ and tokenizer/")
+    p.add_argument("--max-length", type=int, default=128, help="T5 tokens per prompt (diffusers only)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from stableaudio_jax.inference.pipeline import TextToAudioPipeline
+
+    if args.source == "stable-audio-tools":
+        if not args.model_config or not args.t5:
+            raise ValueError("--from stable-audio-tools needs --model-config and --t5")
+        pipe = TextToAudioPipeline.from_pretrained_stable_audio(args.checkpoint, args.model_config, args.t5)
+    else:
+        pipe = TextToAudioPipeline.from_diffusers(args.checkpoint, t5_directory=args.t5, max_length=args.max_length)
+    out = pipe.save(args.out, overwrite=args.overwrite)
+    print(f"wrote {out} (window {pipe.window_seconds:.2f} s at {pipe.sample_rate} Hz)")
+    return 0

@@ -1,0 +1,99 @@
+"""``stableaudio-jax generate``: prompt(s) → wav files (and spectrogram pictures)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+CHECKPOINT_ENV = "STABLEAUDIO_JAX_CHECKPOINT"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate audio from text prompts",
+                       description="Generate audio from text with a model checkpoint (see `convert`).")
+    p.add_argument("prompt", nargs="+", help="one or more prompts (each makes --batch files)")
+    p.add_argument("--checkpoint", help=f"model checkpoint directory (default: ${CHECKPOINT_ENV})")
+    p.add_argument("--out", default="out.wav", help="output file; several outputs get _<i> before the suffix")
+    p.add_argument("--seconds", type=float, help="seconds_total: duration to generate (default: the whole window)")
+    p.add_argument("--seconds-start", type=float, default=0.0, help="seconds_start conditioning")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--cfg-scale", type=float, default=7.0)
+    p.add_argument("--cfg-rescale", type=float, default=0.0)
+    p.add_argument("--sampler", default="dpmpp-3m-sde")
+    p.add_argument("--sigma-min", type=float, default=0.3)
+    p.add_argument("--sigma-max", type=float, default=500.0)
+    p.add_argument("--negative-prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="variations per prompt")
+    p.add_argument("--init-audio", help="audio-to-audio: start from this file")
+    p.add_argument("--init-noise-level", type=float, default=1.0)
+    p.add_argument("--inpaint-audio", help="inpainting/continuation: the audio to keep parts of")
+    p.add_argument("--inpaint-keep", default="", help="seconds of --inpaint-audio to keep, e.g. 0:10,20:25")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--spectrogram", action="store_true", help="also write a spectrogram PNG per file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def keep_mask(spec: str, samples: int, sample_rate: int) -> np.ndarray:
+    """'0:10,20:25' (seconds) → boolean mask over ``samples``."""
+    mask = np.zeros(samples, bool)
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        try:
+            start, end = (float(v) for v in part.split(":"))
+        except ValueError:
+            raise ValueError(f"--inpaint-keep part {part!r} is not START:END in seconds") from None
+        if not 0 <= start < end:
+            raise ValueError(f"--inpaint-keep part {part!r}: expected 0 <= START < END")
+        mask[int(start * sample_rate):int(end * sample_rate)] = True
+    if not mask.any():
+        raise ValueError("--inpaint-audio needs --inpaint-keep with at least one START:END range")
+    return mask
+
+
+def output_paths(out: str, count: int) -> list[str]:
+    if count == 1:
+        return [out]
+    stem, suffix = os.path.splitext(out)
+    return [f"{stem}_{i}{suffix or '.wav'}" for i in range(count)]
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    import jax.numpy as jnp
+    from tqdm import tqdm
+
+    from stableaudio_jax.audio.io import load_audio, write_audio, write_spectrogram_png
+    from stableaudio_jax.inference.pipeline import TextToAudioPipeline
+
+    checkpoint = args.checkpoint or os.environ.get(CHECKPOINT_ENV)
+    if not checkpoint:
+        raise ValueError(f"no model: pass --checkpoint DIR or set ${CHECKPOINT_ENV}")
+    if args.batch < 1:
+        raise ValueError(f"--batch is {args.batch}; expected >= 1")
+    pipe = TextToAudioPipeline.from_checkpoint(checkpoint, dtype=getattr(jnp, args.dtype))
+    prompts = [p for p in args.prompt for _ in range(args.batch)]
+    kwargs = {}
+    if args.inpaint_audio:
+        audio, rate = load_audio(args.inpaint_audio)
+        kwargs.update(inpaint_audio=audio, inpaint_audio_sample_rate=rate,
+                      inpaint_mask=keep_mask(args.inpaint_keep, audio.shape[0], rate))
+    if args.init_audio:
+        audio, rate = load_audio(args.init_audio)
+        kwargs.update(init_audio=audio, init_audio_sample_rate=rate, init_noise_level=args.init_noise_level)
+    bar = None if args.no_progress else tqdm(total=args.steps, desc="sampling", unit="step")
+    try:
+        audio = pipe.generate(prompts, negative_prompt=args.negative_prompt, seconds_start=args.seconds_start,
+                              seconds_total=args.seconds, steps=args.steps, cfg_scale=args.cfg_scale,
+                              cfg_rescale=args.cfg_rescale, sampler=args.sampler, sigma_min=args.sigma_min,
+                              sigma_max=args.sigma_max, seed=args.seed,
+                              progress=None if bar is None else (lambda _: bar.update(1)), **kwargs)
+    finally:
+        if bar is not None:
+            bar.close()
+    for path, clip in zip(output_paths(args.out, len(prompts)), audio):
+        write_audio(path, clip, pipe.sample_rate)
+        print(f"wrote {path} ({clip.shape[0] / pipe.sample_rate:.2f} s, {clip.shape[1]} channels)")
+        if args.spectrogram:
+            print(f"wrote {write_spectrogram_png(os.path.splitext(path)[0] + '.png', clip, pipe.sample_rate)}")
+    return 0

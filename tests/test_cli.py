@@ -1,0 +1,96 @@
+"""The `convert` and `generate` commands run as a user would, on a tiny random Stable Audio Open style model
+written in both published layouts (stable-audio-tools and diffusers)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import build_tiny_sao_diffusers, sat_model_config, write_sat_checkpoint
+
+COND = 128  # token width 128 = 2 key/value heads of 64, expressible in stable-audio-tools' config too
+CLI = os.path.join(os.path.dirname(sys.executable), "stableaudio-jax")
+
+
+def _run(*args, cwd=None):
+    result = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=600, cwd=cwd,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    return result
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    parts = build_tiny_sao_diffusers(root / "diffusers", COND, 32, ["a dog barking", "rain on a tin roof"])
+    # the same modules in stable-audio-tools' layout, plus a T5 directory with its tokenizer
+    write_sat_checkpoint(parts, root / "model.safetensors")
+    (root / "model_config.json").write_text(json.dumps(sat_model_config(COND)))
+    shutil.copytree(root / "diffusers" / "text_encoder", root / "t5")
+    shutil.copy(root / "diffusers" / "tokenizer" / "spiece.model", root / "t5" / "spiece.model")
+    a = _run("convert", "--from", "diffusers", "--checkpoint", str(root / "diffusers"), "--out", str(root / "ck_d"))
+    b = _run("convert", "--from", "stable-audio-tools", "--checkpoint", str(root / "model.safetensors"),
+             "--model-config", str(root / "model_config.json"), "--t5", str(root / "t5"), "--out",
+             str(root / "ck_s"))
+    assert a.returncode == 0, a.stderr
+    assert b.returncode == 0, b.stderr
+    assert "wrote" in a.stdout and os.path.isfile(root / "ck_s" / "stableaudio_jax.json")
+    return root
+
+
+def test_generate_writes_wavs_and_spectrograms(converted):
+    out = converted / "out" / "clip.wav"
+    result = _run("generate", "a dog barking", "rain on a tin roof", "--checkpoint", str(converted / "ck_d"),
+                  "--seconds", "0.008", "--steps", "3", "--batch", "2", "--out", str(out), "--spectrogram",
+                  "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert "sampling" in result.stderr  # the tqdm bar
+    for i in range(4):
+        audio, rate = sf.read(converted / "out" / f"clip_{i}.wav")
+        assert rate == 44100 and audio.shape == (round(0.008 * 44100), 2) and np.abs(audio).max() > 0
+        assert os.path.getsize(converted / "out" / f"clip_{i}.png") > 100
+
+
+def test_both_layouts_convert_to_the_same_model(converted):
+    outs = []
+    for name in ("ck_d", "ck_s"):
+        path = converted / f"{name}.wav"
+        result = _run("generate", "rain on a tin roof", "--checkpoint", str(converted / name), "--steps", "3",
+                      "--out", str(path), "--no-progress", "--seed", "4")
+        assert result.returncode == 0, result.stderr
+        outs.append(sf.read(path)[0])
+    assert np.abs(outs[0] - outs[1]).max() <= 2 / 32768  # the same audio, to 16-bit quantisation
+
+
+def test_inpainting_and_audio_to_audio_from_files(converted, monkeypatch):
+    source = converted / "source.wav"
+    sf.write(source, 0.2 * np.random.default_rng(0).standard_normal((512, 1)), 22050)  # mono, another rate
+    for extra in (["--inpaint-audio", str(source), "--inpaint-keep", "0:0.005"],
+                  ["--init-audio", str(source), "--init-noise-level", "3"]):
+        result = _run("generate", "a dog barking", "--checkpoint", str(converted / "ck_d"), "--steps", "2",
+                      "--out", str(converted / "edit.wav"), "--no-progress", *extra)
+        assert result.returncode == 0, result.stderr
+        assert sf.read(converted / "edit.wav")[0].shape == (512, 2)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "x", "--seconds", "5"], "seconds_total=5.0 exceeds the model's window"),
+    (["generate", "x", "--sampler", "heun"], "sampler 'heun' is not available"),
+    (["generate", "x", "--inpaint-audio", "nope.wav"], "cannot read audio file 'nope.wav'"),
+    (["convert", "--from", "stable-audio-tools", "--checkpoint", "x", "--out", "y"], "needs --model-config and --t5"),
+])
+def test_bad_arguments_exit_2_with_a_message(converted, args, message):
+    if args[0] == "generate":
+        args = args + ["--checkpoint", str(converted / "ck_d"), "--steps", "2", "--no-progress"]
+    result = _run(*args, cwd=converted)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_generate_without_a_model_names_the_options(tmp_path, monkeypatch):
+    result = subprocess.run([CLI, "generate", "x"], capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if k != "STABLEAUDIO_JAX_CHECKPOINT"})
+    assert result.returncode == 2 and "--checkpoint DIR or set $STABLEAUDIO_JAX_CHECKPOINT" in result.stderr
+    missing = _run("generate", "x", "--checkpoint", str(tmp_path))
+    assert missing.returncode == 2 and "not a stableaudio-jax model checkpoint" in missing.stderr
