@@ -167,3 +167,12 @@ def test_progress_reports_every_step(pipe):
     pipe.generate(PROMPTS[:1], steps=5, progress=steps.append)
     jax.effects_barrier()
     assert sorted(steps) == [0, 1, 2, 3, 4]
+
+
+def test_window_can_be_changed(components):
+    pipe = TextToAudioPipeline.from_diffusers(components[0], max_length=16)
+    pipe.set_window_seconds(0.02)  # 882 samples → 56 latent frames of 16 samples
+    assert pipe.latent_frames == 56 and pipe.window_samples == 896
+    assert pipe.generate(PROMPTS[:1], steps=2).shape == (1, 896, 2)
+    with pytest.raises(ValueError, match="window seconds=-1"):
+        pipe.set_window_seconds(-1)

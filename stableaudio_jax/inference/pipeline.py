@@ -99,6 +99,16 @@ class TextToAudioPipeline:
     def window_seconds(self) -> float:
         return self.window_samples / self.sample_rate
 
+    def set_window_seconds(self, seconds: float) -> None:
+        """Changes the generation window (the config's ``audio.sample_size`` by default: 47.55 s for SAO), rounded
+        up to whole latent frames. Longer windows suit models trained on them (rotary positions extrapolate poorly).
+        """
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"window seconds={seconds}; expected a positive number")
+        ratio = self.vae.downsampling_ratio
+        self.latent_frames = max(1, math.ceil(seconds * self.sample_rate / ratio))
+        self.window_samples = self.latent_frames * ratio
+
     # ------------------------------------------------------------------------------------------- construction
 
     @classmethod
