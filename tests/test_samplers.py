@@ -88,7 +88,7 @@ def test_eps_ddim_converges_at_first_order():
 def test_rectified_flow_euler_converges():
     errors = []
     for n in (16, 32, 64, 128):
-        # the grid ends with a jump from t_L = sigmoid(-2 + 8/n) to 0, where Euler returns the posterior mean E[x0|x_tL]:
+        # the grid ends with a jump from t_L = sigmoid(-2 + 8/n) to 0, where Euler returns E[x0 | x_tL]:
         # the exact answer is the flow (affine in the noise) to t_L, then that posterior mean
         t_last = float(rectified_flow_timesteps(n)[-2])
         var = (1 - t_last) ** 2 * S ** 2 + t_last ** 2
