@@ -36,5 +36,35 @@ def get_config(arg=None):
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.sharding_rules = DEFAULT_RULES
 
+    config.training = training_config(variant)
+    config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300))
     config.seed = 0
     return config
+
+
+def training_config(variant):
+    """stable-audio-tools' SAO VAE recipe (``stable_audio_2_0_vae.json``); ``tiny`` keeps its shape at toy size."""
+    sao = variant == "sao"
+
+    def optimizer(lr):
+        # tiny: a short warm-up so that a test run of a few hundred steps actually learns
+        schedule = (dict(type="inverse_lr", inv_gamma=200_000, power=0.5, warmup=0.999) if sao else
+                    dict(type="inverse_lr", inv_gamma=10_000, power=0.5, warmup=0.9))
+        return dict(lr=lr, betas=(0.8, 0.99), eps=1e-8, weight_decay=1e-3, grad_clip=0.0, schedule=schedule)
+
+    return ml_collections.ConfigDict(dict(
+        batch_size=32 if sao else 8,          # global, over all hosts and devices
+        crop_samples=65536 if sao else 4096,  # 1.49 s at 44.1 kHz
+        steps=1_000_000 if sao else 200,
+        accumulation=1,
+        gen_optimizer=optimizer(1.5e-4 if sao else 1e-3),
+        disc_optimizer=optimizer(3e-4 if sao else 1e-3),
+        discriminator=dict(filters=64 if sao else 8, n_ffts=(2048, 1024, 512, 256, 128) if sao else (256, 128, 64),
+                           hops=(512, 256, 128, 64, 32) if sao else (64, 32, 16)),
+        loss_weights=dict(adversarial=0.1, feature_matching=5.0, spectral=1.0, kl=1e-4),
+        ema=dict(beta=0.9999, power=0.75, inv_gamma=1.0, update_after_step=1),
+        data=dict(silence_db=-60.0, max_redraws=10, phase_flip=0.5),
+        log_every=100 if sao else 10,
+        checkpoint_every=10_000 if sao else 100,
+        keep_checkpoints=3,
+    ))

@@ -193,3 +193,33 @@ class DenseGeneral(nn.Module):
                               features, self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
+
+
+class WNConv2d(nn.Module):
+    """Weight-normalised ``torch.nn.Conv2d`` on NHWC inputs: kernel ``weight_v [kh, kw, in, out]``, ``weight_g``
+    per output channel, bias; symmetric zero ``padding`` per spatial axis, ``dilation`` per axis."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        cin = x.shape[-1]
+        shape = (kh, kw, cin, self.features)
+        v = self.param("weight_v", nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=2, out_axis=3),
+            (KERNEL, "conv_kernel_w", CONV_IN, CONV_OUT)), shape, self.param_dtype)
+        g = self.param("weight_g", nn.with_logical_partitioning(
+            lambda _, v_: jnp.sqrt(jnp.sum(jnp.square(v_), axis=(0, 1, 2))), (CONV_OUT,)), v)
+        b = self.param("bias", nn.with_logical_partitioning(_uniform_bias_init(cin * kh * kw), (CONV_OUT,)),
+                       (self.features,), self.param_dtype)
+        w = _weight_norm(v, g, (0, 1, 2), 3).astype(self.dtype)
+        (ph, pw), (dh, dw) = self.padding, self.dilation
+        y = lax.conv_general_dilated(x.astype(self.dtype), w, (1, 1), [(ph, ph), (pw, pw)], rhs_dilation=(dh, dw),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + b.astype(self.dtype)

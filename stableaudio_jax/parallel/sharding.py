@@ -37,6 +37,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_out", "fsdp"),
     ("conv_in", None),
     ("conv_kernel", None),
+    ("conv_kernel_w", None),   # the second spatial axis of 2-D kernels (the discriminator)
     # transformer parameters: FSDP over the model dimension, tensor parallelism over heads and MLP hidden units
     ("embed", "fsdp"),
     ("heads", "tensor"),

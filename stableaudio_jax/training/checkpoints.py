@@ -1,5 +1,10 @@
 """Checkpoints on disk, behind one small module (orbax).
 
+A *training checkpoint* (:class:`TrainCheckpointer`) lives in ``<workdir>/checkpoints/<step>/`` as an orbax
+``CheckpointManager`` composite: ``state`` (the train state), ``data`` (the data iterator's position, JSON) and
+``config`` (the run's config, JSON). Saves are asynchronous, the last ``keep`` are kept, a termination signal
+(SIGTERM/SIGINT) or a TPU preemption notice makes the loop save and stop.
+
 A *model checkpoint* is what ``stableaudio-jax convert`` writes and ``generate --checkpoint`` / the pipeline's
 ``from_checkpoint`` read: a directory with
 
@@ -82,3 +87,48 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any) -> Any:
         return ocp.StandardCheckpointer().restore(params_dir, abstract)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise CheckpointError(f"{params_dir}: cannot restore into the model's parameters: {e}") from e
+
+
+class TrainCheckpointer:
+    """Training checkpoints: async save, keep-last-N, config and data position beside the state, sharded restore."""
+
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict | None, config: Any, force: bool = True) -> bool:
+        config_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=ocp.args.JsonSave(data_state or {}),
+                                  config=ocp.args.JsonSave(json.loads(json.dumps(config_dict, default=list))))
+        return self.manager.save(step, args=args, force=force)
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, dict]:
+        """(state placed as ``abstract_state``'s shardings say, data position, config) of ``step`` (default: the
+        latest). Raises :class:`CheckpointError` if there is none or it does not fit."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"{self.directory}: no checkpoint to restore")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+                                  config=ocp.args.JsonRestore())
+        try:
+            restored = self.manager.restore(step, args=args)
+        except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{self.directory}/{step}: cannot restore the train state: {e}") from e
+        return restored["state"], dict(restored["data"] or {}), dict(restored["config"] or {})
+
+    def reached_preemption(self, step: int) -> bool:
+        """True when the cluster announced a preemption (TPU maintenance events via jax.distributed)."""
+        return bool(self.manager.reached_preemption(step))
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,74 @@
+"""Multi-host start-up and global batches.
+
+``initialize(cfg)`` calls ``jax.distributed.initialize`` when the run spans several processes: explicitly (a
+coordinator address from the config or ``STABLEAUDIO_COORDINATOR`` / ``STABLEAUDIO_NUM_PROCESSES`` /
+``STABLEAUDIO_PROCESS_ID``), or by JAX's own cluster detection (TPU pods, SLURM, Open MPI, ...) when ``mode`` is
+'auto' and such an environment is present. Single-process runs are left alone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+logger = logging.getLogger(__name__)
+_MULTI_HOST_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def _cluster_size_hint() -> int:
+    for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return len(hosts.split(",")) if hosts else 1
+
+
+def initialize(cfg: Any = None) -> bool:
+    """Starts JAX's multi-process runtime if this run needs it; returns whether it did.
+
+    ``cfg`` (a mapping / ConfigDict, all optional): ``mode`` 'auto' | 'always' | 'never', ``coordinator_address``,
+    ``num_processes``, ``process_id``, ``initialization_timeout`` (seconds, default 300).
+    """
+    cfg = dict(cfg or {})
+    mode = cfg.get("mode", "auto")
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"distributed.mode is {mode!r}; expected 'auto', 'always' or 'never'")
+    if mode == "never" or jax.distributed.is_initialized():
+        return False
+    address = cfg.get("coordinator_address") or os.environ.get("STABLEAUDIO_COORDINATOR")
+    num = cfg.get("num_processes") or os.environ.get("STABLEAUDIO_NUM_PROCESSES")
+    pid = cfg.get("process_id")
+    pid = pid if pid is not None else os.environ.get("STABLEAUDIO_PROCESS_ID")
+    timeout = int(cfg.get("initialization_timeout", 300))
+    if address:
+        if num is None or pid is None:
+            raise ValueError(f"distributed: coordinator_address {address!r} needs num_processes and process_id "
+                             "(config or STABLEAUDIO_NUM_PROCESSES / STABLEAUDIO_PROCESS_ID)")
+        jax.distributed.initialize(coordinator_address=address, num_processes=int(num), process_id=int(pid),
+                                   initialization_timeout=timeout)
+    elif mode == "always" or _cluster_size_hint() > 1:
+        jax.distributed.initialize(initialization_timeout=timeout)  # JAX detects TPU / SLURM / MPI clusters
+    else:
+        return False
+    logger.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+                jax.process_count(), jax.local_device_count(), jax.device_count())
+    return True
+
+
+def global_batch(local: Any, sharding: NamedSharding) -> Any:
+    """Each process's slice of the batch (leading axis) → global arrays laid out by ``sharding``."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def host_slice(global_batch_size: int) -> slice:
+    """The rows of a global batch this process loads (processes take equal, contiguous slices)."""
+    count, index = jax.process_count(), jax.process_index()
+    if global_batch_size % count:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by {count} processes")
+    per = global_batch_size // count
+    return slice(index * per, (index + 1) * per)

@@ -1,0 +1,120 @@
+"""Pieces every training loop shares: resume-or-start, stop on signals/preemption, non-finite guard, step timing.
+
+Resuming is strict: if ``<workdir>/checkpoints`` holds a checkpoint, it is restored (into the current mesh's
+shardings) together with the data position, and its model config must equal the current one; anything else
+raises. A fresh start happens only when there is no checkpoint at all.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from stableaudio_jax.training.checkpoints import CheckpointError, TrainCheckpointer
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf: the run stops and the state that produced it is not saved."""
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop polls (installs only in the main thread; restores on exit)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logger.warning("signal %d: saving a checkpoint and stopping", signum)
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def any_process(self) -> bool:
+        """True when any process got a stop signal (processes must stop at the same step)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+
+
+class FiniteGuard:
+    """Accumulates per-step finiteness on the device (no host sync per step); ``check`` raises on the first bad."""
+
+    def __init__(self):
+        self._ok = jnp.array(True)
+        self._since = 0
+
+    def update(self, finite: jax.Array, step: int) -> None:
+        self._ok = jnp.logical_and(self._ok, finite)
+        self._since = self._since or step
+
+    def check(self, step: int, metrics: dict | None = None) -> None:
+        if not bool(jax.device_get(self._ok)):
+            shown = {k: float(v) for k, v in (metrics or {}).items() if np.ndim(v) == 0}
+            raise NonFiniteLossError(f"non-finite loss between steps {self._since} and {step} ({shown}); stopping "
+                                     "without saving this state. Lower the learning rate or check the data.")
+        self._since = 0
+
+
+def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                                  shardings)
+
+
+def _model_sections(config: dict) -> dict:
+    return {k: config.get(k) for k in ("model", "vae", "dit") if k in config}
+
+
+def resume_or_start(checkpointer: TrainCheckpointer, abstract_state: Any, init: Callable[[], Any],
+                    config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, dict, bool]:
+    """(state, data position, resumed?). Writes ``<workdir>/config.json`` on a fresh start."""
+    current = json.loads(config.to_json_best_effort())
+    if checkpointer.latest_step() is None:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+        return init(), {}, False
+    state, data_state, saved = checkpointer.restore(abstract_state)
+    mine, theirs = _model_sections(current), _model_sections(saved)
+    if json.dumps(mine, sort_keys=True) != json.dumps(theirs, sort_keys=True):
+        raise CheckpointError(f"{checkpointer.directory}: the checkpoint was written with a different model config "
+                              f"({theirs}) than this run's ({mine}); use another --workdir")
+    logger.info("resumed from step %d", checkpointer.latest_step())
+    return state, data_state, True
+
+
+class StepTimer:
+    """Wall time per step over a logging window (the first window includes compilation)."""
+
+    def __init__(self):
+        self.start, self.steps = time.perf_counter(), 0
+
+    def tick(self) -> None:
+        self.steps += 1
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        per_step = (now - self.start) / max(self.steps, 1)
+        self.start, self.steps = now, 0
+        return per_step

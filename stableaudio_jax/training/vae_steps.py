@@ -1,0 +1,197 @@
+"""The VAE's adversarial training steps, as stable-audio-tools' ``AutoencoderTrainingWrapper`` takes them.
+
+Batches alternate: even global steps update the autoencoder (generator), odd steps the discriminator, one
+optimiser step per batch. The generator loss is
+    0.1 * adversarial + 5 * feature matching + spectral (SD + 0.5 L + 0.5 R MRSTFT) + 1e-4 * KL
+with latents sampled from the posterior and the *current* discriminator; the EMA of the autoencoder is updated
+before its optimiser step. The discriminator loss is the hinge loss on real audio vs the (stopped) reconstruction.
+
+Steps are pure functions of (state, batch); ``make_steps`` returns them jitted with explicit in/out shardings and
+the state donated. Gradient accumulation splits the per-step batch into ``accumulation`` micro-batches (scan).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from stableaudio_jax.audio.losses import vae_reconstruction_loss
+from stableaudio_jax.models.autoencoder import OobleckVAE
+from stableaudio_jax.models.discriminator import (MultiScaleSTFTDiscriminator, discriminator_loss,
+                                                  feature_matching_loss, generator_adversarial_loss)
+from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
+from stableaudio_jax.training.optim import ema_decay, ema_update, learning_rate, make_optimizer
+
+
+class VAETrainState(flax.struct.PyTreeNode):
+    step: jax.Array          # batches processed (generator and discriminator steps together)
+    gen_steps: jax.Array     # generator updates so far
+    disc_steps: jax.Array    # discriminator updates so far
+    gen_params: Any
+    gen_opt: Any
+    ema_params: Any
+    disc_params: Any
+    disc_opt: Any
+    rng: jax.Array
+
+
+@flax.struct.dataclass
+class VAETraining:
+    """Everything static about the run: modules, optimisers, loss weights."""
+
+    vae: OobleckVAE = flax.struct.field(pytree_node=False)
+    disc: MultiScaleSTFTDiscriminator = flax.struct.field(pytree_node=False)
+    gen_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    disc_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    config: Any = flax.struct.field(pytree_node=False)
+
+
+def build(config) -> VAETraining:
+    from stableaudio_jax.models.autoencoder import vae_from_config
+    t = config.training
+    vae = vae_from_config(config.model, dtype=config.dtype, param_dtype=config.param_dtype)
+    d = t.discriminator
+    disc = MultiScaleSTFTDiscriminator(tuple(d.n_ffts), tuple(d.hops), None, d.filters, jnp.dtype(config.dtype),
+                                       jnp.dtype(config.param_dtype))
+    return VAETraining(vae, disc, make_optimizer(t.gen_optimizer), make_optimizer(t.disc_optimizer), config)
+
+
+def _boxed_state(run: VAETraining, rng: jax.Array, crop: int, channels: int) -> VAETrainState:
+    gen_key, disc_key, state_key = jax.random.split(rng, 3)
+    audio = jnp.zeros((1, crop, channels), jnp.float32)
+    gen = run.vae.init(gen_key, audio, sample=False)
+    disc = run.disc.init(disc_key, audio)
+    zero = jnp.zeros((), jnp.int32)
+    return VAETrainState(step=zero, gen_steps=zero, disc_steps=zero, gen_params=gen, gen_opt=run.gen_tx.init(gen),
+                         ema_params=gen, disc_params=disc, disc_opt=run.disc_tx.init(disc), rng=state_key)
+
+
+def abstract_state(run: VAETraining, crop: int, channels: int) -> Any:
+    """Shapes and dtypes of the train state (nothing allocated)."""
+    return nn.unbox(jax.eval_shape(lambda k: _boxed_state(run, k, crop, channels), jax.random.key(0)))
+
+
+def state_shardings(run: VAETraining, mesh, rules, crop: int, channels: int) -> Any:
+    """NamedShardings of every leaf of the train state (optimizer moments follow their parameters)."""
+    abstract = jax.eval_shape(lambda k: _boxed_state(run, k, crop, channels), jax.random.key(0))
+    return param_shardings(abstract, mesh, rules)
+
+
+def init_state(run: VAETraining, rng: jax.Array, mesh, rules, crop: int, channels: int) -> VAETrainState:
+    """The initial state, materialised directly in its shardings."""
+    shardings = state_shardings(run, mesh, rules, crop, channels)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
+        return jax.jit(lambda k: nn.unbox(_boxed_state(run, k, crop, channels)), out_shardings=shardings)(rng)
+
+
+def _micro_batches(audio: jax.Array, count: int) -> jax.Array:
+    if audio.shape[0] % count:
+        raise ValueError(f"batch of {audio.shape[0]} is not divisible into {count} accumulation steps")
+    return audio.reshape((count, audio.shape[0] // count) + audio.shape[1:])
+
+
+def _accumulate(loss_fn, params, audio, rngs, count: int):
+    """Mean gradient (and metrics) over ``count`` micro-batches, one scan step each."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if count == 1:
+        (_, aux), grads = grad_fn(params, audio[0], rngs[0])
+        return grads, aux
+
+    def body(acc, xs):
+        (_, aux), grads = grad_fn(params, *xs)
+        return jax.tree_util.tree_map(jnp.add, acc, (grads, aux)), None
+
+    (_, aux0), g0 = jax.eval_shape(grad_fn, params, audio[0], rngs[0])
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (g0, aux0))
+    total, _ = jax.lax.scan(body, zeros, (audio, rngs))
+    return jax.tree_util.tree_map(lambda x: x / count, total)
+
+
+def generator_loss(run: VAETraining, gen_params, disc_params, audio, rng):
+    t = run.config.training
+    out = run.vae.apply(gen_params, audio, rng, sample=True)
+    decoded = out.reconstruction.astype(jnp.float32)
+    real_logits, real_features = run.disc.apply(disc_params, audio)
+    fake_logits, fake_features = run.disc.apply(disc_params, decoded)
+    terms = {"loss_adv": t.loss_weights.adversarial * generator_adversarial_loss(fake_logits),
+             "feature_matching_loss": t.loss_weights.feature_matching * feature_matching_loss(real_features,
+                                                                                             fake_features),
+             "spectral_loss": t.loss_weights.spectral * vae_reconstruction_loss(
+                 audio, decoded, sample_rate=run.vae.sample_rate),
+             "kl_loss": t.loss_weights.kl * out.posterior.kl()}
+    total = sum(terms.values())
+    return total, dict(terms, loss=total, latent_std=jnp.std(out.latents))
+
+
+def discriminator_step_loss(run: VAETraining, disc_params, gen_params, audio, rng):
+    decoded = jax.lax.stop_gradient(run.vae.apply(gen_params, audio, rng, sample=True).reconstruction)
+    real_logits, _ = run.disc.apply(disc_params, audio)
+    fake_logits, _ = run.disc.apply(disc_params, decoded.astype(jnp.float32))
+    loss = discriminator_loss(real_logits, fake_logits)
+    return loss, {"discriminator_loss": loss}
+
+
+def generator_step(run: VAETraining, state: VAETrainState, audio: jax.Array):
+    t = run.config.training
+    rng, step_rng = jax.random.split(state.rng)
+    count = t.accumulation
+    loss_fn = lambda p, a, r: generator_loss(run, p, state.disc_params, a, r)  # noqa: E731
+    grads, metrics = _accumulate(loss_fn, state.gen_params, _micro_batches(audio, count),
+                                 jax.random.split(step_rng, count), count)
+    n = state.gen_steps + 1
+    e = t.ema
+    decay = ema_decay(n, e.beta, e.power, e.get("inv_gamma", 1.0), 0.0, e.update_after_step)
+    ema = ema_update(state.ema_params, state.gen_params, decay)  # before the optimiser step, as the reference
+    updates, gen_opt = run.gen_tx.update(grads, state.gen_opt, state.gen_params)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), gen_lr=learning_rate(t.gen_optimizer, state.gen_steps),
+                   finite=jnp.isfinite(metrics["loss"]))
+    new = state.replace(step=state.step + 1, gen_steps=n, gen_params=optax.apply_updates(state.gen_params, updates),
+                        gen_opt=gen_opt, ema_params=ema, rng=rng)
+    return new, metrics
+
+
+def discriminator_step(run: VAETraining, state: VAETrainState, audio: jax.Array):
+    t = run.config.training
+    rng, step_rng = jax.random.split(state.rng)
+    count = t.accumulation
+    loss_fn = lambda p, a, r: discriminator_step_loss(run, p, state.gen_params, a, r)  # noqa: E731
+    grads, metrics = _accumulate(loss_fn, state.disc_params, _micro_batches(audio, count),
+                                 jax.random.split(step_rng, count), count)
+    updates, disc_opt = run.disc_tx.update(grads, state.disc_opt, state.disc_params)
+    metrics = dict(metrics, disc_grad_norm=optax.global_norm(grads),
+                   disc_lr=learning_rate(t.disc_optimizer, state.disc_steps),
+                   finite=jnp.isfinite(metrics["discriminator_loss"]))
+    new = state.replace(step=state.step + 1, disc_steps=state.disc_steps + 1,
+                        disc_params=optax.apply_updates(state.disc_params, updates), disc_opt=disc_opt, rng=rng)
+    return new, metrics
+
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape)))
+
+
+def make_steps(run: VAETraining, shardings: Any, mesh, rules):
+    """(generator_step, discriminator_step), each ``jax.jit`` with explicit shardings and the state donated."""
+    batch = batch_sharding(mesh)
+    rules = normalize_rules(rules)
+
+    def wrap(fn):
+        def step(state, audio):
+            with nn.logical_axis_rules(rules):
+                return fn(run, state, audio)
+        return jax.jit(step, in_shardings=(shardings, batch), out_shardings=(shardings, None), donate_argnums=0)
+
+    return wrap(generator_step), wrap(discriminator_step)
+
+
+def step_kind(step: int) -> str:
+    """Even global steps train the generator, odd ones the discriminator (the reference's alternation)."""
+    return "discriminator" if step % 2 else "generator"
