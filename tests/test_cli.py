@@ -94,3 +94,46 @@ def test_generate_without_a_model_names_the_options(tmp_path, monkeypatch):
     assert result.returncode == 2 and "--checkpoint DIR or set $STABLEAUDIO_JAX_CHECKPOINT" in result.stderr
     missing = _run("generate", "x", "--checkpoint", str(tmp_path))
     assert missing.returncode == 2 and "not a stableaudio-jax model checkpoint" in missing.stderr
+
+
+def _wait_for_step(workdir, step, process, timeout=300):
+    import json
+    import time
+    deadline = time.time() + timeout
+    path = os.path.join(workdir, "metrics.jsonl")
+    while time.time() < deadline:
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        if os.path.exists(path):
+            steps = [json.loads(line)["step"] for line in open(path) if line.strip()]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"no step {step} in {path}")
+
+
+def test_train_vae_command_resumes_after_ctrl_c(tmp_path):
+    import json
+    import signal
+    from test_vae_training import SMALL, write_music_folder
+    data = write_music_folder(tmp_path / "music")
+    workdir = str(tmp_path / "run")
+    args = [CLI, "train-vae", "--config", "configs/vae.py:tiny", "--data", str(data), "--workdir", workdir,
+            "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.training.log_every=2",
+            "--config.training.checkpoint_every=100", *[f"--config.{o}" for o in SMALL]]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    process = subprocess.Popen(args + ["--config.training.steps=1000"], cwd=root, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_step(workdir, 2, process)
+    process.send_signal(signal.SIGINT)  # Ctrl-C: save and stop
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    assert "re-run the same command to resume" in err and "train-vae" in err  # the log line and the tqdm bar
+    stopped = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert 2 <= stopped < 1000
+    resumed = subprocess.run(args + ["--config.training.steps=1000", "--max-steps", "2", "--no-progress"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {stopped}" in resumed.stderr
+    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl")) if line.strip()]
+    assert max(steps) == stopped + 2 and os.listdir(os.path.join(workdir, "tensorboard"))

@@ -3,9 +3,9 @@
 Files (wav, flac, ogg, mp3, aiff, opus; any rate, mono or multichannel) are probed once: unreadable ones are
 skipped, counted and reported; a folder with no readable audio is an error. Each example reads a random window
 straight from the file (soundfile seeks), resamples it to the model rate, matches channels the reference's way
-(mono duplicated, extra channels dropped), re-draws windows that are silent (peak below ``silence_db`` dBFS, as
-stable-audio-tools does, a bounded number of times), zero-pads short files, flips the phase with probability 1/2
-and clamps to [-1, 1].
+(mono duplicated, extra channels dropped), zero-pads short files, re-draws silent windows (peak below
+``silence_db`` dBFS) from a random file as stable-audio-tools does (bounded here by ``max_redraws``; the
+reference retries forever), flips the phase with probability 1/2 and clamps to [-1, 1].
 
 Each host reads its own files (``files[process_index::process_count]``; with fewer files than hosts every host reads
 all files with its own seed). The iterator's position is a small dict saved with the train state: resuming
@@ -78,7 +78,7 @@ class RandomCrop(grain.transforms.RandomMap):
     """File index → {'audio': [crop, channels] float32, 'seconds_start', 'seconds_total', 'padding_mask'}."""
 
     def __init__(self, files: list[AudioFile], sample_rate: int, channels: int, crop_samples: int,
-                 silence_db: float = -60.0, max_redraws: int = 10, phase_flip: float = 0.5):
+                 silence_db: float = -60.0, max_redraws: int = 50, phase_flip: float = 0.5):
         self.files, self.sample_rate, self.channels = files, sample_rate, channels
         self.crop_samples, self.max_redraws, self.phase_flip = crop_samples, max_redraws, phase_flip
         self.silence = 10 ** (silence_db / 20)
@@ -90,13 +90,15 @@ class RandomCrop(grain.transforms.RandomMap):
         return audio[: self.crop_samples]
 
     def random_map(self, index, rng: np.random.Generator) -> dict:
-        f = self.files[int(index)]
-        window = math.ceil(self.crop_samples * f.sample_rate / self.sample_rate)
+        index = int(index)
         for _ in range(self.max_redraws + 1):
+            f = self.files[index]
+            window = math.ceil(self.crop_samples * f.sample_rate / self.sample_rate)
             offset = int(rng.integers(0, max(f.frames - window, 0) + 1))
             audio = self._read(f, offset, window)
-            if np.abs(audio).max(initial=0.0) >= self.silence:
-                break
+            if np.isfinite(audio).all() and np.abs(audio).max(initial=0.0) >= self.silence:
+                break  # audible and not corrupt (non-finite samples are treated like silence: re-drawn)
+            index = int(rng.integers(0, len(self.files)))  # silent: another random file, as the reference
         valid = audio.shape[0]
         audio = np.pad(audio, ((0, self.crop_samples - valid), (0, 0)))
         if rng.random() < self.phase_flip:

@@ -122,6 +122,15 @@ class TrainCheckpointer:
             raise CheckpointError(f"{self.directory}/{step}: cannot restore the train state: {e}") from e
         return restored["state"], dict(restored["data"] or {}), dict(restored["config"] or {})
 
+    def saved_config(self, step: int | None = None) -> dict:
+        """The config stored with ``step`` (default: the latest), without touching the state."""
+        step = self.latest_step() if step is None else step
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{self.directory}/{step}: unreadable config: {e}") from e
+        return dict(restored["config"] or {})
+
     def reached_preemption(self, step: int) -> bool:
         """True when the cluster announced a preemption (TPU maintenance events via jax.distributed)."""
         return bool(self.manager.reached_preemption(step))

@@ -95,11 +95,11 @@ def resume_or_start(checkpointer: TrainCheckpointer, abstract_state: Any, init: 
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=1, sort_keys=True))
         return init(), {}, False
-    state, data_state, saved = checkpointer.restore(abstract_state)
-    mine, theirs = _model_sections(current), _model_sections(saved)
+    mine, theirs = _model_sections(current), _model_sections(checkpointer.saved_config())
     if json.dumps(mine, sort_keys=True) != json.dumps(theirs, sort_keys=True):
         raise CheckpointError(f"{checkpointer.directory}: the checkpoint was written with a different model config "
                               f"({theirs}) than this run's ({mine}); use another --workdir")
+    state, data_state, _ = checkpointer.restore(abstract_state)
     logger.info("resumed from step %d", checkpointer.latest_step())
     return state, data_state, True
 

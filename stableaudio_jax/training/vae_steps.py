@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import dataclasses
+import json
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -122,7 +125,8 @@ def generator_loss(run: VAETraining, gen_params, disc_params, audio, rng):
              "feature_matching_loss": t.loss_weights.feature_matching * feature_matching_loss(real_features,
                                                                                              fake_features),
              "spectral_loss": t.loss_weights.spectral * vae_reconstruction_loss(
-                 audio, decoded, sample_rate=run.vae.sample_rate),
+                 audio, decoded, fft_sizes=tuple(t.spectral.fft_sizes), hop_sizes=tuple(t.spectral.hop_sizes),
+                 perceptual_weighting=t.spectral.perceptual_weighting, sample_rate=run.vae.sample_rate),
              "kl_loss": t.loss_weights.kl * out.posterior.kl()}
     total = sum(terms.values())
     return total, dict(terms, loss=total, latent_std=jnp.std(out.latents))
@@ -195,3 +199,45 @@ def make_steps(run: VAETraining, shardings: Any, mesh, rules):
 def step_kind(step: int) -> str:
     """Even global steps train the generator, odd ones the discriminator (the reference's alternation)."""
     return "discriminator" if step % 2 else "generator"
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledVAETraining:
+    run: VAETraining
+    abstract: Any
+    shardings: Any
+    init: Any
+    generator_step: Any
+    discriminator_step: Any
+
+
+_COMPILED: dict[str, CompiledVAETraining] = {}
+_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints")
+
+
+def compiled(config, mesh) -> CompiledVAETraining:
+    """The run's jitted functions, built once per (model/training config, mesh) so that restarting or resuming a
+    run in the same process does not recompile."""
+    training = {k: v for k, v in config.training.to_dict().items() if k not in _LOOP_KEYS}
+    key = json.dumps([config.model.to_dict(), training, str(config.dtype), str(config.param_dtype),
+                      [str(r) for r in config.sharding_rules], dict(mesh.shape), [d.id for d in mesh.devices.flat]],
+                     sort_keys=True, default=str)
+    if key not in _COMPILED:
+        t, rules = config.training, config.sharding_rules
+        run = build(config)
+        channels = config.model.audio_channels
+        shardings = state_shardings(run, mesh, rules, t.crop_samples, channels)
+        abstract = abstract_state(run, t.crop_samples, channels)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
+            init = jax.jit(lambda k: nn.unbox(_boxed_state(run, k, t.crop_samples, channels)),
+                           out_shardings=shardings)
+        g_step, d_step = make_steps(run, shardings, mesh, rules)
+        _COMPILED[key] = CompiledVAETraining(run, abstract, shardings, _in_mesh(init, mesh, rules), g_step, d_step)
+    return _COMPILED[key]
+
+
+def _in_mesh(fn, mesh, rules):
+    def call(*args):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
+            return fn(*args)
+    return call

@@ -47,17 +47,13 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     if t.batch_size % jax.process_count():
         raise ValueError(f"training.batch_size {t.batch_size} is not divisible by {jax.process_count()} processes")
     scan, data = _data(config, data_dir, per_host)
-    run = vae_steps.build(config)
-    channels = config.model.audio_channels
-    shardings = vae_steps.state_shardings(run, mesh, rules, t.crop_samples, channels)
-    abstract = vae_steps.abstract_state(run, t.crop_samples, channels)
+    compiled = vae_steps.compiled(config, mesh)
     checkpointer = TrainCheckpointer(workdir, keep=t.keep_checkpoints)
     state, data_state, _ = resume_or_start(
-        checkpointer, abstract_with_shardings(abstract, shardings),
-        lambda: vae_steps.init_state(run, jax.random.key(config.seed), mesh, rules, t.crop_samples, channels),
-        config, workdir)
+        checkpointer, abstract_with_shardings(compiled.abstract, compiled.shardings),
+        lambda: compiled.init(jax.random.key(config.seed)), config, workdir)
     data.restore(data_state)
-    g_step, d_step = vae_steps.make_steps(run, shardings, mesh, rules)
+    g_step, d_step = compiled.generator_step, compiled.discriminator_step
     writer = MetricsWriter(workdir)
     batch_sharding = vae_steps.batch_sharding(mesh)
     start = int(state.step)
