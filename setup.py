@@ -18,6 +18,9 @@ INSTALL_REQUIRES = [
     "safetensors>=0.5.0",
     "numpy>=1.26",
     "tqdm>=4.66",
+    "grain>=0.2.12",  # per-host audio crop pipelines with checkpointable iterators
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "pillow>=10.0",  # spectrogram PNGs in the CLI and training summaries
 ]
 
 TEST_REQUIRES = [
@@ -27,6 +30,7 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     "diffusers>=0.32.0",
     "transformers>=4.46.0",
+    "auraloss>=0.4.0",  # the reference's spectral losses, for parity of ours
 ]
 
 setup(
