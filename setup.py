@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "grain>=0.2.12",  # per-host audio crop pipelines with checkpointable iterators
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "pillow>=10.0",  # spectrogram PNGs in the CLI and training summaries
+    "google-crc32c>=1.5",  # TFRecord checksums (masked CRC32C), written and verified without TensorFlow
 ]
 
 TEST_REQUIRES = [

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from stableaudio_jax.commands import convert, generate, train_vae
+from stableaudio_jax.commands import convert, generate, ingest, train_vae
 from stableaudio_jax.training.checkpoints import CheckpointError
 from stableaudio_jax.config_loader import load_config, split_override_args
 
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(run=_show_config)
     generate.add_parser(sub)
     convert.add_parser(sub)
+    ingest.add_parser(sub)
     train_vae.add_parser(sub)
     return parser
 

@@ -145,6 +145,8 @@ def test_every_logical_name_has_a_rule():
     names |= _logical_names(dit, jnp.zeros((1, 2, 4)), jnp.zeros(1), jnp.zeros((1, 3, 32)), jnp.zeros((1, 64)))
     unet = unet_from_config(load_config("configs/unet.py:tiny").model)
     names |= _logical_names(unet, jnp.zeros((1, 16, 8)), jnp.zeros(1), jnp.zeros((1, 3, 32)))
+    from stableaudio_jax.models.discriminator import MultiScaleSTFTDiscriminator
+    names |= _logical_names(MultiScaleSTFTDiscriminator((64,), (16,), None, 4), jnp.zeros((1, 256, 2)))
     names |= {"batch", "length", "channels", "act_embed", "act_heads", "act_kv", "act_mlp"}  # activations
     assert names == {name for name, _ in DEFAULT_RULES}
 

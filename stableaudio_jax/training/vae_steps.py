@@ -28,6 +28,7 @@ from stableaudio_jax.models.autoencoder import OobleckVAE
 from stableaudio_jax.models.discriminator import (MultiScaleSTFTDiscriminator, discriminator_loss,
                                                   feature_matching_loss, generator_adversarial_loss)
 from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
+from stableaudio_jax.training.accumulate import accumulate
 from stableaudio_jax.training.optim import ema_decay, ema_update, learning_rate, make_optimizer
 
 
@@ -92,29 +93,6 @@ def init_state(run: VAETraining, rng: jax.Array, mesh, rules, crop: int, channel
         return jax.jit(lambda k: nn.unbox(_boxed_state(run, k, crop, channels)), out_shardings=shardings)(rng)
 
 
-def _micro_batches(audio: jax.Array, count: int) -> jax.Array:
-    if audio.shape[0] % count:
-        raise ValueError(f"batch of {audio.shape[0]} is not divisible into {count} accumulation steps")
-    return audio.reshape((count, audio.shape[0] // count) + audio.shape[1:])
-
-
-def _accumulate(loss_fn, params, audio, rngs, count: int):
-    """Mean gradient (and metrics) over ``count`` micro-batches, one scan step each."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if count == 1:
-        (_, aux), grads = grad_fn(params, audio[0], rngs[0])
-        return grads, aux
-
-    def body(acc, xs):
-        (_, aux), grads = grad_fn(params, *xs)
-        return jax.tree_util.tree_map(jnp.add, acc, (grads, aux)), None
-
-    (_, aux0), g0 = jax.eval_shape(grad_fn, params, audio[0], rngs[0])
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (g0, aux0))
-    total, _ = jax.lax.scan(body, zeros, (audio, rngs))
-    return jax.tree_util.tree_map(lambda x: x / count, total)
-
-
 def generator_loss(run: VAETraining, gen_params, disc_params, audio, rng):
     t = run.config.training
     out = run.vae.apply(gen_params, audio, rng, sample=True)
@@ -145,8 +123,7 @@ def generator_step(run: VAETraining, state: VAETrainState, audio: jax.Array):
     rng, step_rng = jax.random.split(state.rng)
     count = t.accumulation
     loss_fn = lambda p, a, r: generator_loss(run, p, state.disc_params, a, r)  # noqa: E731
-    grads, metrics = _accumulate(loss_fn, state.gen_params, _micro_batches(audio, count),
-                                 jax.random.split(step_rng, count), count)
+    grads, metrics = accumulate(loss_fn, state.gen_params, audio, step_rng, count)
     n = state.gen_steps + 1
     e = t.ema
     decay = ema_decay(n, e.beta, e.power, e.get("inv_gamma", 1.0), 0.0, e.update_after_step)
@@ -164,8 +141,7 @@ def discriminator_step(run: VAETraining, state: VAETrainState, audio: jax.Array)
     rng, step_rng = jax.random.split(state.rng)
     count = t.accumulation
     loss_fn = lambda p, a, r: discriminator_step_loss(run, p, state.gen_params, a, r)  # noqa: E731
-    grads, metrics = _accumulate(loss_fn, state.disc_params, _micro_batches(audio, count),
-                                 jax.random.split(step_rng, count), count)
+    grads, metrics = accumulate(loss_fn, state.disc_params, audio, step_rng, count)
     updates, disc_opt = run.disc_tx.update(grads, state.disc_opt, state.disc_params)
     metrics = dict(metrics, disc_grad_norm=optax.global_norm(grads),
                    disc_lr=learning_rate(t.disc_optimizer, state.disc_steps),

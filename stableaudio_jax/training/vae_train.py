@@ -42,7 +42,6 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     initialize(config.get("distributed"))
     t = config.training
     mesh = make_mesh(config.mesh)
-    rules = config.sharding_rules
     per_host = t.batch_size // jax.process_count()
     if t.batch_size % jax.process_count():
         raise ValueError(f"training.batch_size {t.batch_size} is not divisible by {jax.process_count()} processes")
