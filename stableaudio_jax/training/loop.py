@@ -118,3 +118,64 @@ class StepTimer:
         per_step = (now - self.start) / max(self.steps, 1)
         self.start, self.steps = now, 0
         return per_step
+
+
+def run_loop(state: Any, step_fn: Callable, data, batch_sharding, *, start: int, end: int, checkpointer:
+             TrainCheckpointer, writer, config: ml_collections.ConfigDict, audio_seconds_per_step: float,
+             desc: str, progress: bool = False, after_step: Callable[[int, Any], None] | None = None):
+    """The shared training loop: ``state, metrics = step_fn(step, state, batch)`` for steps ``start..end-1``.
+
+    Every ``log_every`` steps: finiteness check and metrics (+ step time and audio-seconds/s); every
+    ``checkpoint_every`` steps, at the end, and on a stop signal or preemption notice: a checkpoint with the data
+    position and config. ``after_step(done, state)`` runs after each step (demos). Returns (state, last metrics).
+    """
+    from stableaudio_jax.parallel.distributed import global_batch
+    t = config.training
+    guard, timer, last = FiniteGuard(), StepTimer(), {}
+    bar = _progress_bar(progress, start, end, desc)
+    try:
+        with StopSignal() as stop:
+            for step in range(start, end):
+                state, metrics = step_fn(step, state, global_batch(next(data), batch_sharding))
+                guard.update(metrics.pop("finite"), step)
+                timer.tick()
+                last.update({f"train/{k}": v for k, v in metrics.items()})
+                if bar is not None:
+                    bar.update(1)
+                done = step + 1
+                if done % t.log_every == 0 or done == end:
+                    last = _log(writer, guard, timer, last, done, audio_seconds_per_step)
+                if after_step is not None:
+                    after_step(done, state)
+                # one process: poll the flag every step; several: agree at log steps (a collective, not per step)
+                stopping = stop.requested if jax.process_count() == 1 else (
+                    done % t.log_every == 0 and stop.any_process())
+                if done % t.checkpoint_every == 0 or done == end or stopping:
+                    guard.check(done, last)
+                    checkpointer.save(done, state, data.state(), config)
+                    if stopping and done < end:
+                        logger.warning("stopped at step %d; re-run the same command to resume", done)
+                        break
+                    if checkpointer.reached_preemption(done):
+                        logger.warning("preemption at step %d: checkpoint saved", done)
+                        break
+    finally:
+        if bar is not None:
+            bar.close()
+    return state, {k: float(np.asarray(v)) for k, v in last.items()}
+
+
+def _log(writer, guard: FiniteGuard, timer: StepTimer, last: dict, step: int, audio_seconds: float) -> dict:
+    guard.check(step, last)
+    seconds = timer.lap()
+    values = {k: float(np.asarray(jax.device_get(v))) for k, v in last.items()}
+    values.update({"perf/step_time_s": seconds, "perf/audio_seconds_per_s": audio_seconds / seconds})
+    writer.write(step, values)
+    return values
+
+
+def _progress_bar(enabled: bool, start: int, end: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=end, initial=start, desc=desc, unit="step")

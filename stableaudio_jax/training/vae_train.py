@@ -11,14 +11,13 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from stableaudio_jax.data.audio_folder import CheckpointableIterator, audio_crop_dataset, scan_audio_folder
-from stableaudio_jax.parallel.distributed import global_batch, initialize
+from stableaudio_jax.parallel.distributed import initialize
 from stableaudio_jax.parallel.mesh import make_mesh
 from stableaudio_jax.training import vae_steps
 from stableaudio_jax.training.checkpoints import TrainCheckpointer
-from stableaudio_jax.training.loop import FiniteGuard, StepTimer, StopSignal, abstract_with_shardings, resume_or_start
+from stableaudio_jax.training.loop import abstract_with_shardings, resume_or_start, run_loop
 from stableaudio_jax.training.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
@@ -54,58 +53,16 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     data.restore(data_state)
     g_step, d_step = compiled.generator_step, compiled.discriminator_step
     writer = MetricsWriter(workdir)
-    batch_sharding = vae_steps.batch_sharding(mesh)
     start = int(state.step)
     end = t.steps if max_steps is None else min(t.steps, start + max_steps)
     if start == 0:
         writer.write(0, {"data/files": len(scan.files), "data/skipped_files": len(scan.skipped)})
-    guard, timer, last = FiniteGuard(), StepTimer(), {}
-    bar = _progress(progress, start, end)
-    audio_seconds = t.batch_size * t.crop_samples / config.model.sample_rate
     try:
-        with StopSignal() as stop:
-            for step in range(start, end):
-                audio = global_batch(next(data)["audio"], batch_sharding)
-                state, metrics = (d_step if step % 2 else g_step)(state, audio)
-                guard.update(metrics.pop("finite"), step)
-                timer.tick()
-                last.update({f"train/{k}": v for k, v in metrics.items()})
-                if bar is not None:
-                    bar.update(1)
-                done = step + 1
-                if done % t.log_every == 0 or done == end:
-                    last = _log(writer, guard, timer, last, done, audio_seconds)
-                # one process: poll the flag every step; several: agree at log steps (a collective, not per step)
-                stopping = stop.requested if jax.process_count() == 1 else (
-                    done % t.log_every == 0 and stop.any_process())
-                if done % t.checkpoint_every == 0 or done == end or stopping:
-                    guard.check(done, last)
-                    checkpointer.save(done, state, data.state(), config)
-                    if stopping and done < end:
-                        logger.warning("stopped at step %d; re-run the same command to resume", done)
-                        break
-                    if checkpointer.reached_preemption(done):
-                        logger.warning("preemption at step %d: checkpoint saved", done)
-                        break
+        _, last = run_loop(state, lambda step, s, batch: (d_step if step % 2 else g_step)(s, batch["audio"]), data,
+                           vae_steps.batch_sharding(mesh), start=start, end=end, checkpointer=checkpointer,
+                           writer=writer, config=config, desc="train-vae", progress=progress,
+                           audio_seconds_per_step=t.batch_size * t.crop_samples / config.model.sample_rate)
     finally:
-        if bar is not None:
-            bar.close()
         checkpointer.close()
         writer.close()
-    return {k: float(np.asarray(v)) for k, v in last.items()}
-
-
-def _log(writer, guard, timer, last, step, audio_seconds):
-    guard.check(step, last)
-    seconds = timer.lap()
-    values = {k: float(np.asarray(jax.device_get(v))) for k, v in last.items()}
-    values.update({"perf/step_time_s": seconds, "perf/audio_seconds_per_s": audio_seconds / seconds})
-    writer.write(step, values)
-    return values
-
-
-def _progress(enabled: bool, start: int, end: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=end, initial=start, desc="train-vae", unit="step")
+    return last
