@@ -5,9 +5,13 @@ Variants:
         with 12 key/value heads, global conditioning 1536 (2 timing embeddings); 1,056,828,544 parameters.
         VAE: configs/vae.py:sao; text: t5-base, 128 tokens; window 2,097,152 samples (47.55 s, 1024 latents).
   tiny  the same structure at toy size (GQA x2 and partial rotary kept), float32, for tests.
+``config.training`` is the diffusion trainer's (configs/diffusion_training.py).
 """
+import math
+
 import ml_collections
 
+from stableaudio_jax.configs import diffusion_training
 from stableaudio_jax.configs import t5 as t5_configs
 from stableaudio_jax.configs import vae as vae_configs
 from stableaudio_jax.parallel.sharding import DEFAULT_RULES
@@ -44,5 +48,8 @@ def get_config(arg=None):
     config.param_dtype = "float32"
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.sharding_rules = DEFAULT_RULES
+    ratio = math.prod(config.vae.strides)  # audio samples per latent frame
+    config.training = diffusion_training.training_config(variant == "sao", config.audio.sample_size // ratio)
+    config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300))
     config.seed = 0
     return config

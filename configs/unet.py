@@ -5,9 +5,13 @@ Variants:
         attentions [1, 3, 3, 3, 3], 16 heads, 79 cross-attention tokens of 768 (77 CLAP + 2 integer timing
         tokens); 906,679,744 parameters. Its VAE is a 1024x DAC-style one (not the SAO Oobleck VAE).
   tiny  the same structure at toy size (the configuration of tests/data/unet_reference.npz), float32.
+Training (configs/diffusion_training.py) reads pre-encoded latents whose channel count must equal ``in_channels``
+and whose text tokens are ``context_features`` wide, at most ``context_max_length - 2`` of them (2 timing tokens).
+SA 1.0 windows: 4,194,304 samples (95.1 s) = 4096 latents of its 1024x VAE.
 """
 import ml_collections
 
+from stableaudio_jax.configs import diffusion_training
 from stableaudio_jax.parallel.sharding import DEFAULT_RULES
 
 MODELS = {
@@ -39,5 +43,9 @@ def get_config(arg=None):
     config.param_dtype = "float32"
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.sharding_rules = DEFAULT_RULES
+    config.audio = ml_collections.ConfigDict(dict(sample_rate=44100, channels=2))
+    config.training = diffusion_training.training_config(variant == "sa1", 4096 if variant == "sa1" else 32,
+                                                         lr=4e-5 if variant == "sa1" else None)
+    config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300))
     config.seed = 0
     return config

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from stableaudio_jax.commands import convert, generate, ingest, train_vae
+from stableaudio_jax.commands import convert, encode, generate, ingest, train, train_vae
 from stableaudio_jax.training.checkpoints import CheckpointError
 from stableaudio_jax.config_loader import load_config, split_override_args
 
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_parser(sub)
     ingest.add_parser(sub)
     train_vae.add_parser(sub)
+    encode.add_parser(sub)
+    train.add_parser(sub)
     return parser
 
 

@@ -1,7 +1,5 @@
 """The pieces of VAE training: spectral losses against auraloss (PyTorch), the STFT discriminator, the learning-rate
 schedule and EMA of the reference, and the audio-folder data pipeline."""
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -83,7 +83,8 @@ def _mean(values):
 
 
 def discriminator_loss(real_logits, fake_logits) -> jax.Array:
-    return _mean([jnp.mean(jax.nn.relu(1 - r)) + jnp.mean(jax.nn.relu(1 + f)) for r, f in zip(real_logits, fake_logits)])
+    return _mean([jnp.mean(jax.nn.relu(1 - r)) + jnp.mean(jax.nn.relu(1 + f))
+                  for r, f in zip(real_logits, fake_logits)])
 
 
 def generator_adversarial_loss(fake_logits) -> jax.Array:

@@ -1,0 +1,55 @@
+"""``stableaudio-jax encode``: pre-encode an ingested audio dataset into sharded TFRecord latents (resumable)."""
+from __future__ import annotations
+
+import argparse
+import os
+import logging
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("encode", help="pre-encode audio into sharded TFRecord latents + T5 text + timing",
+                       description="Run the VAE encoder and T5 over an ingested dataset (`stableaudio-jax ingest`) "
+                                   "in fixed windows and write sharded TFRecord files plus manifest.json. Hosts "
+                                   "split the files; re-running the same command resumes an interrupted encode.")
+    p.add_argument("--audio", required=True, help="an ingested audio dataset (the --output of `ingest`)")
+    p.add_argument("--output", required=True, help="directory for the TFRecord shards and manifest.json")
+    p.add_argument("--vae", required=True, help="a train-vae workdir or a model checkpoint holding the VAE")
+    p.add_argument("--text-encoder", required=True,
+                   help="a Hugging Face T5 directory (config.json, weights, spiece.model) or a model checkpoint")
+    p.add_argument("--max-length", type=int, default=128, help="T5 tokens per caption (SAO: 128)")
+    p.add_argument("--window-frames", type=int, default=1024,
+                   help="latent frames per record (SAO: 1024 = 47.55 s); the last window of a file is padded")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per encoder call on this host")
+    p.add_argument("--sample-posterior", action="store_true",
+                   help="store a sample of the VAE posterior instead of its mean")
+    p.add_argument("--text", choices=("embeddings", "ids"), default="embeddings",
+                   help="store T5 embeddings (default) or token ids")
+    p.add_argument("--latent-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--text-dtype", choices=("float32", "bfloat16", "float16"), default="float16")
+    p.add_argument("--shards-per-host", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"encode takes no --config overrides (got {overrides})")
+    from stableaudio_jax.data.encode import encode_dataset
+    from stableaudio_jax.inference.components import load_text_encoder, load_vae
+    from stableaudio_jax.parallel.distributed import initialize
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    initialize(None)
+    vae = load_vae(args.vae)
+    text = load_text_encoder(args.text_encoder, max_length=args.max_length)
+    manifest = encode_dataset(args.audio, args.output, vae, text, window_frames=args.window_frames,
+                              batch_size=args.batch_size, sample_posterior=args.sample_posterior,
+                              text_form=args.text, latent_dtype=args.latent_dtype, text_dtype=args.text_dtype,
+                              shards_per_host=args.shards_per_host, seed=args.seed, progress=not args.no_progress,
+                              text_source=os.path.abspath(args.text_encoder))
+    if manifest:
+        print(f"encoded {manifest['records']} records ({manifest['latent_frames']} x {manifest['latent_channels']} "
+              f"latents, text {manifest['text']}) into {len(manifest['shards'])} shards in {args.output}")
+    return 0

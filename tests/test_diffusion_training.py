@@ -1,0 +1,120 @@
+"""Diffusion training on pre-encoded latents: exact resume, the U-Net trains too, the synthetic source, and the
+errors for data that cannot feed the model."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from stableaudio_jax.config_loader import load_config
+from stableaudio_jax.data.latent_records import LatentRecord, read_manifest, write_manifest
+from stableaudio_jax.data.tfrecord import TFRecordWriter
+from stableaudio_jax.training.checkpoints import TrainCheckpointer
+from stableaudio_jax.training.diffusion_train import train_diffusion
+from stableaudio_jax.training.metrics import read_metrics
+from test_vae_training import _tree_equal
+
+TEXT_LENGTH, TEXT_DIM, FRAMES = 24, 32, 128  # as tests/test_round_trip.py: the compiled DiT step is shared
+
+
+def write_latents(directory, files=4, per_file=8, channels=4, text="embeddings"):
+    """Latent 'songs': a few sinusoids per file (their frequency set by the file), captions per file."""
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(0)
+    shards = []
+    for f in range(files):
+        name = f"latents-{f:05d}-of-{files:05d}.tfrecord"
+        with TFRecordWriter(os.path.join(directory, name)) as writer:
+            for w in range(per_file):
+                t = np.arange(w * FRAMES, (w + 1) * FRAMES)[:, None]
+                latents = np.sin(2 * np.pi * t * (f + 1) / 32 + np.arange(channels)) + 0.1 * rng.standard_normal(
+                    (FRAMES, channels))
+                text_kw = (dict(text_embeddings=np.full((TEXT_LENGTH, TEXT_DIM), f / files, np.float16))
+                           if text == "embeddings" else dict(text_ids=np.full(TEXT_LENGTH, f + 3)))
+                record = LatentRecord(latents=latents.astype(np.float32), latent_length=FRAMES,
+                                      seconds_start=w * FRAMES * 8 / 44100, seconds_total=per_file * FRAMES * 8 / 44100,
+                                      text_mask=np.arange(TEXT_LENGTH) < 4, caption=f"song {f}", source_id=f"{f}.wav",
+                                      window_index=w, **text_kw)
+                writer.write(record.to_bytes())
+        shards.append({"file": name, "records": per_file})
+    write_manifest(directory, {
+        "format": "stableaudio-jax/latents", "version": 1, "encoder_config_hash": "0123456789abcdef",
+        "latent_channels": channels, "latent_frames": FRAMES, "sample_rate": 44100, "downsampling_ratio": 8,
+        "text": text, "text_length": TEXT_LENGTH, "text_dim": TEXT_DIM if text == "embeddings" else None,
+        "shards": shards, "records": files * per_file,
+        "encoder_config": {"vae": load_config("configs/vae.py:tiny").model.to_dict()}})
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    return write_latents(tmp_path_factory.mktemp("latents"))
+
+
+def _config(*overrides, spec="configs/dit.py:tiny"):
+    return load_config(spec, ["training.log_every=5", "training.checkpoint_every=5", *overrides])
+
+
+def _state(workdir):
+    checkpointer = TrainCheckpointer(workdir, async_save=False)
+    try:
+        state, data, _ = checkpointer.restore(None)
+        return state, data
+    finally:
+        checkpointer.close()
+
+
+def test_resume_is_exact(latents, tmp_path):
+    train_diffusion(_config("training.steps=10"), str(tmp_path / "straight"), latents)
+    train_diffusion(_config("training.steps=10"), str(tmp_path / "halves"), latents, max_steps=5)
+    train_diffusion(_config("training.steps=10"), str(tmp_path / "halves"), latents)
+    (a, data_a), (b, data_b) = _state(tmp_path / "straight"), _state(tmp_path / "halves")
+    assert data_a == data_b
+    assert len(jax.tree_util.tree_leaves(a)) > 10
+    _tree_equal(a, b)
+    logged = [m["train/loss"] for m in read_metrics(tmp_path / "halves") if "train/loss" in m]
+    straight = [m["train/loss"] for m in read_metrics(tmp_path / "straight") if "train/loss" in m]
+    assert logged == straight and len(logged) == 2
+
+
+def test_unet_trains_on_the_same_data(latents, tmp_path):
+    # the tiny U-Net cut to two levels: the same trainer path, a fraction of the CPU compile time
+    config = _config("training.steps=6", "training.crop_frames=16", "model.context_max_length=26",
+                     "model.in_channels=4", "model.factors=(1,2)", "model.multipliers=(1,1,1)",
+                     "model.num_blocks=(1,1)", "model.attentions=(0,1,1)", "model.channels=32",
+                     "training.log_every=3", spec="configs/unet.py:tiny")
+    train_diffusion(config, str(tmp_path / "unet"), latents)
+    logged = [m["train/loss"] for m in read_metrics(tmp_path / "unet") if "train/loss" in m]
+    assert len(logged) == 2 and np.isfinite(logged).all()
+    state, _ = _state(tmp_path / "unet")
+    assert int(state["step"]) == 6 and set(state["params"]) == {"denoiser", "timing"}
+
+
+def test_synthetic_source_runs(tmp_path):
+    metrics = train_diffusion(_config("training.steps=2", f"training.data.synthetic_text_length={TEXT_LENGTH}"),
+                              str(tmp_path / "synthetic"), "synthetic")
+    assert np.isfinite(metrics["train/loss"]) and metrics["perf/audio_seconds_per_s"] > 0
+
+
+def test_data_that_cannot_feed_the_model_is_refused(latents, tmp_path):
+    manifest = os.path.join(latents, "manifest.json")
+    with pytest.raises(ValueError, match=r"manifest.json: latents have 4 channels but the model's io_channels is 8"):
+        train_diffusion(_config("model.io_channels=8"), str(tmp_path / "a"), latents)
+    with pytest.raises(ValueError, match=r"manifest.json: the latents were encoded by a VAE config"):
+        train_diffusion(_config("vae.channels=16"), str(tmp_path / "b"), latents)
+    with pytest.raises(ValueError, match=r"text embeddings are 32 wide but the model's cross-attention tokens are 64"):
+        train_diffusion(_config("model.cond_token_dim=64"), str(tmp_path / "c"), latents)
+    ids = write_latents(tmp_path / "ids", files=1, per_file=2, text="ids")
+    with pytest.raises(ValueError, match=r"text is 'ids'.*--text embeddings"):
+        train_diffusion(_config(), str(tmp_path / "d"), ids)
+    assert os.path.isfile(manifest)
+
+
+def test_resuming_on_re_encoded_data_raises(latents, tmp_path):
+    other = write_latents(tmp_path / "other", files=2, per_file=4)
+    train_diffusion(_config("training.steps=5"), str(tmp_path / "run"), other)
+    data = read_manifest(other)
+    data["encoder_config_hash"] = "fedcba9876543210"
+    write_manifest(other, data)
+    with pytest.raises(ValueError, match=r"differs from this run's 0123456789abcdef"):
+        train_diffusion(_config("training.steps=10"), str(tmp_path / "run"), other)
