@@ -89,3 +89,28 @@ def test_diffusion_loss_falls_and_generation_is_audible(pipeline_run, tmp_path):
     config = json.loads((pipeline_run / "dit" / "config.json").read_text())
     assert config["training"]["data"]["encoder_config_hash"] == read_manifest(pipeline_run / "latents")[
         "encoder_config_hash"]
+
+
+def test_interrupted_encode_resumes_without_duplicates(pipeline_run, tmp_path, capsys):
+    import shutil
+
+    from stableaudio_jax.data.tfrecord import iter_records
+    done, redo = pipeline_run / "latents", tmp_path / "latents"
+    shutil.copytree(done, redo)
+    first = sorted(p.name for p in redo.glob("*.tfrecord"))[0]
+    (redo / "manifest.json").unlink()  # as after a crash: one shard half written, no manifest yet
+    (redo / f"{first}.done.json").unlink()
+    (redo / first).rename(redo / f"{first}.partial")
+    with open(redo / f"{first}.partial", "r+b") as f:
+        f.truncate(1000)
+    _cli("encode", "--audio", pipeline_run / "ingested", "--output", redo, "--vae", pipeline_run / "vae",
+         "--text-encoder", pipeline_run / "t5", "--max-length", 24, "--window-frames", 128, "--batch-size", 16,
+         "--no-progress")
+    assert read_manifest(redo) == read_manifest(done) | {"sources": read_manifest(redo)["sources"]}
+    for shard in read_manifest(done)["shards"]:
+        assert [r for _, _, r in iter_records(redo / shard["file"])] == [
+            r for _, _, r in iter_records(done / shard["file"])]
+    code = main(["encode", "--audio", str(pipeline_run / "ingested"), "--output", str(redo), "--vae",
+                 str(pipeline_run / "vae"), "--text-encoder", str(pipeline_run / "t5"), "--max-length", "24",
+                 "--window-frames", "64", "--batch-size", "16", "--no-progress"])
+    assert code == 2 and "holds a partial encode with other settings" in capsys.readouterr().err

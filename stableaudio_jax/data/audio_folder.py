@@ -24,7 +24,7 @@ import numpy as np
 
 from stableaudio_jax.audio.io import match_channels, resample
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
 logger = logging.getLogger(__name__)
 
 
