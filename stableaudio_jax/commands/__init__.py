@@ -1,1 +1,17 @@
 """The CLI's sub-commands: each module has ``add_parser(subparsers)`` and ``run(args, overrides) -> exit code``."""
+import logging
+
+
+def setup_logging() -> None:
+    """INFO logs with timestamps for the long-running commands; orbax's per-save INFO lines are silenced."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def add_training_args(p, default_config: str, config_example: str, data_help: str, workdir_help: str) -> None:
+    """The arguments every resumable trainer takes."""
+    p.add_argument("--config", default=default_config, help=f"config file:variant (e.g. {config_example})")
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--workdir", required=True, help=workdir_help)
+    p.add_argument("--max-steps", type=int, help="stop after this many more steps (default: config.training.steps)")
+    p.add_argument("--no-progress", action="store_true")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import logging
+
+from stableaudio_jax.commands import setup_logging
 
 
 def add_parser(sub) -> None:
@@ -39,8 +40,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from stableaudio_jax.inference.components import load_text_encoder, load_vae
     from stableaudio_jax.parallel.distributed import initialize
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    setup_logging()
     initialize(None)
     vae = load_vae(args.vae)
     text = load_text_encoder(args.text_encoder, max_length=args.max_length)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
+
+from stableaudio_jax.commands import add_training_args, setup_logging
 
 
 def add_parser(sub) -> None:
@@ -11,13 +12,9 @@ def add_parser(sub) -> None:
                                    "synthetic). Re-running the same command resumes from the latest checkpoint in "
                                    "--workdir; Ctrl-C saves a checkpoint and stops. A finished DiT run exports "
                                    "<workdir>/model for `stableaudio-jax generate --checkpoint`.")
-    p.add_argument("--config", default="configs/dit.py:sao", help="config file:variant (e.g. configs/dit.py:tiny, "
-                                                                 "configs/unet.py:tiny)")
-    p.add_argument("--data", required=True, help="a pre-encoded latent dataset (manifest.json + TFRecord shards), "
-                                                 "or 'synthetic'")
-    p.add_argument("--workdir", required=True, help="checkpoints, demos, TensorBoard logs and metrics.jsonl go here")
-    p.add_argument("--max-steps", type=int, help="stop after this many more steps (default: config.training.steps)")
-    p.add_argument("--no-progress", action="store_true")
+    add_training_args(p, "configs/dit.py:sao", "configs/dit.py:tiny, configs/unet.py:tiny",
+                      "a pre-encoded latent dataset (manifest.json + TFRecord shards), or 'synthetic'",
+                      "checkpoints, demos, TensorBoard logs and metrics.jsonl go here")
     p.set_defaults(run=run)
 
 
@@ -25,8 +22,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from stableaudio_jax.config_loader import load_config
     from stableaudio_jax.training.diffusion_train import train_diffusion
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO lines
+    setup_logging()
     config = load_config(args.config, overrides)
     metrics = train_diffusion(config, args.workdir, args.data, progress=not args.no_progress,
                               max_steps=args.max_steps)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from stableaudio_jax.inference.text_encoder import T5TextEncoder
+from stableaudio_jax.inference.text_encoder import T5TextEncoder, t5_model_config  # noqa: F401 (re-exported)
 from stableaudio_jax.models.autoencoder import OobleckVAE, vae_from_config
 from stableaudio_jax.training.checkpoints import METADATA_FILE, CheckpointError
 
@@ -84,10 +84,3 @@ def load_text_encoder(path: str | os.PathLike, max_length: int = 128, dtype: Any
         return load_hf_t5(path, max_length=max_length, dtype=dtype)
     raise FileNotFoundError(f"text encoder {path!r}: expected a Hugging Face T5 directory (config.json, weights, "
                             f"spiece.model) or a model checkpoint ({METADATA_FILE})")
-
-
-def t5_model_config(text: T5TextEncoder) -> dict:
-    """The T5 sizes as our configs spell them (configs/t5.py ``model``)."""
-    m = text.module
-    return {k: getattr(m, k) for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
-                                       "num_buckets", "max_distance", "layer_norm_eps", "feed_forward")}

@@ -23,7 +23,7 @@ from stableaudio_jax.audio.io import load_audio, match_channels, resample
 from stableaudio_jax.diffusion.samplers import check_sampler, sample
 from stableaudio_jax.inference.generation_inputs import (GenerationRequest, audio_to_window, mask_to_latent_frames,
                                                          parse_request)
-from stableaudio_jax.inference.text_encoder import T5TextEncoder
+from stableaudio_jax.inference.text_encoder import T5TextEncoder, t5_model_config
 from stableaudio_jax.models.autoencoder import OobleckVAE
 from stableaudio_jax.models.chunked_vae import chunked_decode, decoder_receptive_field
 from stableaudio_jax.models.conditioning import TimingConditioner
@@ -138,7 +138,7 @@ class TextToAudioPipeline:
     @classmethod
     def _from_bundle(cls, bundle, text: T5TextEncoder, mesh):
         config = ml_collections.ConfigDict(bundle.config.to_dict())
-        config.text = dict(model=_t5_config(text.module), max_length=text.max_length)
+        config.text = dict(model=t5_model_config(text), max_length=text.max_length)
         config.sampling = dict(DEFAULT_SAMPLING)
         return cls(text=text, timing=bundle.timing.module, timing_params=bundle.timing.params,
                    dit=bundle.dit.module, dit_params=bundle.dit.params, vae=bundle.vae.module,
@@ -310,8 +310,3 @@ class _Clock:
             self.timings[name] = now - self.last
         self.last = now
         return result
-
-
-def _t5_config(module) -> dict:
-    return {k: getattr(module, k) for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
-                                            "num_buckets", "max_distance", "layer_norm_eps", "feed_forward")}

@@ -90,3 +90,9 @@ class T5TextEncoder:
         fn = jax.jit(lambda p, i, m: _encode(self.module, p, i, m), in_shardings=(replicated, batch, batch),
                      out_shardings=batch)
         return fn
+
+
+def t5_model_config(text: T5TextEncoder) -> dict:
+    """The T5 sizes as our configs spell them (configs/t5.py ``model``)."""
+    return {k: getattr(text.module, k) for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
+                                                 "num_buckets", "max_distance", "layer_norm_eps", "feed_forward")}
