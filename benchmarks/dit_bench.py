@@ -23,6 +23,7 @@ from common import environment, median_seconds, write_report
 from stableaudio_jax.config_loader import load_config, split_override_args
 from stableaudio_jax.convert.dit import dit_params_from_state_dict
 from stableaudio_jax.models.dit import DiT, dit_from_config
+from stableaudio_jax.store import resolve_conditioning
 
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--out")
     args = parser.parse_args(rest)
-    model_cfg = load_config(args.config, overrides).model
+    model_cfg = resolve_conditioning(load_config(args.config, overrides)).model  # widths from cond_dim
     report = {"benchmark": "dit_forward", "config": args.config, "overrides": overrides,
               **environment(not args.skip_torch),
               "forward": run(model_cfg, args.frames, args.batch, args.tokens, args.repeats, args.dtype,

@@ -22,6 +22,7 @@ import numpy as np
 from common import environment, median_seconds, write_report
 
 from stableaudio_jax.config_loader import load_config, split_override_args
+from stableaudio_jax.store import resolve_conditioning
 
 PROMPT = "warm analog synth arpeggio with soft drums, 120 bpm"
 
@@ -33,7 +34,7 @@ def build_modules(model_cfg, vae_cfg, frames: int, t5_layers: int, directory: st
     from diffusers.pipelines.stable_audio import StableAudioProjectionModel
     from transformers import T5Config, T5EncoderModel
 
-    from stableaudio_jax.data.tokenizer import train_sentencepiece
+    from stableaudio_jax.store.tokenizers import train_sentencepiece
     torch.manual_seed(0)
     head_dim = model_cfg.embed_dim // model_cfg.num_heads
     cond = model_cfg.cond_token_dim
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--out")
     args = parser.parse_args(rest)
-    config = load_config(args.config, overrides)
+    config = resolve_conditioning(load_config(args.config, overrides))  # widths from conditioning.cond_dim
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
         parts = build_modules(config.model, config.vae, args.frames, args.t5_layers, directory)

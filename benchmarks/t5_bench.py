@@ -19,7 +19,7 @@ from common import environment, median_seconds, write_report
 
 from stableaudio_jax.config_loader import load_config
 from stableaudio_jax.convert.t5 import t5_from_config, t5_params_from_state_dict
-from stableaudio_jax.inference.text_encoder import T5TextEncoder
+from stableaudio_jax.store.text_encoders import T5TextEncoder
 
 
 def _hf_config(model_cfg):

@@ -3,6 +3,7 @@
 Variants:
   sao   Stable Audio Open 1.0: DiT 24 x 1536, 24 heads (64-d), cross-attention on 768-d tokens (T5 + 2 timing)
         with 12 key/value heads, global conditioning 1536 (2 timing embeddings); 1,056,828,544 parameters.
+        The conditioning widths derive from ``conditioning.cond_dim`` (store.builders.resolve_conditioning).
         VAE: configs/vae.py:sao; text: t5-base, 128 tokens; window 2,097,152 samples (47.55 s, 1024 latents).
   tiny  the same structure at toy size (GQA x2 and partial rotary kept), float32, for tests.
 ``config.training`` is the diffusion trainer's (configs/diffusion_training.py).
@@ -17,11 +18,11 @@ from stableaudio_jax.configs import vae as vae_configs
 from stableaudio_jax.parallel.sharding import DEFAULT_RULES
 
 MODELS = {
-    "sao": dict(io_channels=64, embed_dim=1536, depth=24, num_heads=24, cond_token_dim=768, global_cond_dim=1536),
-    "tiny": dict(io_channels=4, embed_dim=256, depth=2, num_heads=4, cond_token_dim=32, cond_embed_dim=128,
-                 global_cond_dim=64),
+    "sao": dict(io_channels=64, embed_dim=1536, depth=24, num_heads=24),
+    "tiny": dict(io_channels=4, embed_dim=256, depth=2, num_heads=4, cond_embed_dim=128),
 }
 TEXT = {"sao": "t5-base", "tiny": "tiny"}
+COND_DIM = {"sao": 768, "tiny": 32}  # the width of every conditioning token (stable-audio-tools' cond_dim)
 
 
 def get_config(arg=None):
@@ -32,13 +33,16 @@ def get_config(arg=None):
     config.variant = variant
     config.model = ml_collections.ConfigDict(dict(
         type="dit", rotary_dim=None, norm_bias=False, attention_impl="auto", scan_layers=variant == "sao",
-        remat="none", **MODELS[variant]))
+        remat="none", cond_token_dim=None, global_cond_dim=None,  # None: derived from conditioning.cond_dim
+        **MODELS[variant]))
     config.vae = vae_configs.get_config(variant).model
     text = t5_configs.get_config(TEXT[variant])
-    cond_dim = MODELS[variant]["cond_token_dim"]
+    # One width: timing features, cond_token_dim and global_cond_dim (x 2 timing ids) follow cond_dim; a text
+    # encoder of another width gets a projection (project_out: one even when the widths agree).
     config.conditioning = ml_collections.ConfigDict(dict(
-        text=dict(type="t5", model=text.model.to_dict(), max_length=128),
-        timing=dict(style="number", features=cond_dim, min_val=0.0, max_val=512.0),
+        cond_dim=COND_DIM[variant],
+        text=dict(type="t5", model=text.model.to_dict(), max_length=128, width=None, project_out=False),
+        timing=dict(style="number", features=None, min_val=0.0, max_val=512.0),
         cross_attention_ids=["prompt", "seconds_start", "seconds_total"],
         global_ids=["seconds_start", "seconds_total"]))
     config.diffusion = ml_collections.ConfigDict(dict(objective="v"))

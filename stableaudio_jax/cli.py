@@ -1,6 +1,6 @@
 """The ``stableaudio-jax`` command line.
 
-Sub-commands are added here as the capabilities they drive land (see DESIGN.md §4 for the planned set).
+Sub-commands are added here as the capabilities they drive land (docs/design.md §4 lists the planned set).
 Config overrides use ``--config.a.b=value`` anywhere on the command line.
 """
 from __future__ import annotations
@@ -9,32 +9,22 @@ import argparse
 import sys
 from typing import Sequence
 
-from stableaudio_jax.commands import convert, encode, generate, ingest, train, train_vae
-from stableaudio_jax.training.checkpoints import CheckpointError
+from stableaudio_jax.commands import convert, encode, export, generate, ingest, train, train_vae
 from stableaudio_jax.config_loader import load_config, split_override_args
+from stableaudio_jax.store.format import StoreError
 
 
 def _show_config(args: argparse.Namespace, overrides: list[str]) -> int:
     config = load_config(args.config, overrides)
     print(config.to_json_best_effort(indent=2, sort_keys=True))
     if args.params:
-        print(f"parameters: {model_parameter_count(config):,}")
+        from stableaudio_jax.store import count_parameters
+        counts = count_parameters(config)
+        for part, n in counts.items():
+            print(f"parameters ({part}): {n:,}")
+        if len(counts) > 1:
+            print(f"parameters (total): {sum(counts.values()):,}")
     return 0
-
-
-def model_parameter_count(config) -> int:
-    """Parameters of ``config.model``, computed abstractly (``jax.eval_shape``: nothing is allocated)."""
-    import jax
-    import jax.numpy as jnp
-
-    from stableaudio_jax.models.autoencoder import count_params, vae_from_config
-
-    if config.model.get("type") != "oobleck_vae":
-        raise ValueError(f"config.model.type {config.model.get('type')!r}: parameter counting supports "
-                         "'oobleck_vae'")
-    vae = vae_from_config(config.model)
-    audio = jax.ShapeDtypeStruct((1, vae.downsampling_ratio, vae.audio_channels), jnp.float32)
-    return count_params(jax.eval_shape(lambda a: vae.init(jax.random.key(0), a, sample=False), audio))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_vae.add_parser(sub)
     encode.add_parser(sub)
     train.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 
@@ -68,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     try:
         return args.run(args, overrides)
-    except (ValueError, KeyError, FileNotFoundError, CheckpointError, FloatingPointError) as e:
+    except (ValueError, KeyError, FileNotFoundError, StoreError, FloatingPointError) as e:
         print(f"stableaudio-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

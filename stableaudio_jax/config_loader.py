@@ -77,7 +77,10 @@ def split_override_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _parse_value(text: str, current: Any, key: str) -> Any:
-    """Parses ``text`` into the type of ``current`` (the value being overridden)."""
+    """Parses ``text`` into the type of ``current`` (the value being overridden); ``None`` unsets any field (a
+    derived value, such as the conditioning widths, is then computed again)."""
+    if text.strip() == "None":
+        return None
     try:
         if isinstance(current, bool):
             lowered = text.strip().lower()

@@ -114,11 +114,15 @@ def dit_state_to_sat(state, num_layers=TINY_DIFFUSERS_DIT["num_layers"], rotary_
 
 
 def timing_state_to_sat(state):
-    """stable-audio-tools names for the projection model's timing tensors (prefix stripped)."""
+    """stable-audio-tools names for the projection model's tensors (prefix stripped): timing, and the text
+    projection (``text_projection`` → the prompt conditioner's ``proj_out``)."""
     rename = {"start_number_conditioner": "seconds_start", "end_number_conditioner": "seconds_total"}
     out = {}
     for key, value in state.items():
         head, rest = key.split(".", 1)
+        if head == "text_projection":
+            out[f"prompt.proj_out.{rest}"] = value
+            continue
         out[f"{rename[head]}.{rest.replace('time_positional_embedding', 'embedder.embedding')}"] = value
     return out
 
@@ -144,15 +148,17 @@ def synthetic_state_dict(shapes, seed=0):
     return out
 
 
-def build_tiny_sao_diffusers(root, cond_dim=32, frames=32, captions=("a dog barking",)):
+def build_tiny_sao_diffusers(root, cond_dim=32, frames=32, captions=("a dog barking",), text_dim=None):
     """A Stable Audio Open shaped diffusers folder with random tiny modules (vae/, transformer/, text_encoder/,
-    projection_model/, tokenizer/spiece.model) under ``root``; returns the torch modules."""
+    projection_model/, tokenizer/spiece.model) under ``root``; returns the torch modules. ``text_dim`` (default
+    ``cond_dim``): the T5 width; when it differs the projection model holds a text projection."""
+    text_dim = text_dim or cond_dim
     import torch
     from diffusers import AutoencoderOobleck
     from diffusers.pipelines.stable_audio import StableAudioProjectionModel
     from transformers import T5Config, T5EncoderModel
 
-    from stableaudio_jax.data.tokenizer import train_sentencepiece
+    from stableaudio_jax.store.tokenizers import train_sentencepiece
     torch.manual_seed(0)
     vae = AutoencoderOobleck(encoder_hidden_size=16, downsampling_ratios=[2, 4, 2], channel_multiples=[1, 2, 2],
                              decoder_channels=16, decoder_input_channels=8, audio_channels=2).eval()
@@ -162,9 +168,9 @@ def build_tiny_sao_diffusers(root, cond_dim=32, frames=32, captions=("a dog bark
                 p.copy_(0.3 * torch.randn_like(p))
     dit = randomized_diffusers_dit(seed=2, sample_size=frames, cross_attention_input_dim=cond_dim,
                                    global_states_input_dim=2 * cond_dim, time_proj_dim=256)
-    text_encoder = T5EncoderModel(T5Config(vocab_size=160, d_model=cond_dim, d_kv=8, d_ff=48, num_layers=2,
+    text_encoder = T5EncoderModel(T5Config(vocab_size=160, d_model=text_dim, d_kv=8, d_ff=48, num_layers=2,
                                            num_heads=4)).eval()
-    projection = StableAudioProjectionModel(text_encoder_dim=cond_dim, conditioning_dim=cond_dim, min_value=0,
+    projection = StableAudioProjectionModel(text_encoder_dim=text_dim, conditioning_dim=cond_dim, min_value=0,
                                             max_value=512)
     with torch.no_grad():
         for p in projection.parameters():
@@ -213,3 +219,10 @@ def write_sat_checkpoint(parts, path, extra=None):
     state.update(extra or {})
     save_file(state, str(path))
     return path
+
+
+def model_config(spec, overrides=()):
+    """A denoiser config's ``model`` section with its conditioning widths derived (as the trainer builds it)."""
+    from stableaudio_jax.config_loader import load_config
+    from stableaudio_jax.store import resolve_conditioning
+    return resolve_conditioning(load_config(spec, overrides)).model

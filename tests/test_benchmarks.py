@@ -50,7 +50,7 @@ def test_dit_benchmark_writes_json(tmp_path):
 def test_generate_benchmark_writes_json(tmp_path):
     out = tmp_path / "generate.json"
     small = ["--config.model.depth=1", "--config.model.embed_dim=256", "--config.model.num_heads=4",
-             "--config.model.cond_token_dim=128", "--config.model.global_cond_dim=256", "--config.model.io_channels=8",
+             "--config.conditioning.cond_dim=128", "--config.model.io_channels=8",
              "--config.vae.channels=16", "--config.vae.latent_dim=8"]
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "generate_bench.py"), *small, "--frames", "16",
            "--steps", "2", "--t5-layers", "1", "--dtype", "float32", "--repeats", "1", "--out", str(out)]

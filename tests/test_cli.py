@@ -93,7 +93,7 @@ def test_generate_without_a_model_names_the_options(tmp_path, monkeypatch):
                             env={k: v for k, v in os.environ.items() if k != "STABLEAUDIO_JAX_CHECKPOINT"})
     assert result.returncode == 2 and "--checkpoint DIR or set $STABLEAUDIO_JAX_CHECKPOINT" in result.stderr
     missing = _run("generate", "x", "--checkpoint", str(tmp_path))
-    assert missing.returncode == 2 and "not a stableaudio-jax model checkpoint" in missing.stderr
+    assert missing.returncode == 2 and "not a stableaudio-jax stored model" in missing.stderr
 
 
 def _wait_for_step(workdir, step, process, timeout=300):

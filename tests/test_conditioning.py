@@ -12,7 +12,7 @@ from transformers import T5Config, T5EncoderModel
 from stableaudio_jax.convert import (conditioning_config_from_stable_audio_tools, t5_config_from_hf,
                                      t5_params_from_state_dict, timing_params_from_state_dict)
 from stableaudio_jax.convert.t5 import t5_from_config
-from stableaudio_jax.inference.text_encoder import T5TextEncoder
+from stableaudio_jax.store.text_encoders import T5TextEncoder
 from stableaudio_jax.models.conditioning import (Conditioning, IntEmbedder, LearnedNullEmbedding, NumberEmbedder,
                                                  TimingConditioner, assemble_conditioning, cfg_dropout,
                                                  guidance_batch, negative_conditioning, null_conditioning)

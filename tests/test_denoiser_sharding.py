@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import synthetic_state_dict
+from helpers import model_config, synthetic_state_dict
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from stableaudio_jax.config_loader import load_config
 from stableaudio_jax.convert.unet import unet_params_from_state_dict
 from stableaudio_jax.models.dit import dit_from_config
 from stableaudio_jax.models.unet import unet_from_config
@@ -29,13 +28,13 @@ STRATEGIES = {"data_parallel": {"data": 8}, "fsdp": {"data": 2, "fsdp": 4}, "ten
 
 
 def _dit():
-    dit = dit_from_config(load_config("configs/dit.py:tiny").model)
+    dit = dit_from_config(model_config("configs/dit.py:tiny"))
     args = (jnp.zeros((4, 8, 4)), jnp.full((4,), 0.5), jnp.ones((4, 6, 32)), jnp.ones((4, 64)))
     return dit, args
 
 
 def _unet():
-    unet = unet_from_config(load_config("configs/unet.py:tiny").model)
+    unet = unet_from_config(model_config("configs/unet.py:tiny"))
     args = (jnp.zeros((4, 32, 8)), jnp.full((4,), 0.5), jnp.ones((4, 6, 32)), jnp.ones((4, 6), bool))
     return unet, args
 

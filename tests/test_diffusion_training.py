@@ -17,7 +17,7 @@ from test_vae_training import _tree_equal
 TEXT_LENGTH, TEXT_DIM, FRAMES = 24, 32, 128  # as tests/test_round_trip.py: the compiled DiT step is shared
 
 
-def write_latents(directory, files=4, per_file=8, channels=4, text="embeddings"):
+def write_latents(directory, files=4, per_file=8, channels=4, text="embeddings", text_dim=TEXT_DIM):
     """Latent 'songs': a few sinusoids per file (their frequency set by the file), captions per file."""
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -29,7 +29,7 @@ def write_latents(directory, files=4, per_file=8, channels=4, text="embeddings")
                 t = np.arange(w * FRAMES, (w + 1) * FRAMES)[:, None]
                 latents = np.sin(2 * np.pi * t * (f + 1) / 32 + np.arange(channels)) + 0.1 * rng.standard_normal(
                     (FRAMES, channels))
-                text_kw = (dict(text_embeddings=np.full((TEXT_LENGTH, TEXT_DIM), f / files, np.float16))
+                text_kw = (dict(text_embeddings=np.full((TEXT_LENGTH, text_dim), f / files, np.float16))
                            if text == "embeddings" else dict(text_ids=np.full(TEXT_LENGTH, f + 3)))
                 record = LatentRecord(latents=latents.astype(np.float32), latent_length=FRAMES,
                                       seconds_start=w * FRAMES * 8 / 44100, seconds_total=per_file * FRAMES * 8 / 44100,
@@ -40,7 +40,7 @@ def write_latents(directory, files=4, per_file=8, channels=4, text="embeddings")
     write_manifest(directory, {
         "format": "stableaudio-jax/latents", "version": 1, "encoder_config_hash": "0123456789abcdef",
         "latent_channels": channels, "latent_frames": FRAMES, "sample_rate": 44100, "downsampling_ratio": 8,
-        "text": text, "text_length": TEXT_LENGTH, "text_dim": TEXT_DIM if text == "embeddings" else None,
+        "text": text, "text_length": TEXT_LENGTH, "text_dim": text_dim if text == "embeddings" else None,
         "shards": shards, "records": files * per_file,
         "encoder_config": {"vae": load_config("configs/vae.py:tiny").model.to_dict()}})
     return str(directory)
@@ -79,21 +79,47 @@ def test_resume_is_exact(latents, tmp_path):
 
 def test_unet_trains_on_the_same_data(latents, tmp_path):
     # the tiny U-Net cut to two levels: the same trainer path, a fraction of the CPU compile time
-    config = _config("training.steps=6", "training.crop_frames=16", "model.context_max_length=26",
-                     "model.in_channels=4", "model.factors=(1,2)", "model.multipliers=(1,1,1)",
-                     "model.num_blocks=(1,1)", "model.attentions=(0,1,1)", "model.channels=32",
-                     "training.log_every=3", spec="configs/unet.py:tiny")
+    # context_max_length is derived from the data: 24 text tokens + 2 timing tokens. Objective eps: the U-Net
+    # of tests/test_round_trip.py (one compile serves both)
+    config = _config("training.steps=6", "training.crop_frames=16", "model.in_channels=4", "model.factors=(1,2)",
+                     "model.multipliers=(1,1,1)", "model.num_blocks=(1,1)", "model.attentions=(0,1,1)",
+                     "model.channels=32", "diffusion.objective=eps", "training.log_every=3",
+                     spec="configs/unet.py:tiny")
     train_diffusion(config, str(tmp_path / "unet"), latents)
     logged = [m["train/loss"] for m in read_metrics(tmp_path / "unet") if "train/loss" in m]
     assert len(logged) == 2 and np.isfinite(logged).all()
     state, _ = _state(tmp_path / "unet")
     assert int(state["step"]) == 6 and set(state["params"]) == {"denoiser", "timing"}
+    null = state["params"]["denoiser"]["params"]["fixed_embedding"]["embed"]["embedding"]
+    assert null.shape == (26, 32)
 
 
-def test_synthetic_source_runs(tmp_path):
+def test_synthetic_source_runs_and_exports_the_diffusion_model(tmp_path):
+    from stableaudio_jax.store import load_diffusion, read_info
     metrics = train_diffusion(_config("training.steps=2", f"training.data.synthetic_text_length={TEXT_LENGTH}"),
                               str(tmp_path / "synthetic"), "synthetic")
     assert np.isfinite(metrics["train/loss"]) and metrics["perf/audio_seconds_per_s"] > 0
+    # no VAE or text encoder is known for synthetic data: the denoiser and its conditioners alone
+    info = read_info(tmp_path / "synthetic" / "model")
+    assert info.kind == "diffusion" and info.provenance["step"] == 2
+    model = load_diffusion(tmp_path / "synthetic" / "model")
+    state, _ = _state(tmp_path / "synthetic")
+    _tree_equal(model.params["denoiser"], state["ema"])
+    _tree_equal(model.params["timing"], state["params"]["timing"])
+
+
+@pytest.mark.parametrize("cond_dim,projected", [(32, True), (None, False)])
+def test_a_text_encoder_of_another_width_needs_no_other_change(tmp_path, cond_dim, projected):
+    """48-wide text features: with cond_dim 32 a projection appears; with cond_dim unset every width follows 48."""
+    wide = write_latents(tmp_path / "wide", files=2, per_file=4, text_dim=48)
+    overrides = ["training.steps=2"] + ([] if cond_dim else ["conditioning.cond_dim=None"])
+    train_diffusion(_config(*overrides), str(tmp_path / "run"), wide)
+    state, _ = _state(tmp_path / "run")
+    assert ("text_projection" in state["params"]) == projected
+    width = 32 if projected else 48
+    assert state["params"]["timing"]["params"]["seconds_start"]["proj"]["kernel"].shape[-1] == width
+    assert state["params"]["denoiser"]["params"]["to_cond_embed"]["fc1"]["kernel"].shape[0] == width
+    assert state["params"]["denoiser"]["params"]["to_global_embed"]["fc1"]["kernel"].shape[0] == 2 * width
 
 
 def test_data_that_cannot_feed_the_model_is_refused(latents, tmp_path):
@@ -102,8 +128,13 @@ def test_data_that_cannot_feed_the_model_is_refused(latents, tmp_path):
         train_diffusion(_config("model.io_channels=8"), str(tmp_path / "a"), latents)
     with pytest.raises(ValueError, match=r"manifest.json: the latents were encoded by a VAE config"):
         train_diffusion(_config("vae.channels=16"), str(tmp_path / "b"), latents)
-    with pytest.raises(ValueError, match=r"text embeddings are 32 wide but the model's cross-attention tokens are 64"):
+    with pytest.raises(ValueError, match=r"config.model.cond_token_dim=64 disagrees with conditioning.cond_dim=32"):
         train_diffusion(_config("model.cond_token_dim=64"), str(tmp_path / "c"), latents)
+    with pytest.raises(ValueError, match=r"text embeddings are 32 wide but config.conditioning.text.width is 40"):
+        train_diffusion(_config("conditioning.text.width=40"), str(tmp_path / "e"), latents)
+    with pytest.raises(ValueError, match=r"training.batch_size=6 cannot be split over the mesh's data axes "
+                                         r"\{'data': 8, 'fsdp': 1\} \(8 shards\)"):
+        train_diffusion(_config("training.batch_size=6"), str(tmp_path / "f"), latents)
     ids = write_latents(tmp_path / "ids", files=1, per_file=2, text="ids")
     with pytest.raises(ValueError, match=r"text is 'ids'.*--text embeddings"):
         train_diffusion(_config(), str(tmp_path / "d"), ids)

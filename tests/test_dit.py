@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from helpers import (TINY_DIFFUSERS_DIT, diffusers_dit_forward, dit_inputs, dit_state_to_sat,
+from helpers import (TINY_DIFFUSERS_DIT, diffusers_dit_forward, dit_inputs, dit_state_to_sat, model_config,
                      randomized_diffusers_dit)
 
-from stableaudio_jax.config_loader import load_config
 from stableaudio_jax.convert import (dit_config_from_diffusers, dit_config_from_stable_audio_tools,
                                      dit_params_from_state_dict)
 from stableaudio_jax.convert.dit import stack_blocks, unstack_blocks
@@ -27,7 +26,7 @@ def _abstract(dit, frames=8, tokens=5):
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_sao_parameter_count(scan):
-    dit = dit_from_config(dict(load_config("configs/dit.py:sao").model, scan_layers=scan))
+    dit = dit_from_config(dict(model_config("configs/dit.py:sao"), scan_layers=scan))
     assert count_params(_abstract(dit)) == 1_056_828_544
     assert dit.head_dim == 64 and dit._block_kwargs()["kv_heads"] == 12  # GQA: 24 query heads on 12 kv heads
 
@@ -130,7 +129,7 @@ def test_bfloat16_compute_tracks_float32(reference):
 
 
 def test_fresh_init_is_zero_output_and_trainable():
-    dit = dit_from_config(load_config("configs/dit.py:tiny").model)
+    dit = dit_from_config(model_config("configs/dit.py:tiny"))
     x = jax.random.normal(jax.random.key(0), (2, 6, 4))
     t, cross, g = jnp.array([0.2, 0.9]), jnp.ones((2, 5, 32)), jnp.ones((2, 64))
     params = jax.jit(lambda k: nn.unbox(dit.init(k, x, t, cross, g)))(jax.random.key(1))
@@ -149,7 +148,7 @@ def test_fresh_init_is_zero_output_and_trainable():
     ({"t": np.zeros((3,))}, r"t has shape \(3,\); expected \(2,\)"),
 ])
 def test_bad_inputs_are_clear_errors(bad, message):
-    dit = dit_from_config(load_config("configs/dit.py:tiny").model)
+    dit = dit_from_config(model_config("configs/dit.py:tiny"))
     args = dict(x=np.zeros((2, 6, 4)), t=np.zeros(2), cross=np.zeros((2, 5, 32)), g=np.zeros((2, 64)))
     args.update(bad)
     with pytest.raises(ValueError, match=message):
@@ -161,7 +160,7 @@ def test_sat_config_support():
         "io_channels": 64, "embed_dim": 1536, "depth": 24, "num_heads": 24, "cond_token_dim": 768,
         "global_cond_dim": 1536, "project_cond_tokens": False, "transformer_type": "continuous_transformer"}}}}
     cfg = dit_config_from_stable_audio_tools(sao)
-    ours = load_config("configs/dit.py:sao").model
+    ours = model_config("configs/dit.py:sao")
     for key in ("io_channels", "embed_dim", "depth", "num_heads", "cond_token_dim", "global_cond_dim"):
         assert cfg[key] == ours[key]
     assert cfg.cond_embed_dim == 768

@@ -49,7 +49,7 @@ def test_cli_help(cli):
 def test_cli_show_config_counts_sao_parameters(cli, tmp_path):
     result = _run([cli, "show-config", "vae.py:sao", "--params", "--config.model.remat=true"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "parameters: 156,112,514" in result.stdout and '"remat": true' in result.stdout
+    assert "parameters (vae): 156,112,514" in result.stdout and '"remat": true' in result.stdout
 
 
 def test_cli_bad_override_exits_2_with_the_key(cli):

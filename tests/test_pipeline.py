@@ -9,7 +9,7 @@ import torch
 from diffusers import EDMDPMSolverMultistepScheduler, StableAudioPipeline
 from helpers import build_tiny_sao_diffusers
 from stableaudio_jax.inference.pipeline import TextToAudioPipeline
-from stableaudio_jax.training.checkpoints import CheckpointError
+from stableaudio_jax.store import StoreError
 
 D = 32          # T5 width = conditioning width, as SAO (768 there)
 FRAMES = 32     # latent frames in the window
@@ -144,17 +144,15 @@ def test_checkpoint_round_trip(pipe, tmp_path):
     a = pipe.generate(PROMPTS, steps=4, seed=2)
     b = loaded.generate(PROMPTS, steps=4, seed=2)
     np.testing.assert_allclose(a, b, atol=1e-6)
-    with pytest.raises(CheckpointError, match="already holds a model checkpoint"):
+    with pytest.raises(StoreError, match="already holds a stored model"):
         pipe.save(tmp_path / "model")
-    with pytest.raises(CheckpointError, match="not a stableaudio-jax model checkpoint"):
+    with pytest.raises(StoreError, match="not a stableaudio-jax stored model"):
         TextToAudioPipeline.from_checkpoint(tmp_path)
 
 
 def test_sharded_batch_equals_single_device(pipe):
     from stableaudio_jax.parallel.mesh import make_mesh
-    sharded = TextToAudioPipeline(text=pipe.text, timing=pipe.timing, timing_params=pipe.params["timing"],
-                                  dit=pipe.dit, dit_params=pipe.params["dit"], vae=pipe.vae,
-                                  vae_params=pipe.params["vae"], config=pipe.config, mesh=make_mesh({"data": 8}))
+    sharded = TextToAudioPipeline(pipe.model, mesh=make_mesh({"data": 8}))
     prompts = PROMPTS + ["rain on a tin roof"]  # 3 prompts padded to the 8 data shards
     a = pipe.generate(prompts, steps=4, seed=9)
     b = sharded.generate(prompts, steps=4, seed=9)
@@ -176,3 +174,50 @@ def test_window_can_be_changed(components):
     assert pipe.generate(PROMPTS[:1], steps=2).shape == (1, 896, 2)
     with pytest.raises(ValueError, match="window seconds=-1"):
         pipe.set_window_seconds(-1)
+
+
+def test_a_t5_projection_model_matches_diffusers_end_to_end(tmp_path):
+    """cond_dim 128 != T5 width 96: the stable-audio-tools checkpoint carries prompt.proj_out; converted, it
+    generates what diffusers' StableAudioPipeline generates, and the diffusers folder converts to the same."""
+    import json
+    import shutil
+
+    from helpers import sat_model_config, write_sat_checkpoint
+    root = tmp_path / "projected"
+    parts = build_tiny_sao_diffusers(root, 128, FRAMES, PROMPTS, text_dim=96)
+    write_sat_checkpoint(parts, root / "model.safetensors")
+    (root / "model_config.json").write_text(json.dumps(sat_model_config(128)))
+    shutil.copytree(root / "text_encoder", root / "t5")
+    shutil.copy(root / "tokenizer" / "spiece.model", root / "t5" / "spiece.model")
+    sat = TextToAudioPipeline.from_pretrained_stable_audio(root / "model.safetensors", root / "model_config.json",
+                                                          root / "t5")
+    assert "text_projection" in sat.params["diffusion"] and sat.text.width == 96
+    noise = np.random.default_rng(0).standard_normal((2, FRAMES, 8)).astype(np.float32)
+    ours = sat.generate(PROMPTS, steps=10, cfg_scale=7.0, sampler="dpmpp-2m", seconds_total=sat.window_seconds,
+                        initial_noise=noise)
+    reference = _reference_audio((root, parts), sat, noise, 10, 7.0, 0.0, sat.window_seconds)
+    snr = 10 * np.log10(np.sum(reference ** 2) / np.sum((ours - reference) ** 2))
+    assert snr >= 40.0, snr
+    converted = TextToAudioPipeline.from_diffusers(root, max_length=128)
+    np.testing.assert_allclose(converted.generate(PROMPTS, steps=4, seed=1), sat.generate(PROMPTS, steps=4, seed=1),
+                               atol=1e-5)
+
+
+def test_two_pipelines_report_their_own_progress(pipe):
+    """Progress callbacks are per call: two pipelines (and two threads) never receive each other's steps."""
+    import threading
+    other = TextToAudioPipeline(pipe.model)
+    seen = {"a": [], "b": []}
+    threads = [threading.Thread(target=p.generate, args=(PROMPTS[:1],), kwargs=dict(steps=n, progress=seen[k].append))
+               for p, k, n in ((pipe, "a", 3), (other, "b", 6))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    jax.effects_barrier()
+    assert sorted(seen["a"]) == [0, 1, 2] and sorted(seen["b"]) == list(range(6))
+    plain = []
+    pipe.generate(PROMPTS[:1], steps=2)  # no callback: nothing reaches the earlier ones
+    other.generate(PROMPTS[:1], steps=2, progress=plain.append)
+    jax.effects_barrier()
+    assert len(seen["a"]) == 3 and len(seen["b"]) == 6 and sorted(plain) == [0, 1]

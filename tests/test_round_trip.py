@@ -1,5 +1,5 @@
 """The whole product as a user runs it, on 8 CPU devices: audio + captions → ingest → train a tiny VAE → encode to
-TFRecord latents → train a tiny DiT → generate from a training caption."""
+TFRecord latents → train a tiny DiT (v) and a tiny U-Net (eps) → each exports a text-to-audio model → generate."""
 import json
 
 import numpy as np
@@ -8,7 +8,8 @@ import soundfile as sf
 
 from stableaudio_jax.cli import main
 from stableaudio_jax.data.latent_records import read_manifest
-from stableaudio_jax.data.tokenizer import train_sentencepiece
+from stableaudio_jax.store import read_info
+from stableaudio_jax.store.tokenizers import train_sentencepiece
 from stableaudio_jax.training.metrics import read_metrics
 
 RATE = 44100
@@ -70,7 +71,9 @@ def test_encode_writes_sharded_records_with_a_manifest(pipeline_run):
     assert manifest["records"] == windows
     assert len(manifest["shards"]) == 4 and manifest["latent_channels"] == 4 and manifest["text_dim"] == 32
     assert max(s["records"] for s in manifest["shards"]) - min(s["records"] for s in manifest["shards"]) <= 53
-    assert manifest["sources"]["vae"] == str(pipeline_run / "vae")
+    # the finished train-vae run exported its VAE; the manifest records it and the hash of its weights
+    assert manifest["sources"]["vae"] == str(pipeline_run / "vae" / "model")
+    assert manifest["encoder_config"]["vae_sha256"] == read_info(pipeline_run / "vae" / "model").weights_sha256
 
 
 def test_diffusion_loss_falls_and_generation_is_audible(pipeline_run, tmp_path):
@@ -86,6 +89,12 @@ def test_diffusion_loss_falls_and_generation_is_audible(pipeline_run, tmp_path):
     audio, rate = sf.read(out)
     assert rate == RATE and audio.shape == (64 * 8, 2)
     assert np.isfinite(audio).all() and np.sqrt(np.mean(audio ** 2)) > 1e-3
+    # any checkpoint of the run exports too (here an earlier one), with its provenance
+    _cli("export", "--workdir", pipeline_run / "dit", "--step", 200, "--out", tmp_path / "step200")
+    info = read_info(tmp_path / "step200")
+    assert info.kind == "text-to-audio" and info.provenance["step"] == 200
+    assert info.component_sha256["diffusion"] != read_info(pipeline_run / "dit" / "model").component_sha256[
+        "diffusion"]
     config = json.loads((pipeline_run / "dit" / "config.json").read_text())
     assert config["training"]["data"]["encoder_config_hash"] == read_manifest(pipeline_run / "latents")[
         "encoder_config_hash"]
@@ -114,3 +123,43 @@ def test_interrupted_encode_resumes_without_duplicates(pipeline_run, tmp_path, c
                  str(pipeline_run / "vae"), "--text-encoder", str(pipeline_run / "t5"), "--max-length", "24",
                  "--window-frames", "64", "--batch-size", "16", "--no-progress"])
     assert code == 2 and "holds a partial encode with other settings" in capsys.readouterr().err
+    # the same VAE config with other weights (a retrained VAE) would mix two encodings: refused too
+    import jax
+
+    from stableaudio_jax.store import VAE, load_vae, save_vae
+    vae = load_vae(pipeline_run / "vae" / "model")
+    save_vae(tmp_path / "retrained", VAE(vae.module, jax.tree_util.tree_map(lambda x: x * 1.01, vae.params),
+                                         vae.config))
+    code = main(["encode", "--audio", str(pipeline_run / "ingested"), "--output", str(redo), "--vae",
+                 str(tmp_path / "retrained"), "--text-encoder", str(pipeline_run / "t5"), "--max-length", "24",
+                 "--window-frames", "128", "--batch-size", "16", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "other settings (encoder_config_hash differ" in err, err
+
+
+# The U-Net of tests/test_diffusion_training.py (the tiny U-Net cut to two levels; the same compiled step), eps.
+UNET = ["--config.training.crop_frames=16", "--config.model.in_channels=4", "--config.model.factors=(1,2)",
+        "--config.model.multipliers=(1,1,1)", "--config.model.num_blocks=(1,1)", "--config.model.attentions=(0,1,1)",
+        "--config.model.channels=32", "--config.diffusion.objective=eps"]
+
+
+def test_unet_eps_round_trip(pipeline_run, tmp_path, capsys):
+    """A U-Net trained with the eps objective exports a text-to-audio model that `generate` runs with the samplers
+    eps allows (and refuses the others)."""
+    workdir = tmp_path / "unet"
+    _cli("train", "--config", "configs/unet.py:tiny", "--data", pipeline_run / "latents", "--workdir", workdir,
+         "--config.training.steps=6", "--config.training.log_every=3", "--no-progress", *UNET)
+    info = read_info(workdir / "model")
+    diffusion = read_info(workdir / "model" / "diffusion")
+    assert info.kind == "text-to-audio" and info.config.sampling.sampler == "ddim"
+    assert diffusion.config.model.type == "unet1d" and diffusion.config.diffusion.objective == "eps"
+    for sampler, seconds in (("ddim", 0.002), ("ddpm", 0.0025)):
+        out = tmp_path / f"{sampler}.wav"
+        _cli("generate", "a low bass drone", "--checkpoint", workdir / "model", "--out", out, "--steps", 4,
+             "--sampler", sampler, "--seconds", seconds, "--no-progress")
+        audio, rate = sf.read(out)
+        assert rate == RATE and audio.shape == (round(seconds * RATE), 2) and np.isfinite(audio).all()
+    capsys.readouterr()
+    code = main(["generate", "x", "--checkpoint", str(workdir / "model"), "--sampler", "dpmpp-2m", "--steps", "2",
+                 "--out", str(tmp_path / "no.wav"), "--no-progress"])
+    assert code == 2 and "sampler 'dpmpp-2m' is not available for the 'eps' objective" in capsys.readouterr().err

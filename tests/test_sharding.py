@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import randomize_snake
+from helpers import model_config, randomize_snake
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from stableaudio_jax.config_loader import load_config
@@ -130,7 +130,7 @@ def _logical_names(module, *args, **kwargs):
 
 
 def test_every_logical_name_has_a_rule():
-    from stableaudio_jax.models.conditioning import LearnedNullEmbedding, TimingConditioner
+    from stableaudio_jax.models.conditioning import LearnedNullEmbedding, TextProjection, TimingConditioner
     from stableaudio_jax.models.t5 import T5Encoder
     vae = vae_from_config(load_config("configs/vae.py:tiny").model)
     names = _logical_names(vae, jnp.zeros((1, 8, 2)), sample=False)
@@ -139,11 +139,12 @@ def test_every_logical_name_has_a_rule():
     names |= _logical_names(TimingConditioner(features=8), jnp.zeros(1), jnp.zeros(1))
     names |= _logical_names(TimingConditioner(features=8, style="int"), jnp.zeros(1), jnp.zeros(1))
     names |= _logical_names(LearnedNullEmbedding(4, 8), 1, 4)
+    names |= _logical_names(TextProjection(8), jnp.zeros((1, 4, 16)))
     from stableaudio_jax.models.dit import dit_from_config
     from stableaudio_jax.models.unet import unet_from_config
-    dit = dit_from_config(dict(load_config("configs/dit.py:tiny").model, scan_layers=True))
+    dit = dit_from_config(dict(model_config("configs/dit.py:tiny"), scan_layers=True))
     names |= _logical_names(dit, jnp.zeros((1, 2, 4)), jnp.zeros(1), jnp.zeros((1, 3, 32)), jnp.zeros((1, 64)))
-    unet = unet_from_config(load_config("configs/unet.py:tiny").model)
+    unet = unet_from_config(model_config("configs/unet.py:tiny"))
     names |= _logical_names(unet, jnp.zeros((1, 16, 8)), jnp.zeros(1), jnp.zeros((1, 3, 32)))
     from stableaudio_jax.models.discriminator import MultiScaleSTFTDiscriminator
     names |= _logical_names(MultiScaleSTFTDiscriminator((64,), (16,), None, 4), jnp.zeros((1, 256, 2)))

@@ -99,3 +99,80 @@ def test_load_diffusers_directory(parts, tmp_path):
     _check_bundle(bundle, parts)
     with pytest.raises(FileNotFoundError, match="transformer/ needs config.json"):
         load_diffusers(tmp_path / "vae")
+
+
+@pytest.fixture(scope="module")
+def projected(parts):
+    """The same modules with a text projection: T5 width 96 → cond_dim 128 (stable-audio-tools' proj_out)."""
+    torch.manual_seed(3)
+    projection = StableAudioProjectionModel(text_encoder_dim=96, conditioning_dim=COND, min_value=0,
+                                            max_value=512).eval()
+    with torch.no_grad():
+        for p in projection.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return dict(parts, projection_model=projection)
+
+
+def _check_projection(bundle, projection):
+    text = np.random.default_rng(1).standard_normal((2, 5, 96)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    with torch.no_grad():
+        want = projection(text_hidden_states=torch.from_numpy(text)).text_hidden_states.numpy() * mask[..., None]
+    got = np.asarray(bundle.text_projection(text, mask))
+    assert got.shape == (2, 5, COND) and np.abs(got - want).max() <= 1e-5
+
+
+def test_a_t5_projection_converts_from_both_layouts(projected, tmp_path):
+    path = write_sat_checkpoint(projected, tmp_path / "model.safetensors")
+    bundle = load_stable_audio_tools(path, sat_model_config(COND))
+    assert set(bundle.params) == {"vae", "dit", "timing", "text_projection"}
+    assert bundle.config.conditioning.text.width == 96 and bundle.config.conditioning.cond_dim == COND
+    _check_projection(bundle, projected["projection_model"])
+    _check_bundle(bundle, projected)  # the rest is unchanged
+    for name in ("vae", "transformer", "projection_model"):
+        projected[name].save_pretrained(tmp_path / "diffusers" / name)
+    bundle = load_diffusers(tmp_path / "diffusers")
+    assert bundle.config.conditioning.text.width == 96
+    _check_projection(bundle, projected["projection_model"])
+
+
+def test_projection_errors(parts, projected, tmp_path):
+    # a config asking for a projection (project_out) on a checkpoint without one
+    plain = write_sat_checkpoint(parts, tmp_path / "plain.safetensors")
+    config = sat_model_config(COND)
+    config["model"]["conditioning"]["configs"][0]["config"]["project_out"] = True
+    with pytest.raises(CheckpointMismatchError, match=r"2 missing keys:\n.*prompt.proj_out.weight"):
+        load_stable_audio_tools(plain, config)
+    # a half-present projection
+    from safetensors.numpy import load_file, save_file
+    state = load_file(str(write_sat_checkpoint(projected, tmp_path / "proj.safetensors")))
+    del state["conditioner.conditioners.prompt.proj_out.bias"]
+    save_file(state, str(tmp_path / "half.safetensors"))
+    with pytest.raises(CheckpointMismatchError, match="prompt.proj_out.bias"):
+        load_stable_audio_tools(tmp_path / "half.safetensors", sat_model_config(COND))
+    # a conditioner kind the converter does not know
+    config = sat_model_config(COND)
+    config["model"]["conditioning"]["configs"][0]["type"] = "clap_text"
+    with pytest.raises(ValueError, match=r"model_config.json: the 'prompt' conditioner is of type 'clap_text'"):
+        load_stable_audio_tools(plain, config)
+
+
+def test_broken_weight_and_config_files_are_named(parts, tmp_path):
+    from stableaudio_jax.convert import read_state_dict
+    path = write_sat_checkpoint(parts, tmp_path / "model.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.safetensors: unreadable safetensors file .*truncated or corrupt"):
+        load_stable_audio_tools(tmp_path / "cut.safetensors", sat_model_config(COND))
+    (tmp_path / "noise.ckpt").write_bytes(b"\x80\x04not a pickle at all" * 10)
+    with pytest.raises(ValueError, match=r"noise.ckpt: unreadable PyTorch checkpoint"):
+        read_state_dict(tmp_path / "noise.ckpt")
+    (tmp_path / "model_config.json").write_text("{ not json")
+    with pytest.raises(ValueError, match=r"model_config.json: unreadable model config file"):
+        load_stable_audio_tools(path, tmp_path / "model_config.json")
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text('{"d_model": 8,')
+    from stableaudio_jax.convert import load_hf_t5
+    with pytest.raises(ValueError, match=r"t5/config.json: unreadable T5 config file"):
+        load_hf_t5(t5, require_tokenizer=False)

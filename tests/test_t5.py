@@ -11,7 +11,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 from stableaudio_jax.config_loader import load_config
 from stableaudio_jax.convert import CheckpointMismatchError, load_hf_t5, t5_config_from_hf, t5_params_from_state_dict
 from stableaudio_jax.convert.t5 import t5_from_config
-from stableaudio_jax.data.tokenizer import train_sentencepiece
+from stableaudio_jax.store.tokenizers import train_sentencepiece
 from stableaudio_jax.models.autoencoder import count_params
 from stableaudio_jax.models.t5 import relative_position_bucket
 from stableaudio_jax.parallel.mesh import make_mesh

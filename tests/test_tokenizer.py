@@ -6,7 +6,7 @@ import pytest
 import sentencepiece as spm
 
 from stableaudio_jax.convert import load_hf_t5
-from stableaudio_jax.data.tokenizer import EOS_ID, PAD_ID, T5Tokenizer, train_sentencepiece
+from stableaudio_jax.store.tokenizers import EOS_ID, PAD_ID, T5Tokenizer, train_sentencepiece
 
 CAPTIONS = ["a dog barking in the rain", "ambient synth pad with a slow attack", "techno drum loop at 128 bpm",
             "sad piano chords in a small room", "field recording of birds at dawn", "distorted electric guitar riff",

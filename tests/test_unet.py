@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import synthetic_state_dict
+from helpers import model_config, synthetic_state_dict
 
-from stableaudio_jax.config_loader import load_config
 from stableaudio_jax.convert import CheckpointMismatchError
 from stableaudio_jax.convert.unet import unet_config_from_stable_audio_tools, unet_params_from_state_dict
 from stableaudio_jax.models.autoencoder import count_params
@@ -32,13 +31,13 @@ def _abstract(unet, length=16, tokens=4):
 
 
 def test_sa1_parameter_count():
-    assert count_params(_abstract(unet_from_config(load_config("configs/unet.py:sa1").model))) == 906_679_744
+    assert count_params(_abstract(unet_from_config(model_config("configs/unet.py:sa1")))) == 906_679_744
 
 
 @pytest.fixture(scope="module")
 def reference():
     data = dict(np.load(DATA))
-    unet = unet_from_config(load_config("configs/unet.py:tiny").model)
+    unet = unet_from_config(model_config("configs/unet.py:tiny"))
     state = synthetic_state_dict(json.loads(str(data["shapes"])), seed=0)
     return unet, unet_params_from_state_dict(state, unet, "unet_reference.npz"), data, state
 
@@ -48,7 +47,7 @@ def test_tiny_matches_the_reference_structure(reference):
     assert count_params(params) == sum(v.size for v in state.values()) == 3_998_584
     reference_cfg = json.loads(str(data["config"]))
     sat = {"model": {"diffusion": {"type": "adp_cfg_1d", "config": reference_cfg}}}
-    ours = dict(load_config("configs/unet.py:tiny").model)
+    ours = dict(model_config("configs/unet.py:tiny"))
     converted = unet_config_from_stable_audio_tools(sat)
     assert {k: converted[k] for k in converted if k != "type"} == {k: ours[k] for k in converted if k != "type"}
 

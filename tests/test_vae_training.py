@@ -86,18 +86,27 @@ def _tree_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_resume_is_exact_and_restores_onto_other_meshes(music, tmp_path):
+def test_resume_is_exact_and_restores_onto_other_meshes(music, tmp_path, caplog):
+    from stableaudio_jax.training.sources import resolve_vae
     config = _config("training.steps=8", "training.log_every=4", "training.checkpoint_every=8")
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     train_vae(config, straight, str(music))
     train_vae(config, split, str(music), max_steps=4)  # stop halfway ...
     assert TrainCheckpointer(split).latest_step() == 4
+    # an unfinished run has no exported VAE: its latest checkpoint is used, and the log says which
+    assert not os.path.exists(os.path.join(split, "model"))
+    with caplog.at_level("WARNING"):
+        assert resolve_vae(split).source == split
+    assert "has no exported model (the run is at step 4 of 8): using checkpoint step 4" in caplog.text
     train_vae(config, split, str(music))  # ... and resume to the end
     mesh8 = make_mesh(config.mesh)
     a, data_a = _restore(straight, config, mesh8)
     b, data_b = _restore(split, config, mesh8)
     assert int(a.step) == 8 and int(a.gen_steps) == 4 and int(a.disc_steps) == 4 and data_a == data_b
     _tree_equal(a, b)  # bit-identical on CPU
+    exported = resolve_vae(split)  # the finished run exported its EMA weights: preferred over checkpoints
+    assert exported.source == os.path.join(split, "model")
+    _tree_equal(exported.params, a.ema_params)
     # the 8-device checkpoint restores onto 4 devices and onto 1, with the same values
     for devices, mesh_shape in ((jax.devices()[:4], ["mesh.data=2", "mesh.fsdp=2"]), (jax.devices()[:1],
                                                                                         ["mesh.data=1"])):

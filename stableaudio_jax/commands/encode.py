@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from stableaudio_jax.commands import setup_logging
 
@@ -14,9 +13,12 @@ def add_parser(sub) -> None:
                                    "split the files; re-running the same command resumes an interrupted encode.")
     p.add_argument("--audio", required=True, help="an ingested audio dataset (the --output of `ingest`)")
     p.add_argument("--output", required=True, help="directory for the TFRecord shards and manifest.json")
-    p.add_argument("--vae", required=True, help="a train-vae workdir or a model checkpoint holding the VAE")
+    p.add_argument("--vae", required=True,
+                   help="a stored VAE or text-to-audio model (export / convert), or a train-vae workdir (its "
+                        "exported model/, else its latest checkpoint, named in the log)")
     p.add_argument("--text-encoder", required=True,
-                   help="a Hugging Face T5 directory (config.json, weights, spiece.model) or a model checkpoint")
+                   help="a Hugging Face T5 directory (config.json, weights, spiece.model) or a stored text encoder / "
+                        "text-to-audio model")
     p.add_argument("--max-length", type=int, default=128, help="T5 tokens per caption (SAO: 128)")
     p.add_argument("--window-frames", type=int, default=1024,
                    help="latent frames per record (SAO: 1024 = 47.55 s); the last window of a file is padded")
@@ -37,18 +39,18 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ValueError(f"encode takes no --config overrides (got {overrides})")
     from stableaudio_jax.data.encode import encode_dataset
-    from stableaudio_jax.inference.components import load_text_encoder, load_vae
     from stableaudio_jax.parallel.distributed import initialize
+    from stableaudio_jax.training.sources import resolve_text_encoder, resolve_vae
 
     setup_logging()
     initialize(None)
-    vae = load_vae(args.vae)
-    text = load_text_encoder(args.text_encoder, max_length=args.max_length)
+    vae = resolve_vae(args.vae)
+    text = resolve_text_encoder(args.text_encoder, max_length=args.max_length)
     manifest = encode_dataset(args.audio, args.output, vae, text, window_frames=args.window_frames,
                               batch_size=args.batch_size, sample_posterior=args.sample_posterior,
                               text_form=args.text, latent_dtype=args.latent_dtype, text_dtype=args.text_dtype,
                               shards_per_host=args.shards_per_host, seed=args.seed, progress=not args.no_progress,
-                              text_source=os.path.abspath(args.text_encoder))
+                              text_source=text.source)
     if manifest:
         print(f"encoded {manifest['records']} records ({manifest['latent_frames']} x {manifest['latent_channels']} "
               f"latents, text {manifest['text']}) into {len(manifest['shards'])} shards in {args.output}")

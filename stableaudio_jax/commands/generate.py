@@ -11,18 +11,23 @@ CHECKPOINT_ENV = "STABLEAUDIO_JAX_CHECKPOINT"
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate audio from text prompts",
-                       description="Generate audio from text with a model checkpoint (see `convert`).")
+                       description="Generate audio from text with a stored text-to-audio model: converted "
+                                   "(`convert`) or trained (`train` exports <workdir>/model), DiT or U-Net. "
+                                   "Sampling defaults come from the model.")
     p.add_argument("prompt", nargs="+", help="one or more prompts (each makes --batch files)")
-    p.add_argument("--checkpoint", help=f"model checkpoint directory (default: ${CHECKPOINT_ENV})")
+    p.add_argument("--checkpoint", help=f"stored text-to-audio model directory (default: ${CHECKPOINT_ENV})")
     p.add_argument("--out", default="out.wav", help="output file; several outputs get _<i> before the suffix")
     p.add_argument("--seconds", type=float, help="seconds_total: duration to generate (default: the whole window)")
     p.add_argument("--seconds-start", type=float, default=0.0, help="seconds_start conditioning")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--cfg-scale", type=float, default=7.0)
-    p.add_argument("--cfg-rescale", type=float, default=0.0)
-    p.add_argument("--sampler", default="dpmpp-3m-sde")
-    p.add_argument("--sigma-min", type=float, default=0.3)
-    p.add_argument("--sigma-max", type=float, default=500.0)
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's, 100)")
+    p.add_argument("--cfg-scale", type=float,
+                   help="classifier-free guidance scale s: uncond + s (cond - uncond), so s = 1 + w of the (1 + w) "
+                        "cond - w uncond form; 1 = no guidance (default: the model's, 7)")
+    p.add_argument("--cfg-rescale", type=float, help="CFG rescale phi in [0, 1] (default: the model's)")
+    p.add_argument("--sampler", help="default: the model's (v: dpmpp-3m-sde, eps: ddim, rectified flow: euler); "
+                                     "v: dpmpp-3m-sde, dpmpp-2m-sde, dpmpp-2m, ddim; eps: ddpm, ddim")
+    p.add_argument("--sigma-min", type=float, help="v models: smallest noise level (default: the model's, 0.3)")
+    p.add_argument("--sigma-max", type=float, help="v models: largest noise level (default: the model's, 500)")
     p.add_argument("--negative-prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="variations per prompt")
@@ -81,10 +86,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.init_audio:
         audio, rate = load_audio(args.init_audio)
         kwargs.update(init_audio=audio, init_audio_sample_rate=rate, init_noise_level=args.init_noise_level)
-    bar = None if args.no_progress else tqdm(total=args.steps, desc="sampling", unit="step")
+    steps = args.steps or int(pipe.config.sampling.steps)
+    bar = None if args.no_progress else tqdm(total=steps, desc="sampling", unit="step")
     try:
         audio = pipe.generate(prompts, negative_prompt=args.negative_prompt, seconds_start=args.seconds_start,
-                              seconds_total=args.seconds, steps=args.steps, cfg_scale=args.cfg_scale,
+                              seconds_total=args.seconds, steps=steps, cfg_scale=args.cfg_scale,
                               cfg_rescale=args.cfg_rescale, sampler=args.sampler, sigma_min=args.sigma_min,
                               sigma_max=args.sigma_max, seed=args.seed,
                               progress=None if bar is None else (lambda _: bar.update(1)), **kwargs)

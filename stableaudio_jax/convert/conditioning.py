@@ -1,5 +1,6 @@
-"""Timing conditioners from stable-audio-tools (``conditioner.conditioners.*``) and diffusers
-(``StableAudioProjectionModel``) checkpoints, and the conditioning section of a stable-audio-tools model config.
+"""Conditioners from stable-audio-tools (``conditioner.conditioners.*``) and diffusers (``StableAudioProjectionModel``)
+checkpoints: the timing embedders and the text projection, and the conditioning section of a stable-audio-tools
+model config.
 
   ours                             stable-audio-tools (prefix stripped)   diffusers projection model
   seconds_start/fourier/weights    seconds_start.embedder.embedding.0     start_number_conditioner.T.0
@@ -7,6 +8,11 @@
   seconds_start/embed/embedding    seconds_start.int_embedder (SA 1.0)    -
   (T = time_positional_embedding)
   (seconds_total likewise; diffusers calls it end_number_conditioner)
+  text_projection/proj/kernel, bias prompt.proj_out.weight, bias          text_projection.weight, bias
+
+The text projection exists when the model's ``cond_dim`` differs from the text encoder's width (or the prompt
+conditioner sets ``project_out``): stable-audio-tools' ``Conditioner.proj_out``, applied before padded positions
+are zeroed. The text encoder's own weights are not in these checkpoints (T5 is loaded from its own directory).
 """
 from __future__ import annotations
 
@@ -17,10 +23,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stableaudio_jax.convert.state_dict import Path, fill_params
+from stableaudio_jax.convert.state_dict import CheckpointMismatchError, Path, fill_params
 from stableaudio_jax.models.conditioning import TimingConditioner
 
 SAT_PREFIX = "conditioner.conditioners."
+TEXT_CONDITIONERS = ("t5",)  # prompt conditioner types we convert (CLAP: the Stable Audio 1.0 / 2.0 issue)
+PROJECTION_KEYS = {"stable-audio-tools": ("prompt.proj_out.weight", "prompt.proj_out.bias"),
+                   "diffusers": ("text_projection.weight", "text_projection.bias")}
 _DIFFUSERS_NAMES = {"seconds_start": "start_number_conditioner", "seconds_total": "end_number_conditioner"}
 _SAT_LEAVES = {("fourier", "weights"): "embedder.embedding.0.weights",
                ("proj", "kernel"): "embedder.embedding.1.weight", ("proj", "bias"): "embedder.embedding.1.bias",
@@ -53,6 +62,29 @@ def timing_params_from_state_dict(state: Mapping[str, np.ndarray], conditioner: 
     return {"params": fill_params(state, abstract, key_for, _linear_to_kernel, source)}
 
 
+def text_projection_params_from_state_dict(state: Mapping[str, np.ndarray], layout: str,
+                                           source: str = "state dict") -> dict | None:
+    """``{'params': ...}`` for the text projection (``None`` when the checkpoint has none): stable-audio-tools'
+    ``prompt.proj_out`` (prefix stripped) or diffusers' projection-model ``text_projection``."""
+    weight_key, bias_key = PROJECTION_KEYS[layout]
+    if weight_key not in state and bias_key not in state:
+        return None
+    if weight_key not in state or bias_key not in state:
+        raise CheckpointMismatchError(source, [k for k in (weight_key, bias_key) if k not in state], [], [])
+    weight, bias = np.asarray(state[weight_key]), np.asarray(state[bias_key])
+    if weight.ndim != 2 or bias.shape != weight.shape[:1]:
+        raise CheckpointMismatchError(source, [], [], [f"{weight_key} {tuple(weight.shape)} / {bias_key} "
+                                                       f"{tuple(bias.shape)}: expected [cond_dim, width] / [cond_dim]"])
+    # TextProjection's layout: kernel [width, cond_dim] (PyTorch's [out, in] transposed), bias [cond_dim]
+    return {"params": {"proj": {"kernel": weight.T.astype(np.float32), "bias": bias.astype(np.float32)}}}
+
+
+def split_conditioner_state(state: Mapping[str, np.ndarray], layout: str) -> tuple[dict, dict]:
+    """(timing tensors, text-projection tensors) of a conditioner state dict."""
+    keys = set(PROJECTION_KEYS[layout])
+    return ({k: v for k, v in state.items() if k not in keys}, {k: v for k, v in state.items() if k in keys})
+
+
 def conditioning_config_from_stable_audio_tools(model_config: Mapping[str, Any],
                                                 source: str = "model_config.json") -> ml_collections.ConfigDict:
     """Text and timing conditioning settings of a stable-audio-tools diffusion model config."""
@@ -70,10 +102,16 @@ def conditioning_config_from_stable_audio_tools(model_config: Mapping[str, Any],
         raise ValueError(f"{source}: seconds_start and seconds_total have different bounds {sorted(bounds)}")
     min_val, max_val = bounds.pop() if bounds else (0, 512)
     prompt = by_id.get("prompt", {})
+    if prompt.get("type") not in TEXT_CONDITIONERS:
+        raise ValueError(f"{source}: the 'prompt' conditioner is of type {prompt.get('type')!r}; this converter "
+                         f"knows {list(TEXT_CONDITIONERS)}")
     diffusion = model.get("diffusion", {})
+    name = prompt.get("config", {}).get("t5_model_name", "t5-base")
     return ml_collections.ConfigDict(dict(
-        text=dict(type=prompt.get("type", "none"), model_name=prompt.get("config", {}).get("t5_model_name", ""),
-                  max_length=int(prompt.get("config", {}).get("max_length", 128))),
+        cond_dim=int(section.get("cond_dim", 768)),
+        text=dict(type=prompt["type"], model_name=name, width=None,
+                  max_length=int(prompt.get("config", {}).get("max_length", 128)),
+                  project_out=bool(prompt.get("config", {}).get("project_out", False))),
         timing=dict(style=styles.pop() if styles else "number", features=int(section.get("cond_dim", 768)),
                     min_val=float(min_val), max_val=float(max_val), ids=[c["id"] for c in timing]),
         cross_attention_ids=list(diffusion.get("cross_attention_cond_ids", [])),

@@ -1,9 +1,11 @@
 """Complete Stable Audio Open checkpoints → a bundle of callables with their params bound.
 
 ``load_stable_audio_tools(model.safetensors, model_config.json)`` reads the stable-audio-tools layout (VAE under
-``pretransform.model.``, DiT under ``model.model.``, timing conditioners under ``conditioner.conditioners.``; every
-tensor must belong to one of them). ``load_diffusers(directory)`` reads a diffusers ``StableAudioPipeline`` folder
-(``vae/``, ``transformer/``, ``projection_model/``). T5 is loaded separately (``convert.load_hf_t5``).
+``pretransform.model.``, DiT under ``model.model.``, conditioners (timing, and the text projection when ``cond_dim``
+differs from the T5 width) under ``conditioner.conditioners.``; every tensor must belong to one of them).
+``load_diffusers(directory)`` reads a diffusers ``StableAudioPipeline`` folder (``vae/``, ``transformer/``,
+``projection_model/``). T5 is loaded separately (``convert.load_hf_t5``); :func:`text_to_audio_model` joins a bundle
+and a T5 into the model store's text-to-audio model (what ``stableaudio-jax convert`` saves).
 
 All parts are channels-last and float32 unless a compute ``dtype`` is asked for:
 
@@ -11,11 +13,12 @@ All parts are channels-last and float32 unless a compute ``dtype`` is asked for:
   bundle.vae.decode(latents) -> audio[B, N, C]
   bundle.timing(seconds_start[B], seconds_total[B]) -> (cross_tokens[B, 2, cond_dim], global_cond[B, 2 cond_dim])
   bundle.dit(x[B, T, io], t[B], cross_attn_cond[B, S, cond_dim], global_cond[B, G], cfg_scale=None) -> v[B, T, io]
+  bundle.text_projection(text[B, L, width], mask[B, L]) -> text tokens[B, L, cond_dim] (padded positions zero);
+                         None when the checkpoint has no projection (width = cond_dim)
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -25,15 +28,18 @@ import jax.numpy as jnp
 import ml_collections
 
 from stableaudio_jax.convert.conditioning import (SAT_PREFIX, conditioning_config_from_stable_audio_tools,
+                                                  split_conditioner_state, text_projection_params_from_state_dict,
                                                   timing_params_from_state_dict)
 from stableaudio_jax.convert.dit import (dit_config_from_diffusers, dit_config_from_stable_audio_tools,
                                          dit_params_from_state_dict, has_nonzero_norm_bias)
-from stableaudio_jax.convert.state_dict import CheckpointMismatchError, read_state_dict, strip_prefix
+from stableaudio_jax.convert.state_dict import CheckpointMismatchError, load_json, read_state_dict, strip_prefix
 from stableaudio_jax.convert.vae import (load_vae_diffusers, vae_config_from_stable_audio_tools,
                                          vae_params_from_state_dict)
+from stableaudio_jax.diffusion.samplers import default_sampling
 from stableaudio_jax.models.autoencoder import OobleckVAE, vae_from_config
-from stableaudio_jax.models.conditioning import TimingConditioner
+from stableaudio_jax.models.conditioning import TextProjection, TimingConditioner
 from stableaudio_jax.models.dit import DiT, dit_from_config, guided
+from stableaudio_jax.store import VAE, T5TextEncoder, TextToAudioModel, diffusion_model
 
 VAE_PREFIX, DIT_PREFIX = "pretransform.model.", "model.model."
 SAO_CROSS_IDS = ["prompt", "seconds_start", "seconds_total"]
@@ -102,6 +108,20 @@ class BoundDiT:
                          guidance=cfg_scale is not None)
 
 
+@functools.partial(jax.jit, static_argnames=("projection",))
+def _projection_call(projection, params, text, mask):
+    return jnp.where(mask[..., None], projection.apply(params, text), 0.0)
+
+
+@dataclass(frozen=True)
+class BoundTextProjection:
+    module: TextProjection
+    params: Any
+
+    def __call__(self, text, mask) -> jax.Array:
+        return _projection_call(self.module, self.params, jnp.asarray(text, jnp.float32), jnp.asarray(mask, bool))
+
+
 @dataclass(frozen=True)
 class StableAudioBundle:
     vae: BoundVAE
@@ -109,19 +129,63 @@ class StableAudioBundle:
     dit: BoundDiT
     config: ml_collections.ConfigDict
     params: dict
+    text_projection: BoundTextProjection | None = None
 
 
-def _bundle(config, vae_mod, vae_params, timing_mod, timing_params, dit_mod, dit_params) -> StableAudioBundle:
+def _bundle(config, vae_mod, vae_params, timing_mod, timing_params, dit_mod, dit_params,
+            projection_params=None) -> StableAudioBundle:
+    params = {"vae": vae_params, "timing": timing_params, "dit": dit_params}
+    projection = None
+    if projection_params is not None:
+        params["text_projection"] = projection_params
+        projection = BoundTextProjection(TextProjection(int(config.conditioning.cond_dim)), projection_params)
     return StableAudioBundle(vae=BoundVAE(vae_mod, vae_params), timing=BoundTiming(timing_mod, timing_params),
-                             dit=BoundDiT(dit_mod, dit_params), config=config,
-                             params={"vae": vae_params, "timing": timing_params, "dit": dit_params})
+                             dit=BoundDiT(dit_mod, dit_params), config=config, params=params,
+                             text_projection=projection)
+
+
+def _text_width(config, projection_params, source: str) -> int:
+    """The text encoder width the checkpoint expects: its projection's input, else ``cond_dim`` (stable-audio-tools
+    builds a projection exactly when the widths differ or ``project_out`` is set). The T5 loaded beside the
+    checkpoint is checked against this width when the two are joined (:func:`text_to_audio_model`)."""
+    text, cond_dim = config.conditioning.text, int(config.conditioning.cond_dim)
+    if projection_params is not None:
+        return int(projection_params["params"]["proj"]["kernel"].shape[0])
+    if text.get("project_out"):
+        raise CheckpointMismatchError(source, ["conditioner.conditioners.prompt.proj_out.weight",
+                                               "conditioner.conditioners.prompt.proj_out.bias"], [], [])
+    return cond_dim
+
+
+def diffusion_config(config, text_width: int) -> ml_collections.ConfigDict:
+    """The model store's diffusion config (model, conditioning, diffusion) of a converted bundle's config."""
+    cond = config.conditioning
+    timing = {k: cond.timing[k] for k in ("style", "features", "min_val", "max_val")}
+    text = dict(type=cond.text.get("type", "t5"), width=int(text_width), max_length=int(cond.text.max_length),
+                project_out=bool(cond.text.get("project_out", False)))
+    return ml_collections.ConfigDict(dict(
+        model=config.dit.to_dict(), diffusion=config.diffusion.to_dict(),
+        conditioning=dict(cond_dim=int(cond.cond_dim), text=text, timing=timing,
+                          cross_attention_ids=list(cond.cross_attention_ids), global_ids=list(cond.global_ids))))
+
+
+def text_to_audio_model(bundle: StableAudioBundle, text: T5TextEncoder, source: str = "") -> TextToAudioModel:
+    """The model store's text-to-audio model: a converted bundle with its T5 (widths checked against each other)."""
+    config = diffusion_config(bundle.config, int(bundle.config.conditioning.text.width))
+    config.conditioning.text.max_length = int(text.max_length)
+    params = {"denoiser": bundle.dit.params, "timing": bundle.timing.params}
+    if bundle.text_projection is not None:
+        params["text_projection"] = bundle.text_projection.params
+    dtype = bundle.dit.module.dtype
+    diffusion = diffusion_model(config, params, source, dtype=dtype)
+    vae = VAE(bundle.vae.module, bundle.vae.params, ml_collections.ConfigDict(bundle.config.vae.to_dict()), source)
+    audio = {k: int(bundle.config.audio[k]) for k in ("sample_rate", "sample_size", "channels")}
+    return TextToAudioModel(text, diffusion, vae, ml_collections.ConfigDict(
+        {"audio": audio, "sampling": default_sampling(diffusion.objective)}), source)
 
 
 def _load_json(path_or_dict) -> dict:
-    if isinstance(path_or_dict, Mapping):
-        return dict(path_or_dict)
-    with open(path_or_dict, encoding="utf-8") as f:
-        return json.load(f)
+    return dict(path_or_dict) if isinstance(path_or_dict, Mapping) else load_json(path_or_dict, "model config")
 
 
 def bundle_config_from_stable_audio_tools(model_config: Mapping[str, Any],
@@ -161,13 +225,16 @@ def load_stable_audio_tools(checkpoint_path: str | os.PathLike, model_config: st
     source = os.fspath(checkpoint_path)
     config = bundle_config_from_stable_audio_tools(_load_json(model_config))
     vae_state, dit_state, cond_state = _split_sat_state(read_state_dict(checkpoint_path), source)
+    timing_state, projection_state = split_conditioner_state(cond_state, "stable-audio-tools")
+    projection = text_projection_params_from_state_dict(projection_state, "stable-audio-tools", source)
+    config.conditioning.text.width = _text_width(config, projection, source)
     vae = vae_from_config(config.vae, dtype=dtype)
     dit = dit_from_config(config.dit, dtype=dtype)
     timing = TimingConditioner(features=config.conditioning.timing.features, min_val=config.conditioning.timing.min_val,
                                max_val=config.conditioning.timing.max_val, style=config.conditioning.timing.style)
     return _bundle(config, vae, vae_params_from_state_dict(vae_state, vae, "stable-audio-tools", source), timing,
-                   timing_params_from_state_dict(cond_state, timing, "stable-audio-tools", source), dit,
-                   dit_params_from_state_dict(dit_state, dit, "stable-audio-tools", source))
+                   timing_params_from_state_dict(timing_state, timing, "stable-audio-tools", source), dit,
+                   dit_params_from_state_dict(dit_state, dit, "stable-audio-tools", source), projection)
 
 
 def load_diffusers(directory: str | os.PathLike, dtype: Any = jnp.float32) -> StableAudioBundle:
@@ -188,9 +255,13 @@ def load_diffusers(directory: str | os.PathLike, dtype: Any = jnp.float32) -> St
     dit_json, dit_state, dit_source = part("transformer")
     proj_json, proj_state, proj_source = part("projection_model")
     dit_cfg = dit_config_from_diffusers(dit_json, dit_source, norm_bias=has_nonzero_norm_bias(dit_state))
-    if proj_json.get("text_encoder_dim") != proj_json.get("conditioning_dim"):
-        raise ValueError(f"{proj_source}: a text projection (text_encoder_dim {proj_json.get('text_encoder_dim')} != "
-                         f"conditioning_dim {proj_json.get('conditioning_dim')}) is not supported")
+    timing_state, projection_state = split_conditioner_state(proj_state, "diffusers")
+    projection = text_projection_params_from_state_dict(projection_state, "diffusers", proj_source)
+    width, cond_dim = int(proj_json["text_encoder_dim"]), int(proj_json["conditioning_dim"])
+    if (projection is None) != (width == cond_dim):
+        raise CheckpointMismatchError(proj_source, [] if projection else ["text_projection.weight",
+                                                                          "text_projection.bias"],
+                                      sorted(projection_state) if projection and width == cond_dim else [], [])
     timing = TimingConditioner(features=int(proj_json["conditioning_dim"]), min_val=float(proj_json["min_value"]),
                                max_val=float(proj_json["max_value"]))
     dit = dit_from_config(dit_cfg, dtype=dtype)
@@ -198,11 +269,12 @@ def load_diffusers(directory: str | os.PathLike, dtype: Any = jnp.float32) -> St
     sample_size = int(dit_json.get("sample_size", 1024)) * vae.downsampling_ratio
     config = ml_collections.ConfigDict(dict(
         vae=vae_cfg, dit=dit_cfg, diffusion=dict(objective="v"),
-        conditioning=dict(timing=dict(style="number", features=timing.features, min_val=timing.min_val,
+        conditioning=dict(cond_dim=cond_dim, text=dict(type="t5", width=width, max_length=128, project_out=False),
+                          timing=dict(style="number", features=timing.features, min_val=timing.min_val,
                                       max_val=timing.max_val, ids=["seconds_start", "seconds_total"]),
                           cross_attention_ids=SAO_CROSS_IDS, global_ids=SAO_GLOBAL_IDS),
         audio=dict(sample_rate=int(vae_cfg.sample_rate), sample_size=sample_size,
                    channels=int(vae_cfg.audio_channels))))
     return _bundle(config, vae, vae_params, timing,
-                   timing_params_from_state_dict(proj_state, timing, "diffusers", proj_source), dit,
-                   dit_params_from_state_dict(dit_state, dit, "diffusers", dit_source))
+                   timing_params_from_state_dict(timing_state, timing, "diffusers", proj_source), dit,
+                   dit_params_from_state_dict(dit_state, dit, "diffusers", dit_source), projection)

@@ -6,6 +6,7 @@ missing keys, unexpected keys and shape mismatches are collected and raised toge
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Iterable, Mapping
 
@@ -31,14 +32,37 @@ class CheckpointMismatchError(ValueError):
         super().__init__("\n".join(parts))
 
 
+class UnreadableCheckpointError(ValueError):
+    """A weights or config file that cannot be read at all: truncated, corrupt, or not what its name says."""
+
+
+def load_json(path: str | os.PathLike, what: str = "config") -> dict:
+    """A JSON file as a dict; an unreadable one is an error naming the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UnreadableCheckpointError(f"{path}: unreadable {what} file ({e})") from e
+    if not isinstance(value, dict):
+        raise UnreadableCheckpointError(f"{path}: the {what} file holds a {type(value).__name__}; expected an object")
+    return value
+
+
 def _read_safetensors(path: str) -> StateDict:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     out = {}
     # framework="flax" handles bfloat16 (numpy alone cannot); keep the arrays on the host CPU device.
-    with jax.default_device(jax.devices("cpu")[0]), safe_open(path, framework="flax") as f:
-        for key in f.keys():
-            out[key] = np.asarray(f.get_tensor(key))
+    try:
+        with jax.default_device(jax.devices("cpu")[0]), safe_open(path, framework="flax") as f:
+            for key in f.keys():
+                out[key] = np.asarray(f.get_tensor(key))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UnreadableCheckpointError(f"{path}: unreadable safetensors file ({e}); it is truncated or corrupt, "
+                                        "download or convert it again") from e
     return out
 
 
@@ -48,7 +72,13 @@ def _read_torch_pickle(path: str) -> StateDict:
     except ImportError as e:
         raise ImportError(f"{path}: reading a PyTorch pickle (.ckpt/.pt/.bin) needs torch, which is not installed; "
                           "install torch or convert the file to .safetensors") from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    import pickle
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as e:
+        raise UnreadableCheckpointError(f"{path}: unreadable PyTorch checkpoint ({type(e).__name__}: "
+                                        f"{str(e).splitlines()[0] if str(e) else ''}); it is truncated or corrupt, "
+                                        "or not a state dict") from e
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]  # Lightning / stable-audio-tools training checkpoints
     if not isinstance(obj, Mapping):

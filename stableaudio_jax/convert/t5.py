@@ -10,7 +10,6 @@ Layouts: Linear ``[out, in]`` → kernel ``[in, out]``; q/k/v become ``[d_model,
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
@@ -19,9 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stableaudio_jax.convert.state_dict import Path, fill_params, read_state_dict
-from stableaudio_jax.data.tokenizer import SPIECE_FILE, T5Tokenizer
-from stableaudio_jax.inference.text_encoder import T5TextEncoder
+from stableaudio_jax.convert.state_dict import Path, UnreadableCheckpointError, fill_params, load_json, read_state_dict
+from stableaudio_jax.store.tokenizers import SPIECE_FILE, T5Tokenizer
+from stableaudio_jax.store.text_encoders import T5TextEncoder
 from stableaudio_jax.models.t5 import T5Encoder
 
 SKIPPED_PREFIXES = ("decoder.", "lm_head.")
@@ -102,8 +101,10 @@ def t5_params_from_state_dict(state: Mapping[str, np.ndarray], module: T5Encoder
 def _read_hf_weights(directory: str) -> tuple[dict, str]:
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = load_json(index, "weights index").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UnreadableCheckpointError(f"{index}: no 'weight_map' object; not a safetensors index")
+        files = sorted(set(weight_map.values()))
         state = {}
         for name in files:
             state.update(read_state_dict(os.path.join(directory, name)))
@@ -133,8 +134,7 @@ def load_hf_t5(directory: str | os.PathLike, max_length: int = 128, dtype: Any =
     elif require_tokenizer:
         raise FileNotFoundError(f"{directory}: no {SPIECE_FILE}; the T5 tokenizer needs {spiece} (pass "
                                 "require_tokenizer=False to encode pre-tokenised ids only)")
-    with open(config_path, encoding="utf-8") as f:
-        model_cfg = t5_config_from_hf(json.load(f), config_path)
+    model_cfg = t5_config_from_hf(load_json(config_path, "T5 config"), config_path)
     module = t5_from_config(model_cfg, dtype=dtype)
     if tokenizer is not None and tokenizer.vocab_size > module.vocab_size:
         raise ValueError(f"{spiece}: {tokenizer.vocab_size} pieces but the model's vocab_size is {module.vocab_size}")

@@ -16,7 +16,6 @@ Layouts: conv ``weight_v [out, in, k]`` → ``[k, in, out]``; transposed conv ``
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stableaudio_jax.convert.state_dict import Path, StateDict, fill_params, read_state_dict, strip_prefix
+from stableaudio_jax.convert.state_dict import Path, StateDict, fill_params, load_json, read_state_dict, strip_prefix
 from stableaudio_jax.models.autoencoder import OobleckVAE, vae_from_config
 
 SAT_PREFIXES = ("pretransform.model.", "")  # full diffusion model, or an unwrapped autoencoder
@@ -198,8 +197,7 @@ def vae_config_from_diffusers(config: Mapping[str, Any], source: str = "config.j
 
 
 def _load_json(path: str | os.PathLike) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return load_json(path, "model config")
 
 
 def load_vae_stable_audio_tools(checkpoint_path: str | os.PathLike, model_config: str | os.PathLike | Mapping,

@@ -37,12 +37,13 @@ SETTINGS_FILE = "encode_settings.json"
 
 def encoder_config(vae, text, *, window_frames: int, sample_posterior: bool, text_form: str,
                    latent_dtype: str, text_dtype: str) -> dict:
-    """What determines the records' content (hashed into the manifest; sources are kept apart, unhashed)."""
-    from stableaudio_jax.inference.components import t5_model_config
-    return {"vae": vae.config.to_dict(), "window_frames": int(window_frames),
+    """What determines the records' content, hashed into the manifest: the VAE's and the text encoder's configs
+    *and weights* (content hashes), so a resume or a training run cannot mix two encodings of the same shape.
+    Where the models were loaded from (sources) is kept apart, unhashed."""
+    return {"vae": vae.config.to_dict(), "vae_sha256": vae.sha256, "window_frames": int(window_frames),
             "sample_posterior": bool(sample_posterior), "latent_dtype": latent_dtype,
-            "text": {"form": text_form, "model": t5_model_config(text), "max_length": int(text.max_length),
-                     "dtype": text_dtype if text_form == "embeddings" else "int64"}}
+            "text": {"form": text_form, "model": text.config["model"], "max_length": int(text.max_length),
+                     "sha256": text.sha256, "dtype": text_dtype if text_form == "embeddings" else "int64"}}
 
 
 def shard_name(host: int, shard: int, hosts: int, per_host: int) -> str:
@@ -77,8 +78,8 @@ class _Encoder:
         self._embed = jax.jit(self._encode_text, out_shardings=self.batch)
 
     def _encode_audio(self, params, audio, key):
-        from stableaudio_jax.models.autoencoder import OobleckVAE
-        return self.vae.apply(params, audio, self.sample_posterior, key, method=OobleckVAE.encode).astype(jnp.float32)
+        return self.vae.apply(params, audio, self.sample_posterior, key, method=type(self.vae).encode).astype(
+            jnp.float32)
 
     def _encode_text(self, params, ids, mask):
         hidden = self.text.apply(params, ids, mask).astype(jnp.float32)

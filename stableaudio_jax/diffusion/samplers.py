@@ -35,7 +35,15 @@ from stableaudio_jax.diffusion.schedules import loglinear_sigmas, rectified_flow
 
 SAMPLERS = {"v": ("dpmpp-3m-sde", "dpmpp-2m-sde", "dpmpp-2m", "ddim"), "eps": ("ddpm", "ddim"),
             "rectified_flow": ("euler",)}
+DEFAULT_SAMPLERS = {"v": "dpmpp-3m-sde", "eps": "ddim", "rectified_flow": "euler"}
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def default_sampling(objective: str, cfg_rescale: float = 0.0) -> dict:
+    """Generation defaults for a model trained with ``objective`` (stored with every exported model)."""
+    check_sampler(objective, DEFAULT_SAMPLERS.get(objective, ""))
+    return dict(sampler=DEFAULT_SAMPLERS[objective], steps=100, cfg_scale=7.0, cfg_rescale=float(cfg_rescale),
+                sigma_min=0.3, sigma_max=500.0)
 
 
 def check_sampler(objective: str, sampler: str) -> None:
@@ -94,17 +102,17 @@ def _ve_step(sampler: str, x, denoised, s, s_next, hist, z):
     return jnp.where(s_next > 0, x_new + noise, denoised)
 
 
-def _scan(step, carry, xs, progress):
+def _scan(step, carry, xs, on_step):
     def body(c, inputs):
         c = step(c, inputs)
-        if progress is not None:
-            jax.debug.callback(progress, inputs[-1])
+        if on_step is not None:
+            on_step(inputs[-1])
         return c, None
 
     return jax.lax.scan(body, carry, xs)[0]
 
 
-def sample_v(model_fn, noise, rng, sampler, sigmas, x_start, inpaint=None, progress=None):
+def sample_v(model_fn, noise, rng, sampler, sigmas, x_start, inpaint=None, on_step=None):
     """k-diffusion-style samplers for a v-model over ``sigmas`` (decreasing, ending in 0)."""
     denoise = v_denoiser(model_fn)
     steps = sigmas.shape[0] - 1
@@ -122,11 +130,11 @@ def sample_v(model_fn, noise, rng, sampler, sigmas, x_start, inpaint=None, progr
 
     zeros = jnp.zeros_like(x_start)
     carry = (x_start, zeros, zeros, jnp.float32(1.0), jnp.float32(1.0), rng)
-    return _scan(step, carry, (sigmas[:-1], sigmas[1:], jnp.arange(steps)), progress)[0]
+    return _scan(step, carry, (sigmas[:-1], sigmas[1:], jnp.arange(steps)), on_step)[0]
 
 
 def sample_eps(model_fn, noise, rng, sampler, steps, alphas_cumprod, start_level, init=None, inpaint=None,
-               progress=None):
+               on_step=None):
     """DDPM ancestral / DDIM for an epsilon model on ``steps`` respaced discrete steps, from VE-equivalent noise
     level ``start_level`` (<= the schedule's largest) down to 0."""
     abar_all = jnp.asarray(alphas_cumprod, jnp.float32)
@@ -157,10 +165,10 @@ def sample_eps(model_fn, noise, rng, sampler, steps, alphas_cumprod, start_level
             x_new = mask * noisy + (1 - mask) * x_new
         return (x_new, key)
 
-    return _scan(step, (x_start, rng), (abar, abar_prev, ks.astype(jnp.float32), jnp.arange(steps)), progress)[0]
+    return _scan(step, (x_start, rng), (abar, abar_prev, ks.astype(jnp.float32), jnp.arange(steps)), on_step)[0]
 
 
-def sample_rectified_flow(model_fn, noise, rng, steps, t_max, init=None, inpaint=None, progress=None):
+def sample_rectified_flow(model_fn, noise, rng, steps, t_max, init=None, inpaint=None, on_step=None):
     """Euler on the flow ODE dx/dt = v(x, t) from t_max to 0 (stable-audio-tools' ``sample_rf``, 'euler')."""
     ts = rectified_flow_timesteps(steps, t_max)
     x_start = noise if init is None else init * (1 - ts[0]) + noise * ts[0]
@@ -176,13 +184,17 @@ def sample_rectified_flow(model_fn, noise, rng, steps, t_max, init=None, inpaint
             x_new = mask * noisy + (1 - mask) * x_new
         return (x_new, key)
 
-    return _scan(step, (x_start, rng), (ts[:-1], ts[1:], jnp.arange(steps)), progress)[0]
+    return _scan(step, (x_start, rng), (ts[:-1], ts[1:], jnp.arange(steps)), on_step)[0]
+
+
+def _chain(first: Callable | None, second: Callable) -> Callable:
+    return second if first is None else (lambda i: (first(i), second(i)))
 
 
 def sample(model_fn: ModelFn, noise: jax.Array, rng: jax.Array, *, objective: str = "v",
            sampler: str = "dpmpp-3m-sde", steps: int = 100, sigma_min=0.3, sigma_max=500.0, init_latents=None,
            init_noise_level=None, inpaint_latents=None, inpaint_mask=None, alphas_cumprod=None,
-           progress: Callable | None = None) -> jax.Array:
+           progress: Callable | None = None, on_step: Callable | None = None) -> jax.Array:
     """Runs the reverse process and returns clean latents, the shape of ``noise`` (standard normal).
 
     ``model_fn(x, t)`` returns the network output for the objective (v, eps, or flow velocity) and already includes
@@ -191,6 +203,8 @@ def sample(model_fn: ModelFn, noise: jax.Array, rng: jax.Array, *, objective: st
     on the host after each step.
     """
     check_sampler(objective, sampler)
+    if progress is not None:
+        on_step = _chain(on_step, lambda i: jax.debug.callback(progress, i))
     if steps < 1:
         raise ValueError(f"steps is {steps}; expected >= 1")
     if (init_latents is None) != (init_noise_level is None):
@@ -204,10 +218,10 @@ def sample(model_fn: ModelFn, noise: jax.Array, rng: jax.Array, *, objective: st
         top = sigma_max if init_noise_level is None else init_noise_level
         sigmas = loglinear_sigmas(steps, jnp.minimum(sigma_min, top), top)
         x_start = noise * sigmas[0] + (0 if init_latents is None else init_latents)
-        return sample_v(model_fn, noise, rng, sampler, sigmas, x_start, inpaint, progress)
+        return sample_v(model_fn, noise, rng, sampler, sigmas, x_start, inpaint, on_step)
     if objective == "eps":
         abar = ddpm_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
         level = jnp.inf if init_noise_level is None else init_noise_level
-        return sample_eps(model_fn, noise, rng, sampler, steps, abar, level, init_latents, inpaint, progress)
+        return sample_eps(model_fn, noise, rng, sampler, steps, abar, level, init_latents, inpaint, on_step)
     t_max = 1.0 if init_noise_level is None else init_noise_level
-    return sample_rectified_flow(model_fn, noise, rng, steps, t_max, init_latents, inpaint, progress)
+    return sample_rectified_flow(model_fn, noise, rng, steps, t_max, init_latents, inpaint, on_step)

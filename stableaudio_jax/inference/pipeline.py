@@ -1,5 +1,9 @@
 """Text-to-audio: prompt → T5 → conditioning → one jitted sampling scan with guidance → VAE decode → audio.
 
+Any stored text-to-audio model runs here (``store.load_text_to_audio``): a DiT or a U-Net denoiser, trained with
+v, eps or rectified flow, with the samplers its objective allows; the conditioning and guidance rules are the
+model's own (``models.conditioned.ConditionedDenoiser``), the same that trained it.
+
 ``TextToAudioPipeline.generate`` never recompiles for a new prompt, negative prompt, guidance scale, CFG rescale,
 seed, duration or sigma range: all of them are traced values. A new batch size, step count, sampler or window length
 compiles once. Long windows are decoded in chunks (exact, bounded memory). With a mesh, the batch is sharded over
@@ -15,7 +19,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -23,45 +26,32 @@ from stableaudio_jax.audio.io import load_audio, match_channels, resample
 from stableaudio_jax.diffusion.samplers import check_sampler, sample
 from stableaudio_jax.inference.generation_inputs import (GenerationRequest, audio_to_window, mask_to_latent_frames,
                                                          parse_request)
-from stableaudio_jax.inference.text_encoder import T5TextEncoder, t5_model_config
-from stableaudio_jax.models.autoencoder import OobleckVAE
+from stableaudio_jax.inference.progress import ProgressHooks
 from stableaudio_jax.models.chunked_vae import chunked_decode, decoder_receptive_field
-from stableaudio_jax.models.conditioning import TimingConditioner
-from stableaudio_jax.models.dit import DiT, guided
+from stableaudio_jax.models.conditioned import ConditionedDenoiser
+from stableaudio_jax.store import TextToAudioModel, load_text_to_audio, save_text_to_audio
 
 BATCH_AXES = ("data", "fsdp")
-DEFAULT_SAMPLING = dict(sampler="dpmpp-3m-sde", steps=100, cfg_scale=7.0, sigma_min=0.3, sigma_max=500.0)
-_PROGRESS: dict[str, Callable | None] = {"fn": None}  # the current generate() call's progress hook
 
 
-def _report_progress(step):
-    if _PROGRESS["fn"] is not None:
-        _PROGRESS["fn"](int(step))
-
-
-@functools.partial(jax.jit, static_argnames=("dit", "objective", "sampler", "steps", "report"))
-def _sample_latents(dit, dit_params, noise, rng, cross, uncond_cross, global_cond, cfg_scale, cfg_rescale,
-                    sigma_min, sigma_max, init_latents, init_level, inpaint_latents, inpaint_mask, *, objective,
-                    sampler, steps, report):
+@functools.partial(jax.jit, static_argnames=("model", "objective", "sampler", "steps", "hooks"))
+def _sample_latents(model: ConditionedDenoiser, params, noise, rng, cond, negative, cfg_scale, cfg_rescale,
+                    sigma_min, sigma_max, init_latents, init_level, inpaint_latents, inpaint_mask, call_id, *,
+                    objective, sampler, steps, hooks):
     def model_fn(x, t):
-        return guided(functools.partial(dit.apply, dit_params), x, t, cross, global_cond, cfg_scale, cfg_rescale,
-                      uncond_cross)
+        return model.guided(params, x, t, cond, cfg_scale, cfg_rescale, negative)
 
+    on_step = None if hooks is None else (lambda step: jax.debug.callback(hooks, call_id, step))
     return sample(model_fn, noise, rng, objective=objective, sampler=sampler, steps=steps, sigma_min=sigma_min,
                   sigma_max=sigma_max, init_latents=init_latents, init_noise_level=init_level,
-                  inpaint_latents=inpaint_latents, inpaint_mask=inpaint_mask,
-                  progress=_report_progress if report else None)
+                  inpaint_latents=inpaint_latents, inpaint_mask=inpaint_mask, on_step=on_step)
 
 
-@functools.partial(jax.jit, static_argnames=("timing",))
-def _conditioning(timing, timing_params, text, text_mask, neg_text, neg_mask, start, total):
-    start_tok, total_tok = timing.apply(timing_params, start, total)
-    cross = jnp.concatenate([text, start_tok, total_tok], axis=1)
-    global_cond = jnp.concatenate([start_tok[:, 0], total_tok[:, 0]], axis=-1)
-    if neg_text is None:
-        return cross, jnp.zeros_like(cross), global_cond
-    neg_text = jnp.where(neg_mask[..., None], neg_text, 0.0)
-    return cross, jnp.concatenate([neg_text, start_tok, total_tok], axis=1), global_cond
+@functools.partial(jax.jit, static_argnames=("model",))
+def _conditioning(model: ConditionedDenoiser, params, text, text_mask, neg_text, neg_mask, start, total):
+    cond = model.condition(params, text, text_mask, start, total)
+    negative = None if neg_text is None else model.condition(params, neg_text, neg_mask, start, total)
+    return cond, negative
 
 
 @functools.partial(jax.jit, static_argnames=("vae", "chunk_size", "overlap"))
@@ -72,28 +62,29 @@ def _decode(vae, params, latents, chunk_size, overlap):
 @functools.partial(jax.jit, static_argnames=("vae",))
 def _encode(vae, params, audio):
     # the posterior mean: deterministic (stable-audio-tools samples; the difference is within the posterior std)
-    return vae.apply(params, audio, method=OobleckVAE.encode)
+    return vae.apply(params, audio, method=type(vae).encode)
 
 
 class TextToAudioPipeline:
-    """Prompt in, audio out. Build with :meth:`from_pretrained_stable_audio`, :meth:`from_diffusers` or
-    :meth:`from_checkpoint`; :meth:`save` writes a model checkpoint the last one reads."""
+    """Prompt in, audio out, with any text-to-audio model of the store (DiT or U-Net denoiser). Build with
+    :meth:`from_checkpoint` (a stored model: ``convert`` / ``train`` / :meth:`save`),
+    :meth:`from_pretrained_stable_audio` or :meth:`from_diffusers`."""
 
-    def __init__(self, *, text: T5TextEncoder, timing: TimingConditioner, timing_params: Any, dit: DiT,
-                 dit_params: Any, vae: OobleckVAE, vae_params: Any, config: ml_collections.ConfigDict,
-                 mesh: Mesh | None = None):
-        self.text, self.timing, self.dit, self.vae = text, timing, dit, vae
-        self.config = config
-        self.mesh = mesh
-        self.objective = config.diffusion.objective
-        self.sample_rate = int(config.audio.sample_rate)
-        self.audio_channels = int(config.audio.channels)
-        self.latent_frames = int(config.audio.sample_size) // vae.downsampling_ratio
-        self.window_samples = self.latent_frames * vae.downsampling_ratio
-        self.params = {"text": text.params, "timing": timing_params, "dit": dit_params, "vae": vae_params}
+    def __init__(self, model: TextToAudioModel, mesh: Mesh | None = None):
+        self.model, self.mesh = model, mesh
+        self.diffusion, self.vae = model.diffusion.model, model.vae.module
+        self.config = model.config
+        self.objective = model.diffusion.objective
+        self.sample_rate = int(model.config.audio.sample_rate)
+        self.audio_channels = int(model.config.audio.channels)
+        self.latent_frames = int(model.config.audio.sample_size) // self.vae.downsampling_ratio
+        self.window_samples = self.latent_frames * self.vae.downsampling_ratio
+        self.params = {"text": model.text.params, "diffusion": model.diffusion.params, "vae": model.vae.params}
         if mesh is not None:  # parameters replicated over the mesh; the batch is sharded in generate()
             self.params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
-        self.text = T5TextEncoder(text.module, self.params["text"], text.tokenizer, text.max_length, text.source)
+        text = model.text
+        self.text = type(text)(text.module, self.params["text"], text.tokenizer, text.max_length, text.source)
+        self._progress = ProgressHooks()  # this pipeline's own: callbacks reach the generate() call that passed them
 
     @property
     def window_seconds(self) -> float:
@@ -116,50 +107,42 @@ class TextToAudioPipeline:
                                      t5_directory: str | os.PathLike, dtype: Any = jnp.float32,
                                      mesh: Mesh | None = None) -> "TextToAudioPipeline":
         """A stable-audio-tools checkpoint (SAO ``model.safetensors`` + ``model_config.json``) + a T5 directory."""
-        from stableaudio_jax.convert import load_hf_t5, load_stable_audio_tools
+        from stableaudio_jax.convert import load_hf_t5, load_stable_audio_tools, text_to_audio_model
         bundle = load_stable_audio_tools(checkpoint, model_config, dtype=dtype)
         max_length = int(bundle.config.conditioning.text.max_length)
-        return cls._from_bundle(bundle, load_hf_t5(t5_directory, max_length=max_length, dtype=dtype), mesh)
+        text = load_hf_t5(t5_directory, max_length=max_length, dtype=dtype)
+        return cls(text_to_audio_model(bundle, text, os.fspath(checkpoint)), mesh)
 
     @classmethod
     def from_diffusers(cls, directory: str | os.PathLike, t5_directory: str | os.PathLike | None = None,
                        max_length: int = 128, dtype: Any = jnp.float32, mesh: Mesh | None = None):
         """A diffusers ``StableAudioPipeline`` folder; T5 from its ``text_encoder/`` + ``tokenizer/spiece.model``
         unless ``t5_directory`` is given."""
-        from stableaudio_jax.convert import load_diffusers, load_hf_t5
+        from stableaudio_jax.convert import load_diffusers, load_hf_t5, text_to_audio_model
         bundle = load_diffusers(directory, dtype=dtype)
         if t5_directory is None:
             text = load_hf_t5(os.path.join(directory, "text_encoder"), max_length, dtype,
                               tokenizer_file=os.path.join(directory, "tokenizer", "spiece.model"))
         else:
             text = load_hf_t5(t5_directory, max_length, dtype)
-        return cls._from_bundle(bundle, text, mesh)
-
-    @classmethod
-    def _from_bundle(cls, bundle, text: T5TextEncoder, mesh):
-        config = ml_collections.ConfigDict(bundle.config.to_dict())
-        config.text = dict(model=t5_model_config(text), max_length=text.max_length)
-        config.sampling = dict(DEFAULT_SAMPLING)
-        return cls(text=text, timing=bundle.timing.module, timing_params=bundle.timing.params,
-                   dit=bundle.dit.module, dit_params=bundle.dit.params, vae=bundle.vae.module,
-                   vae_params=bundle.vae.params, config=config, mesh=mesh)
+        return cls(text_to_audio_model(bundle, text, os.fspath(directory)), mesh)
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = None):
-        """One of our model checkpoints (``stableaudio-jax convert`` / :meth:`save`)."""
-        from stableaudio_jax.inference.checkpoint_io import load_pipeline_parts
-        return cls(**load_pipeline_parts(directory, dtype), mesh=mesh)
+        """A stored text-to-audio model (``stableaudio-jax convert``, a finished ``train`` run's ``model/``,
+        :meth:`save`)."""
+        return cls(load_text_to_audio(directory, dtype), mesh)
 
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> str:
-        from stableaudio_jax.inference.checkpoint_io import save_pipeline
-        return save_pipeline(self, directory, overwrite)
+        """Writes the model as a stored text-to-audio model (what :meth:`from_checkpoint` reads)."""
+        return save_text_to_audio(directory, self.model, overwrite)
 
     # ---------------------------------------------------------------------------------------------- generate
 
     def generate(self, prompts: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  seconds_start: float | Sequence[float] = 0.0, seconds_total: float | Sequence[float] | None = None,
                  steps: int | None = None, cfg_scale: float | None = None, sampler: str | None = None,
-                 sigma_min: float | None = None, sigma_max: float | None = None, cfg_rescale: float = 0.0,
+                 sigma_min: float | None = None, sigma_max: float | None = None, cfg_rescale: float | None = None,
                  seed: int = 0, init_audio: np.ndarray | str | None = None, init_audio_sample_rate: int | None = None,
                  init_noise_level: float = 1.0, inpaint_audio: np.ndarray | str | None = None,
                  inpaint_mask: np.ndarray | None = None, inpaint_audio_sample_rate: int | None = None,
@@ -173,6 +156,8 @@ class TextToAudioPipeline:
         samples]``, True/1 = keep) regenerate the rest. ``initial_noise`` (``[batch, latent frames, latent dim]``,
         standard normal) replaces the seeded draw. ``progress(step)`` is called after each sampling step.
         ``timings``, a dict, receives the wall seconds of conditioning (T5 + timing), sampling and decoding.
+        Guidance: ``cfg_scale`` s gives ``uncond + s * (cond - uncond)`` (s = 1: no guidance; s = 1 + w in the
+        ``(1 + w) cond - w uncond`` form of the papers). Defaults come from the model's ``sampling`` config.
         """
         clock = _Clock(timings)
         s = self.config.sampling
@@ -180,29 +165,28 @@ class TextToAudioPipeline:
                             steps if steps is not None else s.steps, sampler or s.sampler,
                             cfg_scale if cfg_scale is not None else s.cfg_scale,
                             sigma_min if sigma_min is not None else s.sigma_min,
-                            sigma_max if sigma_max is not None else s.sigma_max, cfg_rescale, init_noise_level)
+                            sigma_max if sigma_max is not None else s.sigma_max,
+                            cfg_rescale if cfg_rescale is not None else s.get("cfg_rescale", 0.0), init_noise_level)
         check_sampler(self.objective, req.sampler)
         batch = len(req.prompts)
         padded = self._padded_batch(batch)
         noise_key, sample_key = jax.random.split(jax.random.key(seed))
         latent_shape = (padded, self.latent_frames, self.vae.latent_dim)
         noise = self._noise(initial_noise, noise_key, latent_shape, batch)
-        cross, uncond, global_cond = clock.lap("conditioning_s", self._conditioning(req, padded))
+        cond, negative = clock.lap("conditioning_s", self._conditioning(req, padded))
         init = self._init_latents(init_audio, init_audio_sample_rate, padded)
         inpaint = self._inpaint(inpaint_audio, inpaint_mask, inpaint_audio_sample_rate, padded)
         put = self._shard
-        _PROGRESS["fn"] = progress
-        try:
+        with self._progress.registered(progress) as call_id:
             latents = _sample_latents(
-                self.dit, self.params["dit"], put(noise), sample_key, put(cross), put(uncond), put(global_cond),
-                jnp.float32(req.cfg_scale), jnp.float32(req.cfg_rescale), jnp.float32(req.sigma_min),
-                jnp.float32(req.sigma_max), None if init is None else put(init),
-                None if init is None else jnp.float32(req.init_noise_level),
+                self.diffusion, self.params["diffusion"], put(noise), sample_key, put(cond),
+                None if negative is None else put(negative), jnp.float32(req.cfg_scale),
+                jnp.float32(req.cfg_rescale), jnp.float32(req.sigma_min), jnp.float32(req.sigma_max),
+                None if init is None else put(init), None if init is None else jnp.float32(req.init_noise_level),
                 None if inpaint is None else put(inpaint[0]), None if inpaint is None else put(inpaint[1]),
-                objective=self.objective, sampler=req.sampler, steps=req.steps, report=progress is not None)
+                jnp.int32(call_id), objective=self.objective, sampler=req.sampler, steps=req.steps,
+                hooks=self._progress if progress is not None else None)
             latents = clock.lap("sampling_s", latents)
-        finally:
-            _PROGRESS["fn"] = None
         audio = clock.lap("decode_s", self.decode(latents))[:batch]
         audio = self._crop(audio, req.seconds_total)
         return (audio, np.asarray(latents[:batch])) if return_latents else audio
@@ -241,7 +225,7 @@ class TextToAudioPipeline:
             neg_text, neg_mask = self.text(pad(req.negative_prompts))
         start = jnp.asarray(pad(req.seconds_start), jnp.float32)
         total = jnp.asarray(pad(req.seconds_total_conditioning), jnp.float32)
-        return _conditioning(self.timing, self.params["timing"], text, jnp.asarray(mask), neg_text,
+        return _conditioning(self.diffusion, self.params["diffusion"], text, jnp.asarray(mask), neg_text,
                              None if neg_mask is None else jnp.asarray(neg_mask), start, total)
 
     def _load(self, audio, rate, what):

@@ -22,6 +22,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from stableaudio_jax.models.layers import DenseGeneral, torch_default_bias_init, torch_default_kernel_init
+
 Dtype = Any
 
 
@@ -129,6 +131,23 @@ class TimingConditioner(nn.Module):
 
     def __call__(self, seconds_start: jax.Array, seconds_total: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.seconds_start(seconds_start), self.seconds_total(seconds_total)
+
+
+class TextProjection(nn.Module):
+    """stable-audio-tools' text conditioner ``proj_out``: Linear(text width → ``features``) with bias, applied to
+    the text encoder's features before padded positions are zeroed. A model has one when its conditioning width
+    (``cond_dim``) differs from the text encoder's (or the config asks for ``project_out``)."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, text: jax.Array) -> jax.Array:
+        return DenseGeneral((self.features,), ("text_embed", "cond_embed"), use_bias=True,
+                            kernel_init=torch_default_kernel_init(0, 1),
+                            bias_init=torch_default_bias_init(text.shape[-1]), dtype=self.dtype,
+                            param_dtype=self.param_dtype, name="proj")(text)
 
 
 @flax.struct.dataclass

@@ -1,6 +1,6 @@
 """Building blocks shared by the models: weight-normalised 1-D convolutions and SnakeBeta.
 
-Layout conventions (see DESIGN.md):
+Layout conventions (see docs/design.md):
   * activations are channels-last, ``[batch, time, channels]``;
   * convolution kernels are stored ``[kernel, in, out]`` for both plain and transposed convolutions;
   * every parameter carries logical axis names, mapped to mesh axes by the rules in ``parallel.sharding``.
@@ -34,7 +34,7 @@ def torch_default_kernel_init(fan_in_axis: int, fan_out_axis: int):
                                             out_axis=fan_out_axis)
 
 
-def _uniform_bias_init(fan_in: int):
+def torch_default_bias_init(fan_in: int):
     bound = 1.0 / float(fan_in) ** 0.5
 
     def init(key, shape, dtype=jnp.float32):
@@ -85,7 +85,7 @@ class _WNConvBase(nn.Module):
     def _bias(self, y: jax.Array, fan_in: int) -> jax.Array:
         if not self.use_bias:
             return y
-        b = self.param("bias", nn.with_logical_partitioning(_uniform_bias_init(fan_in), (CONV_OUT,)),
+        b = self.param("bias", nn.with_logical_partitioning(torch_default_bias_init(fan_in), (CONV_OUT,)),
                        (self.features,), self.param_dtype)
         return y + b.astype(self.dtype)
 
@@ -216,7 +216,7 @@ class WNConv2d(nn.Module):
             (KERNEL, "conv_kernel_w", CONV_IN, CONV_OUT)), shape, self.param_dtype)
         g = self.param("weight_g", nn.with_logical_partitioning(
             lambda _, v_: jnp.sqrt(jnp.sum(jnp.square(v_), axis=(0, 1, 2))), (CONV_OUT,)), v)
-        b = self.param("bias", nn.with_logical_partitioning(_uniform_bias_init(cin * kh * kw), (CONV_OUT,)),
+        b = self.param("bias", nn.with_logical_partitioning(torch_default_bias_init(cin * kh * kw), (CONV_OUT,)),
                        (self.features,), self.param_dtype)
         w = _weight_norm(v, g, (0, 1, 2), 3).astype(self.dtype)
         (ph, pw), (dh, dw) = self.padding, self.dilation

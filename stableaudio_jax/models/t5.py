@@ -133,7 +133,7 @@ class T5Block(nn.Module):
 
 class T5Encoder(nn.Module):
     """``__call__(ids [B, L] int, mask [B, L] bool) -> hidden [B, L, d_model]`` (HF ``last_hidden_state``;
-    padded positions are *not* zeroed here: that is the conditioner's job, see ``inference.text_encoder``)."""
+    padded positions are *not* zeroed here: that is the conditioner's job, see ``store.text_encoders``)."""
 
     vocab_size: int = 32128
     d_model: int = 768

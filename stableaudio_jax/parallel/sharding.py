@@ -49,6 +49,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("fourier", None),
     ("fourier_out", None),
     ("cond_embed", "fsdp"),    # cross-attention token width (keys/values read from it)
+    ("text_embed", None),      # the text encoder's output width, into the conditioner's projection
     ("cond_global", "fsdp"),   # global conditioning input
     ("qkv", None),             # the fused q/k/v (or k/v) selector
     ("glu", None),             # SwiGLU value/gate selector
@@ -133,3 +134,13 @@ def init_sharded(module: nn.Module, rng: jax.Array, *example_args, mesh: Mesh, r
     with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
         variables = jax.jit(lambda r, *a: nn.unbox(init(r, *a)), out_shardings=shardings)(rng, *example_args)
     return variables, shardings
+
+
+def in_mesh(fn, mesh: Mesh, rules: Any):
+    """``fn`` called with ``mesh`` set and the logical ``rules`` active (jitted steps trace and run there)."""
+    rules = normalize_rules(rules)
+
+    def call(*args):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return fn(*args)
+    return call

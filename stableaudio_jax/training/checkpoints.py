@@ -5,12 +5,7 @@ A *training checkpoint* (:class:`TrainCheckpointer`) lives in ``<workdir>/checkp
 ``config`` (the run's config, JSON). Saves are asynchronous, the last ``keep`` are kept, a termination signal
 (SIGTERM/SIGINT) or a TPU preemption notice makes the loop save and stop.
 
-A *model checkpoint* is what ``stableaudio-jax convert`` writes and ``generate --checkpoint`` / the pipeline's
-``from_checkpoint`` read: a directory with
-
-  stableaudio_jax.json   {"format": "stableaudio-jax/model", "version": 1, "config": {...}} (self-describing)
-  params/                an orbax checkpoint of the parameter tree
-  spiece.model           the text encoder's sentencepiece model, when there is one
+Exported models (what `generate` and `encode` read) are the model store's business: ``stableaudio_jax.store``.
 
 Restoring goes through an abstract target (shapes, dtypes and, optionally, shardings), so a checkpoint written on
 one mesh loads onto another. Anything missing, mis-shaped or unreadable raises; nothing falls back to fresh weights.
@@ -19,74 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-MODEL_FORMAT = "stableaudio-jax/model"
-MODEL_VERSION = 1
-METADATA_FILE = "stableaudio_jax.json"
+from stableaudio_jax.store.format import StoreError
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, corrupt, or not matching the model it is loaded into."""
-
-
-def save_model(directory: str | os.PathLike, params: Any, config: ml_collections.ConfigDict | dict,
-               assets: dict[str, str] | None = None, overwrite: bool = False) -> str:
-    """Writes params + config (+ asset files copied in by name) as a model checkpoint; returns the directory."""
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(os.path.join(directory, METADATA_FILE)) and not overwrite:
-        raise CheckpointError(f"{directory} already holds a model checkpoint; pass overwrite=True to replace it")
-    os.makedirs(directory, exist_ok=True)
-    params_dir = os.path.join(directory, "params")
-    if os.path.exists(params_dir):
-        shutil.rmtree(params_dir)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(params_dir, params)
-    checkpointer.wait_until_finished()
-    for name, source in (assets or {}).items():
-        shutil.copyfile(source, os.path.join(directory, name))
-    config_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-    with open(os.path.join(directory, METADATA_FILE), "w", encoding="utf-8") as f:
-        json.dump({"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": config_dict}, f, indent=1,
-                  sort_keys=True, default=list)
-    return directory
-
-
-def load_model_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
-    """The config stored in a model checkpoint (raises :class:`CheckpointError` if it is not one)."""
-    path = os.path.join(os.fspath(directory), METADATA_FILE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{os.fspath(directory)}: no {METADATA_FILE}; not a stableaudio-jax model checkpoint "
-                              "(write one with `stableaudio-jax convert`)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint metadata ({e})") from e
-    if meta.get("format") != MODEL_FORMAT or meta.get("version") != MODEL_VERSION:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; expected "
-                              f"{MODEL_FORMAT!r} version {MODEL_VERSION}")
-    return ml_collections.ConfigDict(meta["config"])
-
-
-def restore_params(directory: str | os.PathLike, abstract_params: Any) -> Any:
-    """Restores the parameter tree into ``abstract_params`` (``jax.ShapeDtypeStruct`` leaves, with ``sharding``
-    where the result should be placed). A missing/extra leaf or a shape mismatch raises :class:`CheckpointError`."""
-    params_dir = os.path.join(os.path.abspath(os.fspath(directory)), "params")
-    if not os.path.isdir(params_dir):
-        raise CheckpointError(f"{os.fspath(directory)}: no params/ directory; the checkpoint is incomplete")
-    abstract = jax.tree_util.tree_map(
-        lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(x.shape, x.dtype),
-        abstract_params)
-    try:
-        return ocp.StandardCheckpointer().restore(params_dir, abstract)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        raise CheckpointError(f"{params_dir}: cannot restore into the model's parameters: {e}") from e
+# One error type for every unusable checkpoint or stored model (the CLI reports it as a clear error).
+CheckpointError = StoreError
 
 
 class TrainCheckpointer:

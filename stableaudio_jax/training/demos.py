@@ -17,12 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from stableaudio_jax.audio.io import write_audio, write_spectrogram_png
-from stableaudio_jax.diffusion.samplers import sample
-from stableaudio_jax.models.dit import guided
+from stableaudio_jax.diffusion.samplers import DEFAULT_SAMPLERS, sample
 from stableaudio_jax.training import diffusion_steps
 
 logger = logging.getLogger(__name__)
-DEMO_SAMPLERS = {"v": "dpmpp-3m-sde", "eps": "ddim", "rectified_flow": "euler"}
 
 
 class DemoWriter:
@@ -44,11 +42,11 @@ class DemoWriter:
                       "seconds_start": jnp.zeros((count,), jnp.float32),
                       "seconds_total": jnp.full((count,), self.seconds, jnp.float32)}
         # one compile per run (the run's modules and config are closed over, not hashed)
-        self._sample = jax.jit(functools.partial(_sample, run, self.objective, DEMO_SAMPLERS[self.objective],
+        self._sample = jax.jit(functools.partial(_sample, run, self.objective, DEFAULT_SAMPLERS[self.objective],
                                                  self.steps))
 
     def __call__(self, step: int, state: diffusion_steps.DiffusionTrainState, seed: int = 0) -> list[str]:
-        params = jax.device_get({"denoiser": state.ema, "timing": state.params["timing"]})
+        params = jax.device_get(dict(state.params, denoiser=state.ema))
         noise = jax.random.normal(jax.random.key(seed), (len(self.prompts), self.frames, self.run.latent_channels))
         latents = self._sample(params, self.batch, noise, jax.random.key(seed + 1), self.cfg_scale)
         audio = np.asarray(_decode(self.vae.module, self.vae.params, latents))
@@ -63,15 +61,9 @@ class DemoWriter:
 
 
 def _sample(run, objective, sampler, steps, params, batch, noise, rng, cfg_scale):
-    cond = diffusion_steps.condition(run, params["timing"], batch)
-    if run.kind == "unet1d":
-        scale_phi = float(run.config.get("guidance", {}).get("scale_phi", 0.0))
-        model_fn = lambda x, t: run.denoiser.apply(params["denoiser"], x, t, **cond,  # noqa: E731
-                                                   cfg_scale=cfg_scale, scale_phi=scale_phi)
-    else:
-        apply = functools.partial(run.denoiser.apply, params["denoiser"])
-        model_fn = lambda x, t: guided(apply, x, t, cond["cross_attn_cond"], cond["global_cond"],  # noqa: E731
-                                       cfg_scale)
+    cond = diffusion_steps.condition(run, params, batch)
+    rescale = float(run.config.get("guidance", {}).get("scale_phi", 0.0))
+    model_fn = lambda x, t: run.model.guided(params, x, t, cond, cfg_scale, rescale)  # noqa: E731
     return sample(model_fn, noise, rng, objective=objective, sampler=sampler, steps=steps)
 
 

@@ -4,8 +4,10 @@ One step: timing tokens from (seconds_start, seconds_total) → conditioning ass
 per-example CFG dropout of the whole cross-attention sequence (p = 0.1; zeros for the DiT, the learned null
 sequence for the U-Net) → timesteps (stratified uniform by default) and Gaussian noise → the objective's target
 (v, eps or rectified flow) → MSE (over all frames, as the reference, or only valid frames with
-``training.mask_padding``). AdamW on the denoiser and timing embedders together; the EMA covers the denoiser only
-and is updated before each optimiser step (ema_pytorch through Lightning's ``on_before_zero_grad``).
+``training.mask_padding``). AdamW on the denoiser and its conditioners (timing embedders, the text projection when
+the text width differs from ``cond_dim``) together; the EMA covers the denoiser only and is updated before each
+optimiser step (ema_pytorch through Lightning's ``on_before_zero_grad``). The conditioning itself is
+``models.conditioned.ConditionedDenoiser``'s, the same the pipeline uses.
 
 Batches are dicts: ``latents [B, T, C]``, ``padding_mask [B, T]``, ``seconds_start [B]``, ``seconds_total [B]``,
 ``text_embeddings [B, L, D]`` + ``text_mask [B, L]`` (T5 outputs with padded positions zero).
@@ -13,20 +15,23 @@ Batches are dicts: ``latents [B, T, C]``, ``padding_mask [B, T]``, ``seconds_sta
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from stableaudio_jax.diffusion.objectives import diffusion_loss, noisy_example
-from stableaudio_jax.models.conditioning import TimingConditioner, assemble_conditioning, cfg_dropout
-from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
+from stableaudio_jax.models.conditioned import ConditionedDenoiser
+from stableaudio_jax.parallel.sharding import in_mesh, normalize_rules, param_shardings
+from stableaudio_jax.store.builders import diffusion_model_from_config, resolve_conditioning
 from stableaudio_jax.training.accumulate import accumulate
+from stableaudio_jax.training.loop import frozen_without
 from stableaudio_jax.training.optim import ema_decay, ema_update, learning_rate, make_optimizer
 
 BATCH_AXES = ("data", "fsdp")
@@ -35,7 +40,7 @@ BATCH_KEYS = ("latents", "padding_mask", "seconds_start", "seconds_total", "text
 
 class DiffusionTrainState(flax.struct.PyTreeNode):
     step: jax.Array
-    params: Any   # {"denoiser": variables, "timing": variables}
+    params: Any   # {"denoiser": variables, "timing": variables[, "text_projection": variables]}
     opt: Any
     ema: Any      # EMA of params["denoiser"]
     rng: jax.Array
@@ -43,43 +48,33 @@ class DiffusionTrainState(flax.struct.PyTreeNode):
 
 @flax.struct.dataclass
 class DiffusionTraining:
-    """Static parts of a run: modules, optimiser, config and the batch geometry."""
+    """Static parts of a run: the conditioned model, optimiser, resolved config and the batch geometry."""
 
-    denoiser: nn.Module = flax.struct.field(pytree_node=False)
-    timing: TimingConditioner = flax.struct.field(pytree_node=False)
+    model: ConditionedDenoiser = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-    config: Any = flax.struct.field(pytree_node=False)
+    config: Any = flax.struct.field(pytree_node=False)   # conditioning widths resolved (store.resolve_conditioning)
     text_length: int = flax.struct.field(pytree_node=False)
     text_dim: int = flax.struct.field(pytree_node=False)
 
     @property
+    def denoiser(self) -> nn.Module:
+        return self.model.denoiser
+
+    @property
     def kind(self) -> str:
-        return self.config.model.type
+        return self.model.kind
 
     @property
     def latent_channels(self) -> int:
-        return self.denoiser.io_channels if self.kind == "dit" else self.denoiser.in_channels
-
-
-def denoiser_from_config(config) -> nn.Module:
-    kind = config.model.get("type")
-    if kind == "dit":
-        from stableaudio_jax.models.dit import dit_from_config
-        return dit_from_config(config.model, dtype=config.dtype, param_dtype=config.param_dtype)
-    if kind == "unet1d":
-        from stableaudio_jax.models.unet import unet_from_config
-        return unet_from_config(config.model, dtype=config.dtype, param_dtype=config.param_dtype)
-    raise ValueError(f"config.model.type is {kind!r}; the diffusion trainer supports 'dit' and 'unet1d'")
-
-
-def timing_from_config(config) -> TimingConditioner:
-    t = config.conditioning.timing
-    return TimingConditioner(features=t.features, min_val=t.min_val, max_val=t.max_val, style=t.style)
+        return self.model.latent_channels
 
 
 def build(config, text_length: int, text_dim: int) -> DiffusionTraining:
-    return DiffusionTraining(denoiser_from_config(config), timing_from_config(config),
-                             make_optimizer(config.training.optimizer), config, int(text_length), int(text_dim))
+    """The run for text features ``[text_length, text_dim]``: the dependent widths follow from them and
+    ``conditioning.cond_dim`` (a text projection appears when the widths differ)."""
+    resolved = resolve_conditioning(config, text_dim, text_length)
+    return DiffusionTraining(diffusion_model_from_config(resolved), make_optimizer(config.training.optimizer),
+                             resolved, int(text_length), int(text_dim))
 
 
 def example_batch(run: DiffusionTraining, batch: int = 1) -> dict:
@@ -92,35 +87,18 @@ def example_batch(run: DiffusionTraining, batch: int = 1) -> dict:
             "text_mask": jnp.ones((batch, run.text_length), bool)}
 
 
-def condition(run: DiffusionTraining, timing_params, batch: dict, dropout_rng=None) -> dict:
-    """Denoiser keyword inputs for ``batch``: DiT (cross_attn_cond, global_cond) or U-Net (embedding + mask)."""
-    start, total = run.timing.apply(timing_params, batch["seconds_start"], batch["seconds_total"])
-    tokens = {"seconds_start": start, "seconds_total": total}
-    mask = batch["text_mask"].astype(bool)
-    text = jnp.where(mask[..., None], batch["text_embeddings"].astype(jnp.float32), 0.0)
-    cond_cfg = run.config.conditioning
-    cross = [tokens[k] for k in cond_cfg.cross_attention_ids if k != "prompt"]
-    if run.kind == "unet1d":
-        embedding = jnp.concatenate([text] + [c.astype(jnp.float32) for c in cross], axis=1)
-        emb_mask = jnp.concatenate([mask, jnp.ones((mask.shape[0], len(cross)), bool)], axis=1)
-        drop = {} if dropout_rng is None else dict(dropout_rng=dropout_rng,
-                                                    dropout_prob=run.config.training.cfg_dropout)
-        return dict(embedding=embedding, embedding_mask=emb_mask, **drop)
-    cond = assemble_conditioning(text, mask, cross, [tokens[k] for k in cond_cfg.global_ids])
-    if dropout_rng is not None:
-        cond = cfg_dropout(dropout_rng, cond, run.config.training.cfg_dropout)
-    return dict(cross_attn_cond=cond.cross_attn, global_cond=cond.global_cond)
+def condition(run: DiffusionTraining, params, batch: dict) -> dict:
+    """The denoiser's conditioning inputs for ``batch`` (``params``: the model's, timing and projection used)."""
+    return run.model.condition(params, batch["text_embeddings"], batch["text_mask"], batch["seconds_start"],
+                               batch["seconds_total"])
 
 
 def _boxed_state(run: DiffusionTraining, rng: jax.Array) -> DiffusionTrainState:
-    d_key, t_key, state_key = jax.random.split(rng, 3)
+    init_key, state_key = jax.random.split(rng)
     batch = example_batch(run)
-    timing = run.timing.init(t_key, batch["seconds_start"], batch["seconds_total"])
-    cond = condition(run, nn.unbox(timing), batch)
-    denoiser = run.denoiser.init(d_key, batch["latents"], jnp.zeros((1,)), **cond)
-    params = {"denoiser": denoiser, "timing": timing}
+    params = run.model.init(init_key, batch["latents"], batch["text_embeddings"], batch["text_mask"])
     return DiffusionTrainState(step=jnp.zeros((), jnp.int32), params=params, opt=run.tx.init(params),
-                               ema=denoiser, rng=state_key)
+                               ema=params["denoiser"], rng=state_key)
 
 
 def abstract_state(run: DiffusionTraining) -> Any:
@@ -136,8 +114,8 @@ def loss_fn(run: DiffusionTraining, params, batch: dict, rng: jax.Array):
     noise_rng, drop_rng = jax.random.split(rng)
     noisy = noisy_example(noise_rng, batch["latents"].astype(jnp.float32), run.config.diffusion.objective,
                           t.timestep_sampler)
-    cond = condition(run, params["timing"], batch, drop_rng)
-    prediction = run.denoiser.apply(params["denoiser"], noisy.x_t, noisy.t, **cond)
+    cond = condition(run, params, batch)
+    prediction = run.model.predict(params, noisy.x_t, noisy.t, cond, drop_rng, t.cfg_dropout)
     loss = diffusion_loss(prediction, noisy.target, batch["padding_mask"] if t.mask_padding else None)
     return loss, {"loss": loss}
 
@@ -171,38 +149,29 @@ class CompiledDiffusionTraining:
     step: Any
 
 
-_COMPILED: dict[str, CompiledDiffusionTraining] = {}
 _LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "demo", "data")
 
 
 def compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusionTraining:
-    """The run's jitted init and step (explicit shardings, donated state), built once per (config, mesh, text
-    shape) so that restarting a run in the same process does not recompile."""
-    training = {k: v for k, v in config.training.to_dict().items() if k not in _LOOP_KEYS}
-    key = json.dumps([config.model.to_dict(), config.conditioning.to_dict(), config.diffusion.to_dict(), training,
-                      str(config.dtype), str(config.param_dtype), [str(r) for r in config.sharding_rules],
-                      dict(mesh.shape), [d.id for d in mesh.devices.flat], text_length, text_dim],
-                     sort_keys=True, default=str)
-    if key not in _COMPILED:
-        run = build(config, text_length, text_dim)
-        rules = normalize_rules(config.sharding_rules)
-        shardings = state_shardings(run, mesh, rules)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            init = jax.jit(lambda k: nn.unbox(_boxed_state(run, k)), out_shardings=shardings)
-
-        def step(state, batch):
-            with nn.logical_axis_rules(rules):
-                return train_step(run, state, batch)
-
-        step = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
-                       donate_argnums=0)
-        _COMPILED[key] = CompiledDiffusionTraining(run, abstract_state(run), shardings,
-                                                   _in_mesh(init, mesh, rules), _in_mesh(step, mesh, rules))
-    return _COMPILED[key]
+    """The run's jitted init and step (explicit shardings, donated state), built once per (config without its
+    loop settings, mesh, text shape) so that restarting a run in the same process does not recompile."""
+    return _compiled(frozen_without(config, _LOOP_KEYS), mesh, int(text_length), int(text_dim))
 
 
-def _in_mesh(fn, mesh, rules):
-    def call(*args):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            return fn(*args)
-    return call
+@functools.lru_cache(maxsize=4)
+def _compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusionTraining:
+    config = ml_collections.ConfigDict(config.as_configdict())
+    run = build(config, text_length, text_dim)
+    rules = normalize_rules(config.sharding_rules)
+    shardings = state_shardings(run, mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        init = jax.jit(lambda k: nn.unbox(_boxed_state(run, k)), out_shardings=shardings)
+
+    def step(state, batch):
+        with nn.logical_axis_rules(rules):
+            return train_step(run, state, batch)
+
+    step = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
+                   donate_argnums=0)
+    return CompiledDiffusionTraining(run, abstract_state(run), shardings, in_mesh(init, mesh, rules),
+                                     in_mesh(step, mesh, rules))

@@ -2,15 +2,19 @@
 
 Data: ``data_dir`` is a ``stableaudio-jax encode`` output (TFRecord shards + manifest), read per host, or
 ``"synthetic"`` for correctly shaped random latents (benchmarks). The manifest must fit the model: latent channels
-= the denoiser's, text width = its cross-attention token width, and (DiT configs) the VAE that encoded the latents
-= ``config.vae``. Its encoder hash is stored in the run's config, so resuming on re-encoded data raises.
+= the denoiser's, (DiT configs) the VAE that encoded the latents = ``config.vae``, and text features whose width
+sets the conditioning widths (``store.resolve_conditioning``: a text projection when it differs from
+``conditioning.cond_dim``). Its encoder hash (configs *and* weights of the VAE and text encoder) is stored in the
+run's config, so resuming on re-encoded data raises.
 
 Resumable by re-running with the same workdir; metrics to TensorBoard + ``metrics.jsonl``; non-finite loss stops
-without saving; demos (wav + PNG) every ``training.demo.every`` steps. At the end a DiT run exports
-``<workdir>/model`` (EMA weights + T5 + VAE), which ``stableaudio-jax generate --checkpoint`` reads.
+without saving; demos (wav + PNG) every ``training.demo.every`` steps. A finished run exports ``<workdir>/model``:
+a text-to-audio model (EMA denoiser + its conditioners + the data's T5 and VAE) that ``stableaudio-jax generate
+--checkpoint`` runs, or, when the data names no VAE / text encoder (synthetic data), the diffusion model alone.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -19,19 +23,30 @@ import jax
 import ml_collections
 
 from stableaudio_jax.data.audio_folder import CheckpointableIterator
+from stableaudio_jax.diffusion.samplers import default_sampling
 from stableaudio_jax.parallel.distributed import initialize
 from stableaudio_jax.parallel.mesh import make_mesh
+from stableaudio_jax.store import StoreError, TextToAudioModel, diffusion_model, save_diffusion, save_text_to_audio
+from stableaudio_jax.store.format import host_arrays
 from stableaudio_jax.training import diffusion_steps
 from stableaudio_jax.training.checkpoints import TrainCheckpointer
-from stableaudio_jax.training.loop import abstract_with_shardings, resume_or_start, run_loop
+from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.metrics import MetricsWriter
+from stableaudio_jax.training.sources import EXPORT_DIR, resolve_text_encoder, resolve_vae
 
 logger = logging.getLogger(__name__)
 SYNTHETIC = "synthetic"
+DATA_FILE = "data.json"
 
 
-def _text_width(config) -> int:
-    return config.model.cond_token_dim if config.model.type == "dit" else config.model.context_features
+def synthetic_text_width(config) -> int:
+    """Text feature width for synthetic data: the configured text encoder's, else the conditioning width."""
+    text = config.conditioning.get("text") or {}
+    return int(text.get("width") or (text.get("model") or {}).get("d_model") or config.conditioning.cond_dim)
+
+
+def latent_channels(config) -> int:
+    return int(config.model.io_channels if config.model.type == "dit" else config.model.in_channels)
 
 
 def check_data_fits(manifest: dict, config, data_dir: str) -> None:
@@ -41,12 +56,10 @@ def check_data_fits(manifest: dict, config, data_dir: str) -> None:
     if manifest["text"] != "embeddings":
         raise ValueError(f"{path}: text is {manifest['text']!r}; the diffusion trainer reads pre-computed T5 "
                          "embeddings: re-encode with `stableaudio-jax encode --text embeddings`")
-    if manifest["text_dim"] != _text_width(config):
-        raise ValueError(f"{path}: text embeddings are {manifest['text_dim']} wide but the model's cross-attention "
-                         f"tokens are {_text_width(config)} wide")
-    if config.model.type == "unet1d" and manifest["text_length"] + 2 > config.model.context_max_length:
-        raise ValueError(f"{path}: {manifest['text_length']} text tokens + 2 timing tokens exceed the U-Net's "
-                         f"context_max_length {config.model.context_max_length}")
+    width = (config.conditioning.get("text") or {}).get("width")
+    if width is not None and int(width) != manifest["text_dim"]:
+        raise ValueError(f"{path}: text embeddings are {manifest['text_dim']} wide but config.conditioning.text.width "
+                         f"is {width} (leave it unset to take the data's width)")
     vae = manifest.get("encoder_config", {}).get("vae")
     if "vae" in config and vae is not None and config_hash(vae) != config_hash(config.vae):
         raise ValueError(f"{path}: the latents were encoded by a VAE config ({vae}) other than this model's "
@@ -60,7 +73,7 @@ def _data(config, data_dir: str, per_host: int, run_channels: int):
     if data_dir == SYNTHETIC:
         text_length = int(t.data.get("synthetic_text_length", 128))
         ds = latent_reader.synthetic_latent_dataset(per_host, t.crop_frames, run_channels, text_length,
-                                                    _text_width(config), seed=config.seed)
+                                                    synthetic_text_width(config), seed=config.seed)
         return None, CheckpointableIterator(ds)
     manifest = read_manifest(data_dir)
     check_data_fits(manifest, config, data_dir)
@@ -84,20 +97,19 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
     initialize(config.get("distributed"))
     config = ml_collections.ConfigDict(config.to_dict())  # a private copy: the data hash is recorded in it
     t = config.training
-    if t.batch_size % jax.process_count():
-        raise ValueError(f"training.batch_size {t.batch_size} is not divisible by {jax.process_count()} processes")
     mesh = make_mesh(config.mesh)
+    check_global_batch(t.batch_size, mesh)
     checkpointer = TrainCheckpointer(workdir, keep=t.keep_checkpoints)
     saved_hash = _saved_data_hash(checkpointer)
     if saved_hash:
         t.data.encoder_config_hash = saved_hash
-    channels = diffusion_steps.denoiser_from_config(config)
-    channels = channels.io_channels if config.model.type == "dit" else channels.in_channels
-    manifest, data = _data(config, data_dir, t.batch_size // jax.process_count(), channels)
+    manifest, data = _data(config, data_dir, t.batch_size // jax.process_count(), latent_channels(config))
     if manifest is not None:
         t.data.encoder_config_hash = manifest["encoder_config_hash"]
+    _record_data(workdir, data_dir, manifest, config)
     text_length = manifest["text_length"] if manifest else int(t.data.get("synthetic_text_length", 128))
-    compiled = diffusion_steps.compiled(config, mesh, text_length, _text_width(config))
+    text_width = manifest["text_dim"] if manifest else synthetic_text_width(config)
+    compiled = diffusion_steps.compiled(config, mesh, text_length, text_width)
     state, data_state, _ = resume_or_start(
         checkpointer, abstract_with_shardings(compiled.abstract, compiled.shardings),
         lambda: compiled.init(jax.random.key(config.seed)), config, workdir)
@@ -115,56 +127,115 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
                                progress=progress, after_step=after,
                                audio_seconds_per_step=t.batch_size * t.crop_frames * ratio)
         checkpointer.wait()
-        if manifest is not None and config.model.type == "dit" and int(state.step) == t.steps:
-            if all(_sources(config, manifest)):
-                export_pipeline(compiled.run, state, config, manifest, os.path.join(workdir, "model"))
-            else:
-                logger.info("no VAE / text encoder recorded for this data (training.demo.vae / text_encoder): "
-                            "the model is not exported")
+        if int(state.step) == t.steps:
+            export_model(compiled.run, state, config, manifest, os.path.join(workdir, EXPORT_DIR))
     finally:
         checkpointer.close()
         writer.close()
     return last
 
 
+def _record_data(workdir: str, data_dir: str, manifest: dict | None, config) -> None:
+    """``<workdir>/data.json``: what the run trains on (the manifest without its shard list), for exports."""
+    if jax.process_index() != 0:
+        return
+    summary = {"data": data_dir if data_dir == SYNTHETIC else os.path.abspath(data_dir)}
+    if manifest is None:
+        summary.update(text_length=int(config.training.data.get("synthetic_text_length", 128)),
+                       text_dim=synthetic_text_width(config))
+    else:
+        summary["manifest"] = {k: v for k, v in manifest.items() if k != "shards"}
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, DATA_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(workdir, DATA_FILE))
+
+
+def export_from_workdir(workdir: str, out: str | None = None, step: int | None = None) -> str:
+    """Exports checkpoint ``step`` (default: the latest) of a ``train`` run, finished or not, as
+    :func:`export_model` does at the end of a run (default: ``<workdir>/model``)."""
+    workdir = os.path.abspath(workdir)
+    try:
+        with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+            config = ml_collections.ConfigDict(json.load(f))
+        with open(os.path.join(workdir, DATA_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{workdir}: not a `stableaudio-jax train` workdir with its config.json and {DATA_FILE} "
+                         f"({e})") from e
+    manifest = data.get("manifest")
+    text_length = manifest["text_length"] if manifest else data["text_length"]
+    text_dim = manifest["text_dim"] if manifest else data["text_dim"]
+    run = diffusion_steps.build(config, text_length, text_dim)
+    checkpointer = TrainCheckpointer(workdir, async_save=False)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise StoreError(f"{workdir}/checkpoints: no checkpoint to export")
+        state, _, saved = checkpointer.restore(diffusion_steps.abstract_state(run), step)
+    finally:
+        checkpointer.close()
+    config = ml_collections.ConfigDict(saved) if saved else config  # the data hash the run recorded
+    return export_model(run, state, config, manifest, out or os.path.join(workdir, EXPORT_DIR))
+
+
 def _model_batch(batch: dict) -> dict:
     return {k: batch[k] for k in diffusion_steps.BATCH_KEYS}
 
 
-def _sources(config, manifest: dict) -> tuple[str, str]:
+def _sources(config, manifest: dict | None) -> tuple[str, str]:
     d, sources = config.training.demo, (manifest or {}).get("sources", {})
     return d.vae or sources.get("vae", ""), d.text_encoder or sources.get("text_encoder", "")
+
+
+def _load_sources(config, manifest: dict | None):
+    """The data's VAE and text encoder, checked against the weights the manifest says encoded the data."""
+    vae_path, text_path = _sources(config, manifest)
+    vae = resolve_vae(vae_path)
+    text = resolve_text_encoder(text_path, max_length=manifest["text_length"] if manifest else None)
+    encoder = (manifest or {}).get("encoder_config", {})
+    for what, model, recorded in (("VAE", vae, encoder.get("vae_sha256")),
+                                  ("text encoder", text, encoder.get("text", {}).get("sha256"))):
+        if recorded and model.sha256 != recorded:
+            raise StoreError(f"the {what} at {model.source} is not the one that encoded this data (weights "
+                             f"{model.sha256[:12]}..., the manifest records {recorded[:12]}...)")
+    return vae, text
 
 
 def _demos(run, config, manifest, workdir: str):
     if not config.training.demo.every or jax.process_index() != 0:
         return None
-    vae_path, text_path = _sources(config, manifest)
-    if not vae_path or not text_path:
+    if not all(_sources(config, manifest)):
         raise ValueError("training.demo.every is set but no VAE / text encoder is known: set training.demo.vae and "
                          "training.demo.text_encoder (or train on `stableaudio-jax encode` output, which records them)")
-    from stableaudio_jax.inference.components import load_text_encoder, load_vae
     from stableaudio_jax.training.demos import DemoWriter
-    text = load_text_encoder(text_path, max_length=manifest["text_length"] if manifest else 128)
-    return DemoWriter(run, load_vae(vae_path), text, config, workdir)
+    vae, text = _load_sources(config, manifest)
+    return DemoWriter(run, vae, text, config, workdir)
 
 
-def export_pipeline(run, state, config, manifest: dict, directory: str) -> str:
-    """A model checkpoint of the trained DiT (EMA weights) with the run's T5 and VAE, for ``generate``."""
-    from stableaudio_jax.inference.components import load_text_encoder, load_vae, t5_model_config
-    from stableaudio_jax.inference.pipeline import DEFAULT_SAMPLING, TextToAudioPipeline
-    vae_path, text_path = _sources(config, manifest)
-    vae, text = load_vae(vae_path), load_text_encoder(text_path, max_length=manifest["text_length"])
-    pipe_config = ml_collections.ConfigDict({
-        "dit": config.model.to_dict(), "vae": vae.config.to_dict(), "conditioning": config.conditioning.to_dict(),
-        "diffusion": config.diffusion.to_dict(),
-        "text": {"model": t5_model_config(text), "max_length": text.max_length},
-        "audio": {"sample_rate": manifest["sample_rate"], "channels": int(vae.module.audio_channels),
-                  "sample_size": config.training.crop_frames * manifest["downsampling_ratio"]},
-        "sampling": dict(DEFAULT_SAMPLING)})
-    params = jax.device_get(state)
-    pipe = TextToAudioPipeline(text=text, timing=run.timing, timing_params=params.params["timing"], dit=run.denoiser,
-                               dit_params=params.ema, vae=vae.module, vae_params=vae.params, config=pipe_config)
-    path = pipe.save(directory, overwrite=True)
-    logger.info("exported the trained model to %s (stableaudio-jax generate --checkpoint %s)", path, path)
+def export_model(run, state, config, manifest: dict | None, directory: str) -> str:
+    """The trained model (EMA denoiser + conditioners) as a text-to-audio model with the data's T5 and VAE, or the
+    diffusion model alone when they are unknown. Every process gathers; process 0 writes."""
+    params = host_arrays(dict(state.params, denoiser=state.ema))
+    if jax.process_index() != 0:
+        return directory
+    model = diffusion_model(run.config, params, directory)
+    provenance = {"run": os.path.abspath(os.path.dirname(directory)), "step": int(state.step),
+                  "data_encoder_config_hash": config.training.data.get("encoder_config_hash", "")}
+    if not all(_sources(config, manifest)):
+        path = save_diffusion(directory, model, overwrite=True, provenance=provenance)
+        logger.info("exported the diffusion model to %s (no VAE / text encoder is known for this data, so it is not "
+                    "a text-to-audio model; train on `stableaudio-jax encode` output for one)", path)
+        return path
+    vae, text = _load_sources(config, manifest)
+    ratio = int(manifest["downsampling_ratio"])
+    audio = {"sample_rate": int(manifest["sample_rate"]), "channels": int(vae.module.audio_channels),
+             "sample_size": int(config.training.crop_frames) * ratio}
+    sampling = default_sampling(model.objective, float(run.config.get("guidance", {}).get("scale_phi", 0.0)))
+    bundle = TextToAudioModel(text, model, vae, ml_collections.ConfigDict({"audio": audio, "sampling": sampling}),
+                              directory)
+    path = save_text_to_audio(directory, bundle, overwrite=True, provenance=provenance)
+    logger.info("exported the trained %s to %s (stableaudio-jax generate --checkpoint %s)", model.model.kind, path,
+                path)
     return path

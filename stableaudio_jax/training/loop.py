@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -80,6 +81,27 @@ class FiniteGuard:
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
     return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                                   shardings)
+
+
+def frozen_without(config: ml_collections.ConfigDict,
+                   training_keys: tuple[str, ...]) -> ml_collections.FrozenConfigDict:
+    """A hashable copy of ``config`` without the training loop's own settings (steps, logging, ...): the key of
+    the compiled-step caches, so that a run resumed with other loop settings reuses its compiled steps."""
+    plain = config.to_dict()
+    plain["training"] = {k: v for k, v in plain["training"].items() if k not in training_keys}
+    return ml_collections.FrozenConfigDict(plain)
+
+
+def check_global_batch(batch_size: int, mesh, axes: tuple[str, ...] = ("data", "fsdp"),
+                       key: str = "training.batch_size") -> None:
+    """The global batch is split over the mesh's data axes and over processes: say so when it cannot be."""
+    sizes = {a: int(mesh.shape[a]) for a in axes if a in mesh.shape}
+    shards = math.prod(sizes.values())
+    if batch_size % shards:
+        raise ValueError(f"{key}={batch_size} cannot be split over the mesh's data axes {sizes} ({shards} shards); "
+                         f"use a multiple of {shards} or change config.mesh")
+    if batch_size % jax.process_count():
+        raise ValueError(f"{key}={batch_size} is not divisible by the {jax.process_count()} processes")
 
 
 def _model_sections(config: dict) -> dict:

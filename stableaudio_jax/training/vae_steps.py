@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import dataclasses
-import json
+import functools
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -27,8 +28,9 @@ from stableaudio_jax.audio.losses import vae_reconstruction_loss
 from stableaudio_jax.models.autoencoder import OobleckVAE
 from stableaudio_jax.models.discriminator import (MultiScaleSTFTDiscriminator, discriminator_loss,
                                                   feature_matching_loss, generator_adversarial_loss)
-from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
+from stableaudio_jax.parallel.sharding import in_mesh, normalize_rules, param_shardings
 from stableaudio_jax.training.accumulate import accumulate
+from stableaudio_jax.training.loop import frozen_without
 from stableaudio_jax.training.optim import ema_decay, ema_update, learning_rate, make_optimizer
 
 
@@ -187,33 +189,24 @@ class CompiledVAETraining:
     discriminator_step: Any
 
 
-_COMPILED: dict[str, CompiledVAETraining] = {}
 _LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints")
 
 
 def compiled(config, mesh) -> CompiledVAETraining:
-    """The run's jitted functions, built once per (model/training config, mesh) so that restarting or resuming a
-    run in the same process does not recompile."""
-    training = {k: v for k, v in config.training.to_dict().items() if k not in _LOOP_KEYS}
-    key = json.dumps([config.model.to_dict(), training, str(config.dtype), str(config.param_dtype),
-                      [str(r) for r in config.sharding_rules], dict(mesh.shape), [d.id for d in mesh.devices.flat]],
-                     sort_keys=True, default=str)
-    if key not in _COMPILED:
-        t, rules = config.training, config.sharding_rules
-        run = build(config)
-        channels = config.model.audio_channels
-        shardings = state_shardings(run, mesh, rules, t.crop_samples, channels)
-        abstract = abstract_state(run, t.crop_samples, channels)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
-            init = jax.jit(lambda k: nn.unbox(_boxed_state(run, k, t.crop_samples, channels)),
-                           out_shardings=shardings)
-        g_step, d_step = make_steps(run, shardings, mesh, rules)
-        _COMPILED[key] = CompiledVAETraining(run, abstract, shardings, _in_mesh(init, mesh, rules), g_step, d_step)
-    return _COMPILED[key]
+    """The run's jitted functions, built once per (model/training config without loop settings, mesh) so that
+    restarting or resuming a run in the same process does not recompile."""
+    return _compiled(frozen_without(config, _LOOP_KEYS), mesh)
 
 
-def _in_mesh(fn, mesh, rules):
-    def call(*args):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
-            return fn(*args)
-    return call
+@functools.lru_cache(maxsize=4)
+def _compiled(config, mesh) -> CompiledVAETraining:
+    config = ml_collections.ConfigDict(config.as_configdict())
+    t, rules = config.training, config.sharding_rules
+    run = build(config)
+    channels = config.model.audio_channels
+    shardings = state_shardings(run, mesh, rules, t.crop_samples, channels)
+    abstract = abstract_state(run, t.crop_samples, channels)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
+        init = jax.jit(lambda k: nn.unbox(_boxed_state(run, k, t.crop_samples, channels)), out_shardings=shardings)
+    g_step, d_step = make_steps(run, shardings, mesh, rules)
+    return CompiledVAETraining(run, abstract, shardings, in_mesh(init, mesh, rules), g_step, d_step)

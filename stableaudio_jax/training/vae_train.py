@@ -2,11 +2,15 @@
 
 Resumable by re-running with the same workdir: the latest checkpoint (state, data position, config) is restored
 onto the current mesh. Metrics go to TensorBoard and ``metrics.jsonl`` from process 0; a non-finite loss stops the
-run without saving; SIGTERM/SIGINT (and TPU preemption notices) save a checkpoint and stop.
+run without saving; SIGTERM/SIGINT (and TPU preemption notices) save a checkpoint and stop. A finished run exports
+its EMA weights as a stored VAE in ``<workdir>/model`` (``encode --vae`` takes the workdir or that directory);
+:func:`export_vae` exports any checkpoint of a run, finished or not.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 from typing import Any
 
 import jax
@@ -15,10 +19,14 @@ import ml_collections
 from stableaudio_jax.data.audio_folder import CheckpointableIterator, audio_crop_dataset, scan_audio_folder
 from stableaudio_jax.parallel.distributed import initialize
 from stableaudio_jax.parallel.mesh import make_mesh
+from stableaudio_jax.store import VAE, save_vae, vae_from_config
+from stableaudio_jax.store.builders import VAE_TYPES
+from stableaudio_jax.store.format import host_arrays
 from stableaudio_jax.training import vae_steps
-from stableaudio_jax.training.checkpoints import TrainCheckpointer
-from stableaudio_jax.training.loop import abstract_with_shardings, resume_or_start, run_loop
+from stableaudio_jax.training.checkpoints import CheckpointError, TrainCheckpointer
+from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.metrics import MetricsWriter
+from stableaudio_jax.training.sources import EXPORT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +49,8 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     initialize(config.get("distributed"))
     t = config.training
     mesh = make_mesh(config.mesh)
+    check_global_batch(t.batch_size, mesh)
     per_host = t.batch_size // jax.process_count()
-    if t.batch_size % jax.process_count():
-        raise ValueError(f"training.batch_size {t.batch_size} is not divisible by {jax.process_count()} processes")
     scan, data = _data(config, data_dir, per_host)
     compiled = vae_steps.compiled(config, mesh)
     checkpointer = TrainCheckpointer(workdir, keep=t.keep_checkpoints)
@@ -58,11 +65,62 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     if start == 0:
         writer.write(0, {"data/files": len(scan.files), "data/skipped_files": len(scan.skipped)})
     try:
-        _, last = run_loop(state, lambda step, s, batch: (d_step if step % 2 else g_step)(s, batch["audio"]), data,
+        state, last = run_loop(state, lambda step, s, batch: (d_step if step % 2 else g_step)(s, batch["audio"]), data,
                            vae_steps.batch_sharding(mesh), start=start, end=end, checkpointer=checkpointer,
                            writer=writer, config=config, desc="train-vae", progress=progress,
                            audio_seconds_per_step=t.batch_size * t.crop_samples / config.model.sample_rate)
+        checkpointer.wait()
+        if int(state.step) == t.steps:
+            _export(config, state.ema_params, int(state.step), workdir, os.path.join(workdir, EXPORT_DIR))
     finally:
         checkpointer.close()
         writer.close()
     return last
+
+
+def _export(config, ema_params, step: int, workdir: str, out: str) -> str:
+    """Every process gathers the EMA weights (they may be sharded over hosts); process 0 writes the model."""
+    params = host_arrays(ema_params)
+    if jax.process_index() != 0:
+        return out
+    vae = VAE(vae_from_config(config.model), params, ml_collections.ConfigDict(config.model.to_dict()), out)
+    path = save_vae(out, vae, overwrite=True, provenance={"run": os.path.abspath(workdir), "step": step,
+                                                          "steps": int(config.training.steps)})
+    logger.info("exported the VAE (EMA weights, step %d) to %s", step, path)
+    return path
+
+
+def _restore(workdir: str, step: int | None = None):
+    """(config, train state) of a train-vae run's checkpoint ``step`` (default: the latest), on the host."""
+    workdir = os.path.abspath(workdir)
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.get("model", {}).get("type") not in VAE_TYPES:
+        raise CheckpointError(f"{workdir}/config.json: model.type {config.get('model', {}).get('type')!r}; "
+                              f"expected one of {sorted(VAE_TYPES)} (a train-vae workdir)")
+    run = vae_steps.build(config)
+    abstract = vae_steps.abstract_state(run, config.training.crop_samples, config.model.audio_channels)
+    checkpointer = TrainCheckpointer(workdir, async_save=False)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"{workdir}/checkpoints: no checkpoint yet; train the VAE first")
+        state, _, _ = checkpointer.restore(abstract, step)
+    finally:
+        checkpointer.close()
+    return config, state
+
+
+def load_vae_from_workdir(workdir: str, dtype=None, step: int | None = None) -> tuple[VAE, int, int]:
+    """(the EMA VAE of checkpoint ``step`` (default: the latest), that step, the run's total steps)."""
+    config, state = _restore(workdir, step)
+    module = vae_from_config(config.model, dtype=dtype or "float32")
+    vae = VAE(module, jax.device_get(state.ema_params), ml_collections.ConfigDict(config.model.to_dict()),
+              os.path.abspath(workdir))
+    return vae, int(state.step), int(config.training.steps)
+
+
+def export_vae(workdir: str, out: str | None = None, step: int | None = None) -> str:
+    """Writes checkpoint ``step`` (default: the latest) of a train-vae run as a stored VAE (``<workdir>/model``)."""
+    config, state = _restore(workdir, step)
+    return _export(config, state.ema_params, int(state.step), workdir, out or os.path.join(workdir, EXPORT_DIR))

@@ -1,4 +1,6 @@
-"""The T5 text conditioner: tokenizer + Flax T5 encoder + params, as stable-audio-tools' ``T5Conditioner``.
+"""Text encoders with their tokenizer and weights bound: what the pre-encoder, training demos and the pipeline
+call to turn prompts into features. The T5 conditioner, as stable-audio-tools' ``T5Conditioner`` (without its
+``proj_out``, which belongs to the diffusion model's conditioners: ``models.conditioned``).
 
 ``encode(ids, mask)`` returns ``last_hidden_state * mask`` in float32 (padded positions exactly zero), which is what
 the reference feeds the denoiser. ``embed_prompts`` is the batch API for pre-encoding datasets: fixed-size batches
@@ -14,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from stableaudio_jax.data.tokenizer import SPIECE_FILE, T5Tokenizer
+from stableaudio_jax.store.tokenizers import SPIECE_FILE, T5Tokenizer
 from stableaudio_jax.models.t5 import T5Encoder
 
 BATCH_AXES = ("data", "fsdp")
@@ -38,6 +40,34 @@ class T5TextEncoder:
     @property
     def d_model(self) -> int:
         return self.module.d_model
+
+    @property
+    def width(self) -> int:
+        """The width of the features :meth:`encode` returns."""
+        return self.module.d_model
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The content hash of the encoder's weights (``store.format.weights_sha256``)."""
+        from stableaudio_jax.store.format import weights_sha256
+        return weights_sha256(self.params)
+
+    @property
+    def config(self) -> dict:
+        """The stored config of this encoder (``store.builders.text_encoder_from_config`` rebuilds it)."""
+        return {"type": "t5", "model": t5_model_config(self), "max_length": int(self.max_length)}
+
+    @property
+    def tokenizer_files(self) -> dict[str, str]:
+        """{name in a stored model: path} of the files the tokenizer needs."""
+        return {} if self.tokenizer is None else {SPIECE_FILE: self.tokenizer.model_file}
+
+    def with_max_length(self, max_length: int) -> "T5TextEncoder":
+        """The same encoder, tokenizing to ``max_length`` tokens."""
+        if max_length == self.max_length:
+            return self
+        tokenizer = None if self.tokenizer is None else T5Tokenizer(self.tokenizer.model_file, max_length)
+        return T5TextEncoder(self.module, self.params, tokenizer, max_length, self.source)
 
     def tokenize(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         if self.tokenizer is None:

@@ -1,0 +1,71 @@
+"""Find the VAE and the text encoder a user points at, whatever they have on disk.
+
+  VAE            a stored VAE or text-to-audio model (``stableaudio-jax export`` / ``convert``), or a ``train-vae``
+                 workdir: its exported ``model/`` when the run finished (or was exported), else the latest
+                 checkpoint's EMA weights, with a warning naming the step (an unfinished run)
+  text encoder   a stored text encoder or text-to-audio model, or a Hugging Face T5 directory (config.json,
+                 weights, spiece.model)
+
+Every loaded model carries its content hash (``.sha256``), which pre-encoded data and training runs record.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax.numpy as jnp
+
+from stableaudio_jax.store import VAE, StoreError, T5TextEncoder, is_stored_model, load_text_encoder, load_vae
+
+logger = logging.getLogger(__name__)
+EXPORT_DIR = "model"
+
+
+def is_train_workdir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def resolve_vae(path: str | os.PathLike, dtype: Any = jnp.float32) -> VAE:
+    path = os.path.abspath(os.fspath(path))
+    if is_stored_model(path):
+        return load_vae(path, dtype)
+    if is_train_workdir(path):
+        exported = os.path.join(path, EXPORT_DIR)
+        if is_stored_model(exported):
+            vae = load_vae(exported, dtype)
+            logger.info("VAE: %s (exported from the train-vae run at step %s)", exported,
+                        vae_step(exported))
+            return vae
+        from stableaudio_jax.training.vae_train import load_vae_from_workdir
+        vae, step, total = load_vae_from_workdir(path, dtype)
+        logger.warning("VAE: %s has no exported model (the run is at step %d of %d): using checkpoint step %d's "
+                       "EMA weights; `stableaudio-jax export --workdir %s` writes a model", path, step, total, step,
+                       path)
+        return vae
+    raise FileNotFoundError(f"VAE {path!r}: expected a stored VAE or text-to-audio model (stableaudio_jax.json) or "
+                            "a `stableaudio-jax train-vae` workdir (checkpoints/ + config.json)")
+
+
+def vae_step(directory: str) -> int | str:
+    try:
+        with open(os.path.join(directory, "stableaudio_jax.json"), encoding="utf-8") as f:
+            return json.load(f).get("provenance", {}).get("step", "?")
+    except (OSError, ValueError):
+        return "?"
+
+
+def resolve_text_encoder(path: str | os.PathLike, max_length: int | None = None,
+                         dtype: Any = jnp.float32) -> T5TextEncoder:
+    path = os.path.abspath(os.fspath(path))
+    if is_stored_model(path):
+        text = load_text_encoder(path, max_length, dtype)
+        if text.tokenizer is None:
+            raise StoreError(f"{path}: the stored text encoder has no tokenizer file; cannot tokenize prompts")
+        return text
+    if os.path.isfile(os.path.join(path, "config.json")):
+        from stableaudio_jax.convert import load_hf_t5
+        return load_hf_t5(path, max_length=max_length or 128, dtype=dtype)
+    raise FileNotFoundError(f"text encoder {path!r}: expected a Hugging Face T5 directory (config.json, weights, "
+                            "spiece.model) or a stored text encoder / text-to-audio model (stableaudio_jax.json)")

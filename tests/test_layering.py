@@ -1,0 +1,86 @@
+"""The package's layers point one way (docs/design.md, "Layers"): every module is imported, and every import of
+the package's own modules, at the top of a file or inside a function, goes to its own layer or one below."""
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import stableaudio_jax
+
+# lowest first; a module may import from its own layer or any layer below
+LAYERS = [
+    {"audio", "diffusion", "parallel", "config_loader"},
+    {"models"},
+    {"store"},
+    {"data", "convert"},
+    {"training", "inference"},
+    {"commands", "cli"},
+]
+LEVEL = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
+FORBIDDEN_SIDEWAYS = {("inference", "training"), ("training", "inference"), ("data", "convert"),
+                      ("convert", "data")}
+ROOT = Path(stableaudio_jax.__file__).parent
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "stableaudio_jax" or len(parts) < 2 or parts[1].startswith("__"):
+        return None  # not ours, or the package root (its __version__)
+    return parts[1]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import of a ``stableaudio_jax`` module in the file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names if node.module == "stableaudio_jax"]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+    return [(line, m) for line, m in found if m.startswith("stableaudio_jax.")]
+
+
+def _package_files():
+    for path in sorted(ROOT.rglob("*.py")):
+        relative = path.relative_to(ROOT)
+        room = relative.parts[0].removesuffix(".py")
+        if room in ("__init__", "configs"):
+            continue
+        yield room, path
+
+
+def test_every_room_has_a_layer():
+    rooms = {room for room, _ in _package_files()}
+    assert rooms <= set(LEVEL), f"rooms without a layer: {sorted(rooms - set(LEVEL))}"
+
+
+def test_imports_point_down():
+    wrong = []
+    for room, path in _package_files():
+        for line, module in _imports(path):
+            target = _room(module)
+            if target is None or target == room or target == "configs":
+                continue
+            if target not in LEVEL:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module} (no layer)")
+            elif LEVEL[target] > LEVEL[room] or (room, target) in FORBIDDEN_SIDEWAYS:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} ({room}, layer {LEVEL[room]}) imports {module} "
+                             f"({target}, layer {LEVEL[target]})")
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("name", sorted(m.name for m in pkgutil.walk_packages(stableaudio_jax.__path__,
+                                                                              "stableaudio_jax.")))
+def test_every_module_imports(name):
+    importlib.import_module(name)
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    """The test above can fail: an upward import written into a file is found."""
+    path = tmp_path / "bad.py"
+    path.write_text("def f():\n    from stableaudio_jax.training.loop import run_loop\n")
+    assert _imports(path) == [(2, "stableaudio_jax.training.loop")]
+    assert LEVEL[_room("stableaudio_jax.training.loop")] > LEVEL["store"]
