@@ -22,6 +22,10 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "pillow>=10.0",  # spectrogram PNGs in the CLI and training summaries
     "google-crc32c>=1.5",  # TFRecord checksums (masked CRC32C), written and verified without TensorFlow
+    # the offline demo data set (`demo-data`, `quickstart`): scores, a General MIDI soundfont and a synthesiser
+    "music21>=9.1",
+    "pretty_midi>=0.2.10",  # ships TimGM6mb.sf2
+    "midirenderer>=0.1.3",
 ]
 
 TEST_REQUIRES = [

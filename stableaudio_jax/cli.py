@@ -9,7 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from stableaudio_jax.commands import convert, encode, export, generate, ingest, train, train_vae
+from stableaudio_jax.commands import (convert, demo_data, encode, evaluate, export, generate, ingest, quickstart,
+                                      train, train_vae)
 from stableaudio_jax.config_loader import load_config, split_override_args
 from stableaudio_jax.store.format import StoreError
 
@@ -33,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stable Audio latent diffusion in JAX/Flax. Override any config value with "
                     "--config.a.b=value.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    quickstart.add_parser(sub)
 
     show = sub.add_parser("show-config", help="print a resolved config (file:variant + overrides)",
                           description="Print a config after its variant and --config.* overrides are applied.")
     show.add_argument("config", help="config file and variant, e.g. configs/vae.py:sao")
     show.add_argument("--params", action="store_true", help="also print the model's parameter count")
     show.set_defaults(run=_show_config)
+    demo_data.add_parser(sub)
     generate.add_parser(sub)
     convert.add_parser(sub)
     ingest.add_parser(sub)
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_parser(sub)
     train.add_parser(sub)
     export.add_parser(sub)
+    evaluate.add_parser(sub)
     return parser
 
 

@@ -226,3 +226,21 @@ def model_config(spec, overrides=()):
     from stableaudio_jax.config_loader import load_config
     from stableaudio_jax.store import resolve_conditioning
     return resolve_conditioning(load_config(spec, overrides)).model
+
+
+class FlakyScoreParse:
+    """A demo-data score parser (picklable, for the worker processes) that fails on one piece and hangs on
+    another, and parses the rest for real."""
+
+    def __init__(self, bad: str, slow: str, sleep: float = 30.0):
+        self.bad, self.slow, self.sleep = bad, slow, sleep
+
+    def __call__(self, piece):
+        import time
+
+        from stableaudio_jax.data.demo_music import parse_notes
+        if piece.path == self.bad:
+            raise ValueError("no notes")
+        if piece.path == self.slow:
+            time.sleep(self.sleep)
+        return parse_notes(piece)

@@ -142,6 +142,25 @@ def test_csv_manifest(tmp_path):
     assert ds.sample_rate == 22050 and ds.channels == 1 and ds[0]["audio"].shape == (11025, 1)
 
 
+def test_source_and_license_are_kept_counted_and_indexed(tmp_path):
+    audio_dir = _manifest_folder(tmp_path)
+    manifest = tmp_path / "captions.csv"
+    manifest.write_text("path,caption,source,license\na.wav,one,field recording 3,CC-BY-4.0\nb.flac,two,,\n"
+                        "d.wav,three,archive,CC0-1.0\nsub/c.ogg,four,archive,CC0-1.0\n", encoding="utf-8")
+    report = ingest(audio_dir, tmp_path / "out", captions=manifest)
+    assert report["licenses"] == {"(none given)": 1, "CC-BY-4.0": 1, "CC0-1.0": 2}
+    ds = load_audio_dataset(tmp_path / "out")
+    by_path = {ds[i]["source_path"]: ds[i] for i in range(len(ds))}
+    assert by_path["a.wav"]["source"] == "field recording 3" and by_path["a.wav"]["license"] == "CC-BY-4.0"
+    assert by_path["b.flac"]["license"] == ""
+    items = {item["source_path"]: item for item in ds.items()}
+    assert items["d.wav"]["license"] == "CC0-1.0" and items["d.wav"]["frames"] == by_path["d.wav"]["audio"].shape[0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"path": "a.wav", "caption": "x", "license": 4}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: 'license' must be a string; got 4"):
+        ingest(audio_dir, tmp_path / "out3", captions=bad, missing_caption="")
+
+
 def test_jsonl_manifest_and_bad_entries(tmp_path):
     audio_dir = _manifest_folder(tmp_path)
     lines = [{"file": rel, "text": f"caption {i}"} for i, rel in enumerate(sorted(FILES))]

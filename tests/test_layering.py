@@ -15,12 +15,12 @@ LAYERS = [
     {"models"},
     {"store"},
     {"data", "convert"},
-    {"training", "inference"},
+    {"training", "inference", "evaluation"},
     {"commands", "cli"},
 ]
 LEVEL = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 FORBIDDEN_SIDEWAYS = {("inference", "training"), ("training", "inference"), ("data", "convert"),
-                      ("convert", "data")}
+                      ("convert", "data"), ("inference", "evaluation"), ("training", "evaluation")}
 ROOT = Path(stableaudio_jax.__file__).parent
 
 

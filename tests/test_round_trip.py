@@ -33,7 +33,11 @@ def _audio_with_captions(root):
         for take in range(2):
             audio = np.clip(make(t, rng) * (0.8 + 0.2 * take), -1, 1).astype(np.float32)
             sf.write(root / f"{i}_{take}.wav", np.stack([audio, audio], 1), RATE)
-            (root / f"{i}_{take}.txt").write_text(caption)
+            if take:  # a JSON sidecar with provenance, carried through ingest and encode
+                (root / f"{i}_{take}.json").write_text(json.dumps({"caption": caption, "source": f"synth {i}",
+                                                                   "license": "CC0-1.0"}))
+            else:
+                (root / f"{i}_{take}.txt").write_text(caption)
     return root
 
 
@@ -54,7 +58,7 @@ def pipeline_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("round_trip")
     audio, ingested, latents = _audio_with_captions(root / "audio"), root / "ingested", root / "latents"
     _cli("ingest", "--audio", audio, "--output", ingested, "--no-progress")
-    _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", audio, "--workdir", root / "vae",
+    _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", ingested, "--workdir", root / "vae",
          "--config.training.steps=10", "--no-progress", *VAE_CONFIG)
     t5 = _tiny_t5(root / "t5")
     _cli("encode", "--audio", ingested, "--output", latents, "--vae", root / "vae", "--text-encoder", t5,
@@ -74,6 +78,12 @@ def test_encode_writes_sharded_records_with_a_manifest(pipeline_run):
     # the finished train-vae run exported its VAE; the manifest records it and the hash of its weights
     assert manifest["sources"]["vae"] == str(pipeline_run / "vae" / "model")
     assert manifest["encoder_config"]["vae_sha256"] == read_info(pipeline_run / "vae" / "model").weights_sha256
+    # where every encoded file came from, and under which licence
+    assert manifest["data"]["licenses"] == {"(none given)": 4, "CC0-1.0": 4}
+    provenance = [json.loads(line) for line in
+                  (pipeline_run / "latents" / "provenance.jsonl").read_text().splitlines()]
+    assert len(provenance) == 8 and {p["source"] for p in provenance} == {"", "synth 0", "synth 1", "synth 2",
+                                                                          "synth 3"}
 
 
 def test_diffusion_loss_falls_and_generation_is_audible(pipeline_run, tmp_path):

@@ -9,8 +9,8 @@ import torch
 
 from stableaudio_jax.audio.losses import (SAO_FFT_SIZES, SAO_HOP_SIZES, mrstft_loss, sum_and_difference_loss,
                                           vae_reconstruction_loss)
-from stableaudio_jax.data.audio_folder import (CheckpointableIterator, audio_crop_dataset, host_files,
-                                               scan_audio_folder)
+from stableaudio_jax.data.audio_folder import (CheckpointableIterator, SilentCropCounter, audio_crop_dataset,
+                                               host_files, scan_audio_folder, scan_audio_source)
 from stableaudio_jax.models.autoencoder import count_params
 from stableaudio_jax.models.discriminator import (MultiScaleSTFTDiscriminator, discriminator_loss,
                                                   feature_matching_loss, generator_adversarial_loss,
@@ -151,6 +151,33 @@ def test_iterator_position_resumes_exactly(folder):
     got = [next(b)["audio"] for _ in range(2)]
     for w, g in zip(want, got):
         np.testing.assert_array_equal(w, g)
+
+
+def test_crops_from_an_ingested_dataset(folder, tmp_path):
+    from stableaudio_jax.data.ingest import ingest
+    ingest(folder, tmp_path / "ingested", missing_caption="")
+    scan = scan_audio_source(tmp_path / "ingested")
+    assert len(scan.files) == 5 and [p for p, _ in scan.skipped] == ["broken.wav"]  # ingest's own skip
+    assert all(f.sample_rate == 44100 and f.channels == 2 for f in scan.files)
+    a = CheckpointableIterator(audio_crop_dataset(scan, 4, 44100, 2, 1024, seed=1))
+    batch = next(a)
+    assert batch["audio"].shape == (4, 1024, 2) and np.all(np.abs(batch["audio"]).max(axis=(1, 2)) >= 1e-3)
+    state, want = a.state(), next(a)["audio"]
+    b = CheckpointableIterator(audio_crop_dataset(scan, 4, 44100, 2, 1024, seed=1))
+    b.restore(state)
+    np.testing.assert_array_equal(next(b)["audio"], want)
+    assert isinstance(scan_audio_source(folder).files[0].path, str)  # a plain folder still works
+
+
+def test_crops_still_silent_after_the_redraws_are_counted(tmp_path, caplog):
+    tmp_path.joinpath("silence").mkdir()
+    sf.write(tmp_path / "silence" / "quiet.wav", np.zeros(8000, np.float32), 44100)
+    scan = scan_audio_folder(tmp_path / "silence")
+    data = SilentCropCounter(CheckpointableIterator(audio_crop_dataset(scan, 3, 44100, 2, 1024, max_redraws=2)), 2)
+    with caplog.at_level("WARNING"):
+        batch = next(data)
+    assert "redraws_exhausted" not in batch and data.total == 3
+    assert "3 crop(s) in this batch stayed silent or non-finite after 2 re-draws" in caplog.text
 
 
 def test_hosts_read_disjoint_files():

@@ -5,8 +5,8 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="convert a Stable Audio checkpoint into a stableaudio-jax model checkpoint",
-                       description="Write a model checkpoint that `generate --checkpoint` loads.")
+    p = sub.add_parser("convert", help="convert a Stable Audio checkpoint into a stored text-to-audio model",
+                       description="Write a stored text-to-audio model that `generate --checkpoint` loads.")
     p.add_argument("--from", dest="source", required=True, choices=["stable-audio-tools", "diffusers"])
     p.add_argument("--checkpoint", required=True,
                    help="stable-audio-tools model.safetensors / model.ckpt, or a diffusers pipeline directory")

@@ -7,11 +7,12 @@ from stableaudio_jax.commands import add_training_args, setup_logging
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train-vae", help="train the VAE (spectral + adversarial losses) on a folder of audio",
+    p = sub.add_parser("train-vae", help="train the VAE (spectral + adversarial losses) on ingested or raw audio",
                        description="Train the Oobleck VAE. Re-running the same command resumes from the latest "
                                    "checkpoint in --workdir; Ctrl-C saves a checkpoint and stops.")
     add_training_args(p, "configs/vae.py:sao", "configs/vae.py:tiny",
-                      "folder of audio files (wav/flac/ogg/mp3; any rate and channels)",
+                      "an ingested dataset (`stableaudio-jax ingest` output) or a folder of audio files "
+                      "(wav/flac/ogg/mp3; any rate and channels)",
                       "checkpoints, TensorBoard logs and metrics.jsonl go here")
     p.set_defaults(run=run)
 

@@ -1,11 +1,15 @@
-"""Audio-folder data for VAE training: random crops of a folder of audio files, per host, checkpointable (grain).
+"""Audio data for VAE training: random crops of a folder of audio files *or* of an ingested dataset, per host,
+checkpointable (grain).
 
-Files (wav, flac, ogg, mp3, aiff, opus; any rate, mono or multichannel) are probed once: unreadable ones are
-skipped, counted and reported; a folder with no readable audio is an error. Each example reads a random window
-straight from the file (soundfile seeks), resamples it to the model rate, matches channels the reference's way
-(mono duplicated, extra channels dropped), zero-pads short files, re-draws silent windows (peak below
-``silence_db`` dBFS) from a random file as stable-audio-tools does (bounded here by ``max_redraws``; the
-reference retries forever), flips the phase with probability 1/2 and clamps to [-1, 1].
+Folder files (wav, flac, ogg, mp3, aiff, opus; any rate, mono or multichannel) are probed once: unreadable ones
+are skipped, counted and reported; a folder with no readable audio is an error. An ingested dataset
+(``stableaudio-jax ingest``) brings its own skips, captions and splits, at the model's rate already. Each example
+reads a random window straight from the file or the FLAC record (both seek), resamples it to the model rate,
+matches channels the reference's way (mono duplicated, extra channels dropped), zero-pads short files, re-draws
+silent windows (peak below ``silence_db`` dBFS) from a random file as stable-audio-tools does (bounded here by
+``max_redraws``; the reference retries forever: a crop still silent after them is used and flagged
+``redraws_exhausted``, which the trainer counts and logs), flips the phase with probability 1/2 and clamps to
+[-1, 1].
 
 Each host reads its own files (``files[process_index::process_count]``; with fewer files than hosts every host reads
 all files with its own seed). The iterator's position is a small dict saved with the train state: resuming
@@ -74,39 +78,77 @@ def scan_audio_folder(root: str | os.PathLike) -> FolderScan:
     return FolderScan(files, skipped)
 
 
+@dataclasses.dataclass(frozen=True)
+class IngestedScan:
+    """The examples of an ingested dataset as crop sources (``AudioFile.path`` holds the example index)."""
+
+    dataset: object  # data.ingest.AudioDataset
+    files: list[AudioFile]
+    skipped: list[tuple[str, str]]  # what ingest skipped
+
+    def report(self) -> str:
+        hours = sum(f.frames / f.sample_rate for f in self.files) / 3600
+        return (f"{len(self.files)} examples ({hours:.2f} h) of the ingested dataset {self.dataset.output_dir}; "
+                f"{len(self.skipped)} files skipped at ingest")
+
+
+def scan_ingested(directory: str | os.PathLike) -> IngestedScan:
+    """Crop sources for every example of an ingested dataset (durations from its index: no audio is decoded)."""
+    from stableaudio_jax.data.ingest import load_audio_dataset
+    dataset = load_audio_dataset(directory)
+    files = [AudioFile(str(i), int(item["frames"]), dataset.sample_rate, dataset.channels)
+             for i, item in enumerate(dataset.items())]
+    skipped = [(s["path"], s["reason"]) for s in dataset.report.get("skipped", [])]
+    return IngestedScan(dataset, files, skipped)
+
+
+def scan_audio_source(path: str | os.PathLike) -> FolderScan | IngestedScan:
+    """An ingested dataset (``ingest_report.json`` inside) or a folder of audio files."""
+    from stableaudio_jax.data.ingest import REPORT_NAME
+    if os.path.isfile(os.path.join(os.fspath(path), REPORT_NAME)):
+        return scan_ingested(path)
+    return scan_audio_folder(path)
+
+
 class RandomCrop(grain.transforms.RandomMap):
-    """File index → {'audio': [crop, channels] float32, 'seconds_start', 'seconds_total', 'padding_mask'}."""
+    """File index → {'audio': [crop, channels] float32, 'seconds_start', 'seconds_total', 'padding_mask',
+    'redraws_exhausted'}; files from a folder (paths) or an ingested dataset (``dataset`` given)."""
 
     def __init__(self, files: list[AudioFile], sample_rate: int, channels: int, crop_samples: int,
-                 silence_db: float = -60.0, max_redraws: int = 50, phase_flip: float = 0.5):
+                 silence_db: float = -60.0, max_redraws: int = 50, phase_flip: float = 0.5, dataset=None):
         self.files, self.sample_rate, self.channels = files, sample_rate, channels
         self.crop_samples, self.max_redraws, self.phase_flip = crop_samples, max_redraws, phase_flip
-        self.silence = 10 ** (silence_db / 20)
+        self.silence, self.dataset = 10 ** (silence_db / 20), dataset
 
     def _read(self, f: AudioFile, offset: int, frames: int) -> np.ndarray:
-        import soundfile as sf
-        audio, _ = sf.read(f.path, start=offset, frames=frames, dtype="float32", always_2d=True)
+        if self.dataset is not None:
+            audio = self.dataset.read_window(int(f.path), offset, frames)
+        else:
+            import soundfile as sf
+            audio, _ = sf.read(f.path, start=offset, frames=frames, dtype="float32", always_2d=True)
         audio = match_channels(resample(audio, f.sample_rate, self.sample_rate), self.channels)
         return audio[: self.crop_samples]
 
     def random_map(self, index, rng: np.random.Generator) -> dict:
-        index = int(index)
+        index, exhausted = int(index), True
         for _ in range(self.max_redraws + 1):
             f = self.files[index]
             window = math.ceil(self.crop_samples * f.sample_rate / self.sample_rate)
             offset = int(rng.integers(0, max(f.frames - window, 0) + 1))
             audio = self._read(f, offset, window)
             if np.isfinite(audio).all() and np.abs(audio).max(initial=0.0) >= self.silence:
+                exhausted = False
                 break  # audible and not corrupt (non-finite samples are treated like silence: re-drawn)
             index = int(rng.integers(0, len(self.files)))  # silent: another random file, as the reference
         valid = audio.shape[0]
-        audio = np.pad(audio, ((0, self.crop_samples - valid), (0, 0)))
+        audio = np.pad(np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0), ((0, self.crop_samples - valid), (0, 0)))
         if rng.random() < self.phase_flip:
             audio = -audio
         mask = np.arange(self.crop_samples) < valid
         return {"audio": np.clip(audio, -1.0, 1.0), "padding_mask": mask,
                 "seconds_start": np.float32(math.floor(offset / f.sample_rate)),
-                "seconds_total": np.float32(math.ceil(f.frames / f.sample_rate))}
+                "seconds_total": np.float32(math.ceil(f.frames / f.sample_rate)),
+                "redraws_exhausted": np.bool_(exhausted)}
 
 
 def host_files(files: list, process_index: int, process_count: int) -> tuple[list, int]:
@@ -117,13 +159,14 @@ def host_files(files: list, process_index: int, process_count: int) -> tuple[lis
     return list(files), process_index
 
 
-def audio_crop_dataset(scan: FolderScan, batch_size: int, sample_rate: int, channels: int, crop_samples: int,
-                       seed: int = 0, process_index: int = 0, process_count: int = 1,
+def audio_crop_dataset(scan: FolderScan | IngestedScan, batch_size: int, sample_rate: int, channels: int,
+                       crop_samples: int, seed: int = 0, process_index: int = 0, process_count: int = 1,
                        **crop_kwargs) -> grain.IterDataset:
     """An endless, shuffled, per-host stream of batches of random crops (``batch_size`` per host)."""
     files, seed_offset = host_files(scan.files, process_index, process_count)
     ds = grain.MapDataset.source(np.arange(len(files))).shuffle(seed=seed + 7919 * seed_offset).repeat()
-    ds = ds.random_map(RandomCrop(files, sample_rate, channels, crop_samples, **crop_kwargs),
+    dataset = scan.dataset if isinstance(scan, IngestedScan) else None
+    ds = ds.random_map(RandomCrop(files, sample_rate, channels, crop_samples, dataset=dataset, **crop_kwargs),
                        seed=seed + 104729 * (process_index + 1))
     return ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
 
@@ -146,3 +189,31 @@ class CheckpointableIterator:
     def restore(self, state: dict) -> None:
         if state:
             self._iterator.set_state(state)
+
+
+class SilentCropCounter:
+    """Wraps a crop-batch iterator: removes the ``redraws_exhausted`` flags (host-side bookkeeping, not model
+    input), counts the crops that stayed silent or non-finite after every re-draw (``total``) and warns when
+    there are some."""
+
+    def __init__(self, iterator: CheckpointableIterator, max_redraws: int):
+        self.iterator, self.max_redraws, self.total = iterator, max_redraws, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = dict(next(self.iterator))
+        count = int(np.sum(batch.pop("redraws_exhausted", 0)))
+        if count:
+            self.total += count
+            logger.warning("%d crop(s) in this batch stayed silent or non-finite after %d re-draws and were used "
+                           "as zeros/silence (%d so far); check the data for silent or broken files", count,
+                           self.max_redraws, self.total)
+        return batch
+
+    def state(self) -> dict:
+        return self.iterator.state()
+
+    def restore(self, state: dict) -> None:
+        self.iterator.restore(state)

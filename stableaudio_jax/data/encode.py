@@ -33,6 +33,7 @@ from stableaudio_jax.data.tfrecord import TFRecordWriter
 
 logger = logging.getLogger(__name__)
 SETTINGS_FILE = "encode_settings.json"
+PROVENANCE_FILE = "provenance.jsonl"
 
 
 def encoder_config(vae, text, *, window_frames: int, sample_posterior: bool, text_form: str,
@@ -235,6 +236,7 @@ def _finish(output_dir: str, cfg: dict, vae, text, hosts: int, per_host: int, au
             with open(done, encoding="utf-8") as f:
                 shards.append({"file": name, "records": int(json.load(f)["records"])})
     shards = [s for s in shards if s["records"] > 0] or shards[:1]
+    licenses = _write_provenance(output_dir, audio_dir)
     manifest = {"format": FORMAT, "version": VERSION, "encoder_config_hash": config_hash(cfg),
                 "latent_channels": int(vae.module.latent_dim), "latent_frames": cfg["window_frames"],
                 "sample_rate": int(vae.module.sample_rate), "downsampling_ratio": int(vae.module.downsampling_ratio),
@@ -242,9 +244,25 @@ def _finish(output_dir: str, cfg: dict, vae, text, hosts: int, per_host: int, au
                 "text_dim": int(text.d_model) if cfg["text"]["form"] == "embeddings" else None,
                 "shards": shards, "records": sum(s["records"] for s in shards), "encoder_config": cfg,
                 "sources": {"audio": os.path.abspath(audio_dir), "vae": vae.source,
-                            "text_encoder": text_source}}
+                            "text_encoder": text_source},
+                "data": {"licenses": licenses, "provenance": PROVENANCE_FILE}}
     write_manifest(output_dir, manifest)
     return read_manifest(output_dir)
+
+
+def _write_provenance(output_dir: str, audio_dir: str) -> dict[str, int]:
+    """``provenance.jsonl`` (every encoded file: path, id, caption, source, licence, from the ingested dataset);
+    returns the count per licence for the manifest."""
+    from stableaudio_jax.data.ingest import load_audio_dataset
+    items = load_audio_dataset(audio_dir).items()
+    keys = ("source_path", "id", "caption", "source", "license")
+    with open(os.path.join(output_dir, PROVENANCE_FILE), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({k: item.get(k, "") for k in keys}, sort_keys=True) + "\n" for item in items)
+    licenses: dict[str, int] = {}
+    for item in items:
+        name = item.get("license") or "(none given)"
+        licenses[name] = licenses.get(name, 0) + 1
+    return dict(sorted(licenses.items()))
 
 
 def _progress(enabled: bool, total: int):

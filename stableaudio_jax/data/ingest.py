@@ -8,6 +8,8 @@ Captions come from exactly one source:
   folder) and ``caption`` or ``text`` (or ``sidecar_key``). Sidecars are then ignored.
 
 A readable file without a caption is an error listing the files, unless ``missing_caption`` is a default caption.
+The same records may carry ``source`` and ``license`` (strings): they are kept with each example, counted in the
+report and listed in ``items.jsonl`` (one line per example), so a model's training data can be audited.
 
 Audio is stored as **FLAC bytes, 16-bit PCM**, at the target rate and channel count: lossless over int16 (round
 trip within 1/32768 after clipping to [-1, 1]) and about half the size of raw int16; TFDS keeps the bytes as an
@@ -34,6 +36,8 @@ from stableaudio_jax.audio.io import match_channels, resample
 from stableaudio_jax.data.audio_folder import AUDIO_EXTENSIONS, AudioFile, scan_audio_folder
 
 REPORT_NAME = "ingest_report.json"
+ITEMS_NAME = "items.jsonl"
+PROVENANCE_KEYS = ("source", "license")
 SPLIT = "train"
 AUDIO_FORMAT = "flac_pcm16"
 MAX_LISTED = 20
@@ -141,6 +145,38 @@ def resolve_captions(files: list[str], audio_dir: str, captions: str | None = No
     return {rel: found.get(rel, missing_caption) for rel in files}, len(missing)
 
 
+def _provenance_of(record, where: str) -> dict[str, str]:
+    out = {}
+    for key in PROVENANCE_KEYS:
+        value = record.get(key, "") if isinstance(record, dict) else ""
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: {key!r} must be a string; got {value!r}")
+        out[key] = value
+    return out
+
+
+def resolve_provenance(files: list[str], audio_dir: str, captions: str | None = None) -> dict[str, dict[str, str]]:
+    """``{relative path: {"source", "license"}}`` from the manifest's columns or the .json sidecars ("" when
+    absent; .txt sidecars carry none)."""
+    if captions is not None:
+        rows = {}
+        for line, record in _manifest_records(os.fspath(captions)):
+            path = next((record.get(k) for k in ("path", "file") if isinstance(record, dict) and record.get(k)), None)
+            if path is not None:
+                rows[_relative(os.path.join(audio_dir, path), audio_dir)] = _provenance_of(record,
+                                                                                        f"{captions}:{line}")
+        return {rel: rows.get(rel, _provenance_of({}, "")) for rel in files}
+    out = {}
+    for rel in files:
+        js = os.path.splitext(os.path.join(audio_dir, rel))[0] + ".json"
+        record = {}
+        if os.path.isfile(js):
+            with open(js, encoding="utf-8") as f:
+                record = json.load(f)
+        out[rel] = _provenance_of(record, js)
+    return out
+
+
 def _relative(path: str, root: str) -> str:
     return os.path.relpath(path, root).replace(os.sep, "/")
 
@@ -184,8 +220,9 @@ def _item_id(source_path: str) -> str:
 class StableAudioFolder(tfds.core.GeneratorBasedBuilder):
     """Audio folder + captions → examples {audio (FLAC bytes), caption, duration, sample_rate, source_path, id}."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "FLAC 16-bit audio at the target rate and channels, captions, one train split."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "FLAC 16-bit audio at the target rate and channels, captions, one train split.",
+                     "1.1.0": "source and license of every example."}
 
     def __init__(self, *, audio_dir: str | None = None, captions: str | None = None, sidecar_key: str = "caption",
                  missing_caption: str = "error", sample_rate: int = 44100, channels: int = 2,
@@ -212,6 +249,8 @@ class StableAudioFolder(tfds.core.GeneratorBasedBuilder):
             "sample_rate": tfds.features.Scalar(dtype=np.int32),
             "source_path": tfds.features.Text(doc="relative to the audio folder"),
             "id": tfds.features.Text(),
+            "source": tfds.features.Text(doc="where the recording comes from (caption manifest / sidecar)"),
+            "license": tfds.features.Text(doc="its licence (caption manifest / sidecar)"),
         })
         metadata = tfds.core.MetadataDict(sample_rate=self.target_rate, channels=self.target_channels,
                                           audio_format=AUDIO_FORMAT)
@@ -226,9 +265,11 @@ class StableAudioFolder(tfds.core.GeneratorBasedBuilder):
         self.found = len(scan.files) + len(scan.skipped)
         rels = [_relative(f.path, self.audio_dir) for f in scan.files]
         captions, self.default_captions = resolve_captions(rels, self.audio_dir, **self.caption_settings)
-        return {SPLIT: self._generate_examples(list(zip(scan.files, rels)), captions)}
+        provenance = resolve_provenance(rels, self.audio_dir, self.caption_settings["captions"])
+        return {SPLIT: self._generate_examples(list(zip(scan.files, rels)), captions, provenance)}
 
-    def _generate_examples(self, items: list[tuple[AudioFile, str]], captions: dict[str, str]):
+    def _generate_examples(self, items: list[tuple[AudioFile, str]], captions: dict[str, str],
+                           provenance: dict[str, dict[str, str]]):
         from tqdm.auto import tqdm
         for key, (file, rel) in enumerate(tqdm(items, desc="reading audio", unit=" files",
                                                disable=not self.progress)):
@@ -238,11 +279,12 @@ class StableAudioFolder(tfds.core.GeneratorBasedBuilder):
                 self.skipped.append((rel, f"{type(e).__name__}: {e}"))
                 continue
             duration = audio.shape[0] / self.target_rate
-            self.written.append((rel, duration))
+            self.written.append({"source_path": rel, "id": _item_id(rel), "caption": captions[rel],
+                                 "duration": duration, "frames": int(audio.shape[0]), **provenance[rel]})
             # integer keys: with shuffling disabled TFDS orders examples by key, i.e. by sorted path
             yield key, {"audio": encode_flac(audio, self.target_rate), "caption": captions[rel],
                         "duration": np.float32(duration), "sample_rate": self.target_rate, "source_path": rel,
-                        "id": _item_id(rel)}
+                        "id": _item_id(rel), **provenance[rel]}
         if not self.written:
             raise ValueError(f"no usable audio under {self.audio_dir!r}: all {len(self.skipped)} file(s) skipped: "
                              + "; ".join(f"{p} ({r})" for p, r in self.skipped[:MAX_LISTED]))
@@ -271,6 +313,8 @@ def ingest(audio_dir: str | os.PathLike, output_dir: str | os.PathLike, *, capti
         shutil.rmtree(os.path.join(staging, "downloads"), ignore_errors=True)  # TFDS's empty download cache
         with open(os.path.join(staging, REPORT_NAME), "w") as f:
             json.dump(report, f, indent=2)
+        with open(os.path.join(staging, ITEMS_NAME), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(item, sort_keys=True) + "\n" for item in builder.written)
         _move_into_place(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -344,15 +388,30 @@ def _build_report(builder: StableAudioFolder, output_dir: str) -> dict:
         "files_written": len(builder.written),
         "files_skipped": len(builder.skipped),
         "skipped": [{"path": p, "reason": r} for p, r in builder.skipped],
-        "total_hours": sum(d for _, d in builder.written) / 3600,
+        "total_hours": sum(item["duration"] for item in builder.written) / 3600,
+        "licenses": _counts(item["license"] or "(none given)" for item in builder.written),
+        "items_index": ITEMS_NAME,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _counts(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for value in values:
+        out[value] = out.get(value, 0) + 1
+    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------------------------------------------- reading
 
 def _dataset_subdir(output_dir: str) -> str:
-    return os.path.join(output_dir, StableAudioFolder.name, str(StableAudioFolder.VERSION))
+    """The dataset's version folder: this version's, else the one an earlier version wrote."""
+    root = os.path.join(output_dir, StableAudioFolder.name)
+    current = os.path.join(root, str(StableAudioFolder.VERSION))
+    if os.path.isdir(current) or not os.path.isdir(root):
+        return current
+    older = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "dataset_info.json")))
+    return os.path.join(root, older[-1]) if older else current
 
 
 class AudioDataset:
@@ -377,16 +436,44 @@ class AudioDataset:
         if os.path.isfile(report):
             with open(report) as f:
                 self.report = json.load(f)
+        self._items = None
+
+    def items(self) -> list[dict]:
+        """Per example, without its audio: source_path, id, caption, duration, frames, source, license (from
+        ``items.jsonl``; datasets ingested before it existed are read once in full)."""
+        if self._items is None:
+            path = os.path.join(self.output_dir, ITEMS_NAME)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    self._items = [json.loads(line) for line in f if line.strip()]
+            else:
+                self._items = []
+                for i in range(len(self)):
+                    item = self[i]
+                    audio = item.pop("audio")
+                    self._items.append(dict(item, frames=int(audio.shape[0])))
+            if len(self._items) != len(self):
+                raise ValueError(f"{path}: {len(self._items)} entries for {len(self)} examples; re-run ingest")
+        return self._items
 
     def __len__(self) -> int:
         return len(self._source)
+
+    def read_window(self, index: int, start: int, frames: int) -> np.ndarray:
+        """float32 ``[<= frames, channels]`` of example ``index`` from sample ``start`` (FLAC seeks: the rest of
+        the file is not decoded)."""
+        import soundfile as sf
+        data = self._source[index]["audio"]
+        audio, _ = sf.read(io.BytesIO(data), start=start, frames=frames, dtype="float32", always_2d=True)
+        return audio
 
     def __getitem__(self, index: int) -> dict:
         index = range(len(self))[index]  # negative indices; IndexError past the end (ends plain iteration)
         record = self._source[index]
         audio, rate = decode_flac(record["audio"])
         return {"audio": audio, "caption": _text(record["caption"]), "duration": float(record["duration"]),
-                "sample_rate": int(rate), "source_path": _text(record["source_path"]), "id": _text(record["id"])}
+                "sample_rate": int(rate), "source_path": _text(record["source_path"]), "id": _text(record["id"]),
+                **{k: _text(record[k]) if k in record else "" for k in PROVENANCE_KEYS}}
 
 
 def _text(value) -> str:

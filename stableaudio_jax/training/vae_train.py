@@ -1,5 +1,8 @@
 """``train_vae(config, workdir, data_dir)``: the VAE training loop (GAN + spectral losses) on a device mesh.
 
+``data_dir`` is an ingested dataset (``stableaudio-jax ingest``: its skips, captions and splits) or a folder of
+audio files.
+
 Resumable by re-running with the same workdir: the latest checkpoint (state, data position, config) is restored
 onto the current mesh. Metrics go to TensorBoard and ``metrics.jsonl`` from process 0; a non-finite loss stops the
 run without saving; SIGTERM/SIGINT (and TPU preemption notices) save a checkpoint and stop. A finished run exports
@@ -16,7 +19,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from stableaudio_jax.data.audio_folder import CheckpointableIterator, audio_crop_dataset, scan_audio_folder
+from stableaudio_jax.data.audio_folder import (CheckpointableIterator, SilentCropCounter, audio_crop_dataset,
+                                               scan_audio_source)
 from stableaudio_jax.parallel.distributed import initialize
 from stableaudio_jax.parallel.mesh import make_mesh
 from stableaudio_jax.store import VAE, save_vae, vae_from_config
@@ -32,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 def _data(config, data_dir: str, per_host_batch: int):
-    scan = scan_audio_folder(data_dir)
+    scan = scan_audio_source(data_dir)
     logger.info("training data: %s", scan.report())
     t = config.training
     d = t.data
@@ -40,7 +44,7 @@ def _data(config, data_dir: str, per_host_batch: int):
                                  t.crop_samples, seed=config.seed, process_index=jax.process_index(),
                                  process_count=jax.process_count(), silence_db=d.silence_db,
                                  max_redraws=d.max_redraws, phase_flip=d.phase_flip)
-    return scan, CheckpointableIterator(dataset)
+    return scan, SilentCropCounter(CheckpointableIterator(dataset), d.max_redraws)
 
 
 def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, progress: bool = False,
@@ -65,10 +69,14 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     if start == 0:
         writer.write(0, {"data/files": len(scan.files), "data/skipped_files": len(scan.skipped)})
     try:
-        state, last = run_loop(state, lambda step, s, batch: (d_step if step % 2 else g_step)(s, batch["audio"]), data,
-                           vae_steps.batch_sharding(mesh), start=start, end=end, checkpointer=checkpointer,
-                           writer=writer, config=config, desc="train-vae", progress=progress,
-                           audio_seconds_per_step=t.batch_size * t.crop_samples / config.model.sample_rate)
+        def step_fn(step, s, batch):
+            s, metrics = (d_step if step % 2 else g_step)(s, batch["audio"])
+            return s, dict(metrics, silent_crops=data.total)  # crops used after max_redraws, this process
+
+        state, last = run_loop(state, step_fn, data, vae_steps.batch_sharding(mesh), start=start, end=end,
+                               checkpointer=checkpointer, writer=writer, config=config, desc="train-vae",
+                               progress=progress,
+                               audio_seconds_per_step=t.batch_size * t.crop_samples / config.model.sample_rate)
         checkpointer.wait()
         if int(state.step) == t.steps:
             _export(config, state.ema_params, int(state.step), workdir, os.path.join(workdir, EXPORT_DIR))

@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction, prompt adherence and timing control against reference points (``evaluate``)."""

@@ -1,0 +1,182 @@
+"""``evaluate``: does the system learn? Numbers for the autoencoder, prompt adherence and timing control, with the
+same numbers for reference points measured in the same run (real held-out audio, untrained models).
+
+  autoencoder    held-out clips through encode → decode: SI-SDR, multi-resolution STFT distance, mel distance
+  adherence      generations for held-out captions: instrument accuracy (classifier of ``classifier.py``, first
+                 validated on held-out real renders), tempo error (librosa's beat tracker), Fréchet distance between
+                 generated and held-out real clips in the classifier's embedding space
+  timing         generations asked for ``seconds_total`` = half the window: energy after it against before it
+
+Held-out data is a demo-data split (``valid`` or ``test``: pieces never seen in training), with its attributes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from stableaudio_jax.audio import metrics
+from stableaudio_jax.evaluation.classifier import InstrumentClassifier, clip_features
+
+MIN_CLASSIFIER_ACCURACY = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    path: str
+    caption: str
+    instrument: str
+    bpm: int
+    audio: np.ndarray  # [samples, channels] float32
+    sample_rate: int
+
+
+def load_split(demo_dir: str | os.PathLike, split: str, limit: int | None = None) -> list[Clip]:
+    """The clips of one demo-data split, with their attributes (``captions.jsonl``)."""
+    import soundfile as sf
+    demo_dir = os.fspath(demo_dir)
+    index = os.path.join(demo_dir, "captions.jsonl")
+    if not os.path.isfile(index):
+        raise FileNotFoundError(f"{demo_dir}: no captions.jsonl; expected a `stableaudio-jax demo-data` folder")
+    with open(index, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [r for r in rows if r["split"] == split][:limit]
+    if not rows:
+        raise ValueError(f"{demo_dir}: the {split!r} split has no clips")
+    clips = []
+    for row in rows:
+        audio, rate = sf.read(os.path.join(demo_dir, row["path"]), dtype="float32", always_2d=True)
+        clips.append(Clip(row["path"], row["caption"], row["instrument"], int(row["bpm"]), audio, int(rate)))
+    return clips
+
+
+def features_of(audio: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:
+    """Per clip its segment features (``classifier.clip_features``)."""
+    return [clip_features(a, sample_rate) for a in audio]
+
+
+# ------------------------------------------------------------------------------------------------ classifier
+
+
+def train_classifier(demo_dir: str | os.PathLike, min_accuracy: float = MIN_CLASSIFIER_ACCURACY,
+                     seed: int = 0) -> tuple[InstrumentClassifier, dict]:
+    """Fits on the train split, validates on valid + test (pieces it never saw); below ``min_accuracy`` it is not
+    fit to judge anything and the error says so."""
+    train = load_split(demo_dir, "train")
+    held_out = load_split(demo_dir, "valid") + load_split(demo_dir, "test")
+    classifier = InstrumentClassifier.fit(features_of([c.audio for c in train], train[0].sample_rate),
+                                          [c.instrument for c in train], seed)
+    accuracy = classifier.accuracy(features_of([c.audio for c in held_out], held_out[0].sample_rate),
+                                   [c.instrument for c in held_out])
+    report = {"train_clips": len(train), "held_out_clips": len(held_out), "held_out_accuracy": accuracy,
+              "instruments": classifier.labels}
+    if accuracy < min_accuracy:
+        raise ValueError(f"the instrument classifier reaches {accuracy:.1%} on {len(held_out)} held-out renders of "
+                         f"{os.fspath(demo_dir)}, below the {min_accuracy:.0%} needed to judge generations; give it "
+                         "more clips (`stableaudio-jax demo-data --clips`)")
+    return classifier, report
+
+
+# ----------------------------------------------------------------------------------------------- autoencoder
+
+
+def reconstruct(vae, clips: Sequence[Clip]) -> list[np.ndarray]:
+    """Each clip through the VAE (posterior mean → decode), cut back to its length."""
+    import jax
+    import jax.numpy as jnp
+    ratio = vae.module.downsampling_ratio
+    run = jax.jit(lambda p, a: vae.module.apply(p, vae.module.apply(p, a, method=type(vae.module).encode),
+                                                method=type(vae.module).decode))
+    out = []
+    for clip in clips:
+        length = clip.audio.shape[0]
+        padded = np.pad(clip.audio, ((0, -length % ratio), (0, 0)))
+        out.append(np.asarray(run(vae.params, jnp.asarray(padded[None])))[0, :length].astype(np.float32))
+    return out
+
+
+def autoencoder_metrics(reconstructions: Sequence[np.ndarray], clips: Sequence[Clip]) -> dict:
+    rows = [{"si_sdr_db": metrics.si_sdr(r, c.audio), "mrstft": metrics.mrstft_distance(r, c.audio, c.sample_rate),
+             "mel_db": metrics.mel_distance(r, c.audio, c.sample_rate)} for r, c in zip(reconstructions, clips)]
+    return _means(rows) | {"clips": len(rows)}
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+def generate_for(pipe, clips: Sequence[Clip], steps: int, seed: int, batch: int = 8) -> list[np.ndarray]:
+    """One generation per held-out caption, the length of its clip (the model's own sampler)."""
+    out = []
+    for start in range(0, len(clips), batch):
+        part = clips[start:start + batch]
+        seconds = min(part[0].audio.shape[0] / part[0].sample_rate, pipe.window_seconds)
+        audio = pipe.generate([c.caption for c in part], seconds_total=seconds, steps=steps, seed=seed + start)
+        out.extend(np.asarray(a) for a in audio)
+    return out
+
+
+def adherence_metrics(generated: Sequence[np.ndarray], clips: Sequence[Clip], classifier: InstrumentClassifier,
+                      real_embeddings: np.ndarray, sample_rate: int) -> dict:
+    feats = features_of(generated, sample_rate)
+    predicted = classifier.predict(feats)
+    tempo = [metrics.tempo_error(g, sample_rate, c.bpm) for g, c in zip(generated, clips)]
+    return {"instrument_accuracy": float(np.mean([p == c.instrument for p, c in zip(predicted, clips)])),
+            "tempo_relative_error": float(np.mean([t["relative_error"] for t in tempo])),
+            "tempo_within_8_percent": float(np.mean([t["within_8_percent"] for t in tempo])),
+            "frechet_distance": metrics.frechet_distance(classifier.embed(feats), real_embeddings),
+            "clips": len(generated)}
+
+
+def timing_metrics(pipe, clips: Sequence[Clip], steps: int, seed: int) -> dict:
+    """Generations asked to last half the window: energy after seconds_total vs before, on the whole decoded
+    window (the pipeline's own cut to seconds_total is not applied here)."""
+    seconds = pipe.window_seconds / 2
+    _, latents = pipe.generate([c.caption for c in clips], seconds_total=seconds, steps=steps, seed=seed,
+                               return_latents=True)
+    audio = pipe.decode(latents)
+    values = [metrics.tail_energy_db(a, pipe.sample_rate, seconds) for a in audio]
+    return {"seconds_total": seconds, "window_seconds": pipe.window_seconds,
+            "tail_energy_db": float(np.mean(values)), "clips": len(values)}
+
+
+def real_reference(clips: Sequence[Clip], others: Sequence[Clip], classifier: InstrumentClassifier) -> dict:
+    """The same adherence numbers for real held-out audio: the ceiling (and the beat tracker's own error)."""
+    rate = clips[0].sample_rate
+    return adherence_metrics([c.audio for c in clips], clips, classifier,
+                             classifier.embed(features_of([c.audio for c in others], rate)), rate)
+
+
+def _means(rows: Sequence[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+
+def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> tuple[str, str]:
+    """``evaluation.json`` and ``evaluation.md`` (a table per section: the model against its reference points)."""
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    json_path, md_path = os.path.join(out_dir, "evaluation.json"), os.path.join(out_dir, "evaluation.md")
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+    lines = [f"# Evaluation of {result.get('model') or result.get('vae')}", ""]
+    for section, rows in result.get("sections", {}).items():
+        columns = sorted({k for row in rows.values() for k in row})
+        lines += [f"## {section}", "", "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        lines.append("")
+    lines += [f"- {note}" for note in result.get("notes", [])]
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return json_path, md_path
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
