@@ -28,6 +28,9 @@ INSTALL_REQUIRES = [
     "midirenderer>=0.1.3",
 ]
 
+# what the notebooks use beyond the package (Colab has them): plots and the audio players
+NOTEBOOK_REQUIRES = ["matplotlib>=3.7", "ipython>=8.0"]
+
 TEST_REQUIRES = [
     "pytest>=8.0",
     # The PyTorch reference for parity tests. Pinned: on the project machines `torch==2.13.0` is a local CPU
@@ -36,6 +39,11 @@ TEST_REQUIRES = [
     "diffusers>=0.32.0",
     "transformers>=4.46.0",
     "auraloss>=0.4.0",  # the reference's spectral losses, for parity of ours
+    # the notebooks run top to bottom in the suite, on a real kernel
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+    *NOTEBOOK_REQUIRES,
 ]
 
 setup(
@@ -50,7 +58,7 @@ setup(
     packages=find_packages(include=["stableaudio_jax", "stableaudio_jax.*"]) + ["stableaudio_jax.configs"],
     package_dir={"stableaudio_jax.configs": "configs"},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES},
     entry_points={"console_scripts": ["stableaudio-jax = stableaudio_jax.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

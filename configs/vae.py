@@ -64,6 +64,8 @@ def training_config(variant):
         spectral=dict(fft_sizes=(2048, 1024, 512, 256, 128, 64, 32), hop_sizes=(512, 256, 128, 64, 32, 16, 8),
                       perceptual_weighting=True),
         loss_weights=dict(adversarial=0.1, feature_matching=5.0, spectral=1.0, kl=1e-4),
+        warmup_steps=0,                       # batches of spectral-only generator updates before the GAN starts
+        sample_posterior=True,                # decode a posterior sample (the reference); False: the mean
         ema=dict(beta=0.9999, power=0.75, inv_gamma=1.0, update_after_step=1),
         data=dict(silence_db=-60.0, max_redraws=50, phase_flip=0.5),
         log_every=100 if sao else 10,

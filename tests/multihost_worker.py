@@ -30,7 +30,7 @@ audio = (0.3 * np.random.default_rng(0).standard_normal((steps, 8, 2048, 2))).as
 rows = host_slice(8)  # this process's rows of every global batch
 for step in range(steps):
     batch = global_batch(audio[step, rows], vae_steps.batch_sharding(mesh))
-    state, _ = (compiled.discriminator_step if step % 2 else compiled.generator_step)(state, batch)
+    state, _ = compiled.step_for(step)(state, batch)
 initial = multihost_utils.process_allgather(compiled.init(jax.random.key(0)).gen_params, tiled=True)
 params = multihost_utils.process_allgather({"gen": state.gen_params, "disc": state.disc_params}, tiled=True)
 if process_id == 0:

@@ -79,15 +79,19 @@ def tail_energy_db(audio: np.ndarray, sample_rate: int, seconds_total: float) ->
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to the rows of ``a`` and ``b`` ([N, D] embeddings)."""
+    import warnings
+
     import scipy.linalg
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"frechet_distance: embeddings {a.shape} and {b.shape}; expected [N >= 2, D] each")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = scipy.linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(root).all():  # near-singular product: regularise as FID implementations do
-        offset = np.eye(len(mu_a)) * 1e-6
-        root = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    with warnings.catch_warnings():  # few clips give singular covariances: regularised below when it matters
+        warnings.simplefilter("ignore")
+        root = scipy.linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(root).all():  # near-singular product: regularise as FID implementations do
+            offset = np.eye(len(mu_a)) * 1e-6
+            root = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     value = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(root))
     return float(max(value, 0.0))

@@ -6,7 +6,7 @@
   4 train-vae      the VAE on it (exports <workdir>/vae/model)
   5 encode         latents + text embeddings + timing
   6 train          the DiT (or --denoiser unet) on the latents (exports <workdir>/<denoiser>/model)
-  7 generate       held-out captions → wav + spectrogram PNGs in <workdir>/samples
+  7 generate       held-out captions → wav + spectrogram PNGs in <workdir>/samples/<denoiser>
   8 evaluate       reconstruction, prompt adherence, timing, against real audio and untrained models
 
 A stage whose output is complete is skipped when the command runs again; the training stages resume from their
@@ -53,8 +53,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         logger.info("quickstart stage %d/%d: %s", number, len(STAGES), name)
         stage(config, paths, args.denoiser, not args.no_progress)
         timings[name] = round(time.time() - started, 1)
-    _write_json(os.path.join(workdir, "quickstart.json"), {"preset": args.preset, "denoiser": args.denoiser,
-                                                           "stage_seconds": timings})
+    _record(os.path.join(workdir, "quickstart.json"), args.preset, args.denoiser, timings)
     print(summary(paths, timings))
     return 0
 
@@ -69,8 +68,10 @@ class Paths:
         self.latents = os.path.join(workdir, "latents")
         self.denoiser = os.path.join(workdir, denoiser)
         self.model = os.path.join(self.denoiser, "model")
-        self.samples = os.path.join(workdir, "samples")
-        self.evaluation = os.path.join(workdir, "evaluation")
+        # per denoiser: a U-Net run after a DiT run in the same workdir gets its own samples and evaluation
+        self.samples = os.path.join(workdir, "samples", denoiser)
+        self.evaluation = os.path.join(workdir, "evaluation", denoiser)
+        self.classifier = os.path.join(workdir, "evaluation", "classifier.npz")  # one judge for both
 
 
 def _check_preset(workdir: str, preset: str) -> None:
@@ -87,10 +88,20 @@ def _check_preset(workdir: str, preset: str) -> None:
         _write_json(path, settings)
 
 
+def _record(path: str, preset: str, denoiser: str, timings: dict) -> None:
+    """``quickstart.json``: the preset and, per denoiser run, the seconds of every stage (in stage order)."""
+    record = {"preset": preset, "runs": {}}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    record["runs"][denoiser] = {"stage_seconds": timings, "total_seconds": round(sum(timings.values()), 1)}
+    _write_json(path, record)
+
+
 def _write_json(path: str, value) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
+        json.dump(value, f, indent=1)  # stage order kept
     os.replace(tmp, path)
 
 

@@ -57,12 +57,14 @@ def ingest(config, paths, denoiser: str, progress: bool) -> None:
     from stableaudio_jax.data.ingest import REPORT_NAME, ingest as ingest_folder
     if _exists(paths.audio, REPORT_NAME):
         return _skip("ingest", paths.audio)
-    ingest_folder(os.path.join(paths.demo, "train"), paths.audio, progress=progress)
+    ingest_folder(os.path.join(paths.demo, "train"), paths.audio, sample_rate=config.audio.sample_rate,
+                  channels=config.audio.channels, progress=progress)
 
 
 def _loop_overrides(steps: int) -> list[str]:
+    # four checkpoints kept: the learning record evaluates each (benchmarks/learning_record.py)
     return [f"training.steps={steps}", f"training.log_every={max(5, steps // 40)}",
-            f"training.checkpoint_every={max(10, steps // 4)}"]
+            f"training.checkpoint_every={max(10, steps // 4)}", "training.keep_checkpoints=4"]
 
 
 def _finished(model_dir: str, steps: int) -> bool:
@@ -145,5 +147,5 @@ def evaluate(config, paths, denoiser: str, progress: bool) -> None:
     if _exists(paths.evaluation, "evaluation.json"):
         return _skip("evaluate", paths.evaluation)
     run_evaluation(paths.demo, paths.evaluation, model=paths.model, split="test", clips=config.evaluate.clips,
-                   steps=config.evaluate.steps, classifier=os.path.join(paths.evaluation, "classifier.npz"),
+                   steps=config.evaluate.steps, classifier=paths.classifier,
                    seed=config.seed)

@@ -8,6 +8,8 @@ same numbers for reference points measured in the same run (real held-out audio,
   timing         generations asked for ``seconds_total`` = half the window: energy after it against before it
 
 Held-out data is a demo-data split (``valid`` or ``test``: pieces never seen in training), with its attributes.
+Every clip is first brought to the model's audio format (rate, channels), and the classifier is trained on clips
+in that format too: real and generated audio are judged with the same bandwidth.
 """
 from __future__ import annotations
 
@@ -34,9 +36,11 @@ class Clip:
     sample_rate: int
 
 
-def load_split(demo_dir: str | os.PathLike, split: str, limit: int | None = None) -> list[Clip]:
-    """The clips of one demo-data split, with their attributes (``captions.jsonl``)."""
-    import soundfile as sf
+def load_split(demo_dir: str | os.PathLike, split: str, limit: int | None = None, sample_rate: int | None = None,
+               channels: int | None = None) -> list[Clip]:
+    """The clips of one demo-data split, with their attributes (``captions.jsonl``), optionally resampled and
+    channel-matched to a model's format."""
+    from stableaudio_jax.audio.io import load_audio
     demo_dir = os.fspath(demo_dir)
     index = os.path.join(demo_dir, "captions.jsonl")
     if not os.path.isfile(index):
@@ -48,7 +52,7 @@ def load_split(demo_dir: str | os.PathLike, split: str, limit: int | None = None
         raise ValueError(f"{demo_dir}: the {split!r} split has no clips")
     clips = []
     for row in rows:
-        audio, rate = sf.read(os.path.join(demo_dir, row["path"]), dtype="float32", always_2d=True)
+        audio, rate = load_audio(os.path.join(demo_dir, row["path"]), sample_rate, channels)
         clips.append(Clip(row["path"], row["caption"], row["instrument"], int(row["bpm"]), audio, int(rate)))
     return clips
 
@@ -61,18 +65,19 @@ def features_of(audio: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarra
 # ------------------------------------------------------------------------------------------------ classifier
 
 
-def train_classifier(demo_dir: str | os.PathLike, min_accuracy: float = MIN_CLASSIFIER_ACCURACY,
-                     seed: int = 0) -> tuple[InstrumentClassifier, dict]:
-    """Fits on the train split, validates on valid + test (pieces it never saw); below ``min_accuracy`` it is not
-    fit to judge anything and the error says so."""
-    train = load_split(demo_dir, "train")
-    held_out = load_split(demo_dir, "valid") + load_split(demo_dir, "test")
+def train_classifier(demo_dir: str | os.PathLike, min_accuracy: float = MIN_CLASSIFIER_ACCURACY, seed: int = 0,
+                     sample_rate: int | None = None, channels: int | None = None) -> tuple[InstrumentClassifier, dict]:
+    """Fits on the train split, validates on valid + test (pieces it never saw), all in the given audio format;
+    below ``min_accuracy`` it is not fit to judge anything and the error says so."""
+    train = load_split(demo_dir, "train", None, sample_rate, channels)
+    held_out = load_split(demo_dir, "valid", None, sample_rate, channels) + load_split(demo_dir, "test", None,
+                                                                                     sample_rate, channels)
     classifier = InstrumentClassifier.fit(features_of([c.audio for c in train], train[0].sample_rate),
                                           [c.instrument for c in train], seed)
     accuracy = classifier.accuracy(features_of([c.audio for c in held_out], held_out[0].sample_rate),
                                    [c.instrument for c in held_out])
     report = {"train_clips": len(train), "held_out_clips": len(held_out), "held_out_accuracy": accuracy,
-              "instruments": classifier.labels}
+              "instruments": classifier.labels, "sample_rate": train[0].sample_rate}
     if accuracy < min_accuracy:
         raise ValueError(f"the instrument classifier reaches {accuracy:.1%} on {len(held_out)} held-out renders of "
                          f"{os.fspath(demo_dir)}, below the {min_accuracy:.0%} needed to judge generations; give it "

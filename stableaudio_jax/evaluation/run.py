@@ -1,6 +1,7 @@
 """``run_evaluation``: every section of ``evaluate.py`` for a stored model, with its reference points, to JSON +
 markdown. The untrained references are the same architectures with freshly initialised weights (seeded), so the
-distance between "trained" and "untrained" is what training bought, and "real held-out audio" is the ceiling."""
+distance between "trained" and "untrained" is what training bought, "real held-out audio" is the ceiling, and "real
+audio through the VAE" is the ceiling this VAE leaves a denoiser (its decoder produces every generated clip)."""
 from __future__ import annotations
 
 import os
@@ -41,12 +42,14 @@ def _untrained_pipeline(pipe, seed: int):
     return TextToAudioPipeline(TextToAudioModel(text, diffusion, pipe.model.vae, pipe.model.config, "untrained"))
 
 
-def _classifier(path: str | None, data: str, notes: list[str]) -> tuple[InstrumentClassifier, dict]:
+def _classifier(path: str | None, data: str, notes: list[str], rate: int, channels: int
+                ) -> tuple[InstrumentClassifier, dict]:
     if path and os.path.isfile(path):
         notes.append(f"instrument classifier: {path}")
         return InstrumentClassifier.load(path), {"path": path}
-    classifier, report = E.train_classifier(data)
+    classifier, report = E.train_classifier(data, sample_rate=rate, channels=channels)
     if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         classifier.save(path)
     notes.append(f"instrument classifier trained on {report['train_clips']} clips of {data} (train split); "
                  f"{report['held_out_accuracy']:.1%} on {report['held_out_clips']} held-out real renders")
@@ -62,31 +65,34 @@ def run_evaluation(data: str, out_dir: str, model: str | None = None, vae: str |
     if not model and not vae:
         raise ValueError("evaluate: give a text-to-audio model (--model) or a VAE (--vae)")
     started, notes = time.time(), []
-    held = E.load_split(data, split, clips)
-    result: dict[str, Any] = {"model": model, "vae": vae, "data": os.path.abspath(data), "split": split,
-                              "seed": seed, "sections": {}, "notes": notes}
     trained_vae = load_vae(vae or model)
-    autoencoder = {"trained VAE": E.autoencoder_metrics(E.reconstruct(trained_vae, held), held)}
+    rate, channels = int(trained_vae.module.sample_rate), int(trained_vae.module.audio_channels)
+    held = E.load_split(data, split, clips, rate, channels)  # in the model's audio format
+    result: dict[str, Any] = {"model": model, "vae": vae, "data": os.path.abspath(data), "split": split,
+                              "seed": seed, "sample_rate": rate, "channels": channels, "sections": {},
+                              "notes": notes}
+    reconstructions = E.reconstruct(trained_vae, held)
+    autoencoder = {"trained VAE": E.autoencoder_metrics(reconstructions, held)}
     if baselines:
         autoencoder["untrained VAE"] = E.autoencoder_metrics(E.reconstruct(_untrained_vae(trained_vae, seed), held),
                                                              held)
     result["sections"]["autoencoder reconstruction"] = autoencoder
     if model:
-        result["sections"].update(_generation_sections(model, data, held, steps, classifier, seed, baselines, notes,
-                                                       result))
+        result["sections"].update(_generation_sections(model, data, held, reconstructions, steps, classifier, seed,
+                                                       baselines, notes, result))
     result["seconds"] = time.time() - started
     result["files"] = dict(zip(("json", "markdown"), E.write_report(result, out_dir)))
     return result
 
 
-def _generation_sections(model: str, data: str, held, steps, classifier_path, seed: int, baselines: bool,
-                         notes: list[str], result: dict) -> dict:
+def _generation_sections(model: str, data: str, held, reconstructions, steps, classifier_path, seed: int,
+                         baselines: bool, notes: list[str], result: dict) -> dict:
     from stableaudio_jax.inference.pipeline import TextToAudioPipeline
-    classifier, result["classifier"] = _classifier(classifier_path, data, notes)
     pipe = TextToAudioPipeline.from_checkpoint(model)
+    rate, channels = pipe.sample_rate, pipe.audio_channels
+    classifier, result["classifier"] = _classifier(classifier_path, data, notes, rate, channels)
     steps = steps or int(pipe.config.sampling.steps)
-    rate = pipe.sample_rate
-    others = E.load_split(data, "train", len(held))
+    others = E.load_split(data, "train", len(held), rate, channels)
     real_embeddings = classifier.embed(E.features_of([c.audio for c in held], rate))
     pipelines = {"trained model": pipe}
     if baselines:
@@ -97,6 +103,8 @@ def _generation_sections(model: str, data: str, held, steps, classifier_path, se
         adherence[name] = E.adherence_metrics(generated, held, classifier, real_embeddings, rate)
         timing[name] = E.timing_metrics(p, held[:8], steps, seed)
     adherence["real held-out audio"] = E.real_reference(held, others, classifier)
+    adherence["real audio through the VAE"] = E.adherence_metrics(reconstructions, held, classifier,
+                                                                  real_embeddings, rate)
     notes.append(f"{steps} sampling steps ({pipe.config.sampling.sampler}); Fréchet distances in the classifier's "
                  f"{classifier.hidden_w.shape[1]}-d embedding against {len(held)} held-out real clips (the real row: "
                  "against train-split clips)")

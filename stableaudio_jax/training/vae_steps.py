@@ -1,7 +1,9 @@
 """The VAE's adversarial training steps, as stable-audio-tools' ``AutoencoderTrainingWrapper`` takes them.
 
 Batches alternate: even global steps update the autoencoder (generator), odd steps the discriminator, one
-optimiser step per batch. The generator loss is
+optimiser step per batch. During the first ``training.warmup_steps`` batches (the reference's ``warmup_steps``,
+default 0) every batch updates the autoencoder with the spectral and KL terms only and the discriminator is not
+run at all: a quick spectral warm-up, and the whole recipe for fast CPU demos. The generator loss is
     0.1 * adversarial + 5 * feature matching + spectral (SD + 0.5 L + 0.5 R MRSTFT) + 1e-4 * KL
 with latents sampled from the posterior and the *current* discriminator; the EMA of the autoencoder is updated
 before its optimiser step. The discriminator loss is the hinge loss on real audio vs the (stopped) reconstruction.
@@ -95,16 +97,18 @@ def init_state(run: VAETraining, rng: jax.Array, mesh, rules, crop: int, channel
         return jax.jit(lambda k: nn.unbox(_boxed_state(run, k, crop, channels)), out_shardings=shardings)(rng)
 
 
-def generator_loss(run: VAETraining, gen_params, disc_params, audio, rng):
+def generator_loss(run: VAETraining, gen_params, disc_params, audio, rng, adversarial: bool = True):
     t = run.config.training
-    out = run.vae.apply(gen_params, audio, rng, sample=True)
+    out = run.vae.apply(gen_params, audio, rng, sample=bool(t.get("sample_posterior", True)))
     decoded = out.reconstruction.astype(jnp.float32)
-    real_logits, real_features = run.disc.apply(disc_params, audio)
-    fake_logits, fake_features = run.disc.apply(disc_params, decoded)
-    terms = {"loss_adv": t.loss_weights.adversarial * generator_adversarial_loss(fake_logits),
-             "feature_matching_loss": t.loss_weights.feature_matching * feature_matching_loss(real_features,
-                                                                                             fake_features),
-             "spectral_loss": t.loss_weights.spectral * vae_reconstruction_loss(
+    terms = {}
+    if adversarial:
+        real_logits, real_features = run.disc.apply(disc_params, audio)
+        fake_logits, fake_features = run.disc.apply(disc_params, decoded)
+        terms = {"loss_adv": t.loss_weights.adversarial * generator_adversarial_loss(fake_logits),
+                 "feature_matching_loss": t.loss_weights.feature_matching * feature_matching_loss(real_features,
+                                                                                                 fake_features)}
+    terms |= {"spectral_loss": t.loss_weights.spectral * vae_reconstruction_loss(
                  audio, decoded, fft_sizes=tuple(t.spectral.fft_sizes), hop_sizes=tuple(t.spectral.hop_sizes),
                  perceptual_weighting=t.spectral.perceptual_weighting, sample_rate=run.vae.sample_rate),
              "kl_loss": t.loss_weights.kl * out.posterior.kl()}
@@ -120,11 +124,11 @@ def discriminator_step_loss(run: VAETraining, disc_params, gen_params, audio, rn
     return loss, {"discriminator_loss": loss}
 
 
-def generator_step(run: VAETraining, state: VAETrainState, audio: jax.Array):
+def generator_step(run: VAETraining, state: VAETrainState, audio: jax.Array, adversarial: bool = True):
     t = run.config.training
     rng, step_rng = jax.random.split(state.rng)
     count = t.accumulation
-    loss_fn = lambda p, a, r: generator_loss(run, p, state.disc_params, a, r)  # noqa: E731
+    loss_fn = lambda p, a, r: generator_loss(run, p, state.disc_params, a, r, adversarial)  # noqa: E731
     grads, metrics = accumulate(loss_fn, state.gen_params, audio, step_rng, count)
     n = state.gen_steps + 1
     e = t.ema
@@ -160,8 +164,14 @@ def batch_sharding(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape)))
 
 
+def warmup_step(run: VAETraining, state: VAETrainState, audio: jax.Array):
+    """A generator update without the discriminator (spectral + KL), for the first ``warmup_steps`` batches."""
+    return generator_step(run, state, audio, adversarial=False)
+
+
 def make_steps(run: VAETraining, shardings: Any, mesh, rules):
-    """(generator_step, discriminator_step), each ``jax.jit`` with explicit shardings and the state donated."""
+    """(generator_step, discriminator_step, warmup_step), each ``jax.jit`` with explicit shardings and the state
+    donated (compiled at their first call: a run that never warms up never compiles the warm-up step)."""
     batch = batch_sharding(mesh)
     rules = normalize_rules(rules)
 
@@ -171,11 +181,14 @@ def make_steps(run: VAETraining, shardings: Any, mesh, rules):
                 return fn(run, state, audio)
         return jax.jit(step, in_shardings=(shardings, batch), out_shardings=(shardings, None), donate_argnums=0)
 
-    return wrap(generator_step), wrap(discriminator_step)
+    return wrap(generator_step), wrap(discriminator_step), wrap(warmup_step)
 
 
-def step_kind(step: int) -> str:
-    """Even global steps train the generator, odd ones the discriminator (the reference's alternation)."""
+def step_kind(step: int, warmup_steps: int = 0) -> str:
+    """After the warm-up, even global steps train the generator, odd ones the discriminator (the reference's
+    alternation: ``global_step % 2 and warmed_up``)."""
+    if step < warmup_steps:
+        return "warmup"
     return "discriminator" if step % 2 else "generator"
 
 
@@ -187,9 +200,15 @@ class CompiledVAETraining:
     init: Any
     generator_step: Any
     discriminator_step: Any
+    warmup_step: Any
+
+    def step_for(self, step: int, warmup_steps: int = 0):
+        kind = step_kind(step, warmup_steps)
+        return {"warmup": self.warmup_step, "generator": self.generator_step,
+                "discriminator": self.discriminator_step}[kind]
 
 
-_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints")
+_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "warmup_steps")
 
 
 def compiled(config, mesh) -> CompiledVAETraining:
@@ -208,5 +227,5 @@ def _compiled(config, mesh) -> CompiledVAETraining:
     abstract = abstract_state(run, t.crop_samples, channels)
     with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
         init = jax.jit(lambda k: nn.unbox(_boxed_state(run, k, t.crop_samples, channels)), out_shardings=shardings)
-    g_step, d_step = make_steps(run, shardings, mesh, rules)
-    return CompiledVAETraining(run, abstract, shardings, in_mesh(init, mesh, rules), g_step, d_step)
+    return CompiledVAETraining(run, abstract, shardings, in_mesh(init, mesh, rules), *make_steps(run, shardings, mesh,
+                                                                                               rules))

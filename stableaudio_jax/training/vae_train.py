@@ -62,7 +62,6 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
         checkpointer, abstract_with_shardings(compiled.abstract, compiled.shardings),
         lambda: compiled.init(jax.random.key(config.seed)), config, workdir)
     data.restore(data_state)
-    g_step, d_step = compiled.generator_step, compiled.discriminator_step
     writer = MetricsWriter(workdir)
     start = int(state.step)
     end = t.steps if max_steps is None else min(t.steps, start + max_steps)
@@ -70,7 +69,7 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
         writer.write(0, {"data/files": len(scan.files), "data/skipped_files": len(scan.skipped)})
     try:
         def step_fn(step, s, batch):
-            s, metrics = (d_step if step % 2 else g_step)(s, batch["audio"])
+            s, metrics = compiled.step_for(step, int(t.get("warmup_steps", 0)))(s, batch["audio"])
             return s, dict(metrics, silent_crops=data.total)  # crops used after max_redraws, this process
 
         state, last = run_loop(state, step_fn, data, vae_steps.batch_sharding(mesh), start=start, end=end,

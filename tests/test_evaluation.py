@@ -1,0 +1,119 @@
+"""The evaluation's parts on signals with known answers: metrics, the instrument classifier and its validation."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stableaudio_jax.audio import metrics
+from stableaudio_jax.evaluation.classifier import InstrumentClassifier, clip_features
+from stableaudio_jax.evaluation.evaluate import load_split, train_classifier, write_report
+
+RATE = 16000
+
+
+def _tone(freq, seconds=1.0, rate=RATE, harmonics=(1.0,), decay=0.0):
+    t = np.arange(int(seconds * rate)) / rate
+    wave = sum(a * np.sin(2 * np.pi * freq * (k + 1) * t) for k, a in enumerate(harmonics))
+    return (0.5 * wave * np.exp(-decay * (t % 0.25)))[:, None].astype(np.float32)
+
+
+def test_si_sdr_is_scale_invariant_and_falls_with_noise():
+    ref = _tone(440)
+    assert metrics.si_sdr(ref, ref) > 100 and metrics.si_sdr(0.3 * ref, ref) > 100
+    noisy = ref + 0.05 * np.random.default_rng(0).standard_normal(ref.shape)
+    assert 15 < metrics.si_sdr(noisy, ref) < 30
+    with pytest.raises(ValueError, match="differ"):
+        metrics.si_sdr(ref[:10], ref)
+
+
+def test_spectral_distances_are_zero_for_identical_audio():
+    ref = _tone(440, harmonics=(1.0, 0.5))
+    assert metrics.mel_distance(ref, ref, RATE) == 0.0
+    assert metrics.mrstft_distance(ref, ref, RATE) < 1e-3 < metrics.mrstft_distance(_tone(660), ref, RATE)
+
+
+def test_tempo_of_a_click_track_and_its_octave():
+    audio = np.zeros((RATE * 8, 1), np.float32)
+    rng = np.random.default_rng(0)
+    for beat in np.arange(0, 8, 0.5):  # 120 BPM of decaying noise bursts
+        start = int(beat * RATE)
+        audio[start:start + 800, 0] = rng.standard_normal(800) * np.exp(-np.arange(800) / 100)
+    result = metrics.tempo_error(audio, RATE, 120)
+    assert abs(result["estimated_bpm"] - 120) < 6 and result["within_8_percent"]
+    assert metrics.tempo_error(audio, RATE, 60)["within_8_percent"]  # half tempo: an octave, accepted
+    assert not metrics.tempo_error(audio, RATE, 90)["within_8_percent"]
+
+
+def test_tail_energy_sees_a_clip_that_stops():
+    audio = _tone(220, 2.0)
+    stopped = audio.copy()
+    stopped[RATE:] = 0
+    assert metrics.tail_energy_db(stopped, RATE, 1.0) < -100 and abs(metrics.tail_energy_db(audio, RATE, 1.0)) < 1
+    with pytest.raises(ValueError, match="must fall inside the clip"):
+        metrics.tail_energy_db(audio, RATE, 5.0)
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((400, 4)), rng.standard_normal((400, 4))
+    assert metrics.frechet_distance(a, b) < 0.1 < metrics.frechet_distance(a, b + 1.0)
+    assert abs(metrics.frechet_distance(a, b + 1.0) - 4.0) < 0.3  # |mean difference|^2
+    with pytest.raises(ValueError, match="expected"):
+        metrics.frechet_distance(a[:1], b)
+
+
+def _instrument(name, freq, rng):
+    """Two 'instruments' with different timbre (harmonics, attack) at random pitches."""
+    freq = freq * 2 ** (rng.integers(-5, 6) / 12)
+    if name == "reed":
+        return _tone(freq, 2.0, harmonics=(1.0, 0.8, 0.6, 0.5, 0.4))
+    return _tone(freq, 2.0, harmonics=(1.0, 0.1), decay=12.0)
+
+
+def _fake_demo(root, per_split=(12, 4, 4), shuffle_labels=False):
+    rng = np.random.default_rng(1)
+    rows = []
+    for split, count in zip(("train", "valid", "test"), per_split):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            name = ("reed", "bell")[i % 2]
+            label = ("reed", "bell")[int(rng.integers(2))] if shuffle_labels else name
+            path = f"{split}/clip_{len(rows):03d}.wav"
+            sf.write(root / path, _instrument(name, 330, rng), RATE)
+            rows.append({"path": path, "split": split, "caption": f"{label}, 100 BPM", "instrument": label,
+                         "bpm": 100})
+    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_classifier_learns_timbre_saves_and_embeds(tmp_path):
+    root = _fake_demo(tmp_path / "demo")
+    classifier, report = train_classifier(root)
+    assert report["held_out_accuracy"] == 1.0 and report["train_clips"] == 12 and classifier.labels == ["bell", "reed"]
+    clips = load_split(root, "test")
+    feats = [clip_features(c.audio, c.sample_rate) for c in clips]
+    assert feats[0].shape[0] == 2  # one row per second
+    loaded = InstrumentClassifier.load(classifier.save(tmp_path / "classifier.npz"))
+    np.testing.assert_allclose(loaded.log_probabilities(feats), classifier.log_probabilities(feats))
+    assert loaded.embed(feats).shape == (4, 64)
+    with pytest.raises(ValueError, match="not a saved instrument classifier"):
+        InstrumentClassifier.load(tmp_path / "demo" / "captions.jsonl")
+
+
+def test_a_classifier_below_the_bar_is_refused(tmp_path):
+    root = _fake_demo(tmp_path / "demo", shuffle_labels=True)  # labels unrelated to the sound
+    with pytest.raises(ValueError, match=r"classifier reaches \d+\.\d% on 8 held-out renders .* below the 95%"):
+        train_classifier(root)
+
+
+def test_report_tables(tmp_path):
+    result = {"model": "m", "sections": {"prompt adherence": {"trained": {"instrument_accuracy": 0.5, "clips": 4},
+                                                              "untrained": {"instrument_accuracy": 0.25}}},
+              "notes": ["a note"]}
+    json_path, md_path = write_report(result, tmp_path)
+    text = open(md_path).read()
+    assert "| trained | 4 | 0.5 |" in text and "| untrained | n/a | 0.25 |" in text and "- a note" in text
+    assert json.load(open(json_path))["model"] == "m"
+    with pytest.raises(ValueError, match="no clips"):
+        load_split(_fake_demo(tmp_path / "d2", per_split=(2, 0, 0)), "test")

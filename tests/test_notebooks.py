@@ -1,0 +1,83 @@
+"""The notebooks run top to bottom (nbclient, a real kernel) at CI size, and the quickstart they drive is the
+README's main job: its outputs are there, and a second run resumes by skipping every finished stage."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_notebook(name, workdir, **parameters):
+    """Executes ``notebooks/<name>`` with ``parameters`` injected after its "parameters" cell (papermill's
+    convention); returns the executed notebook (also written to ``workdir``)."""
+    nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    injected = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected-parameters"]}))
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    nbformat.write(nb, os.path.join(workdir, name))
+    return nb
+
+
+def _outputs(nb, kind):
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == kind]
+
+
+def test_quickstart_notebook_runs_the_main_job_and_a_rerun_resumes(tmp_path, capsys):
+    workdir = tmp_path / "quick"
+    nb = run_notebook("quickstart.ipynb", tmp_path, WORKDIR=str(workdir), PRESET="ci")
+    samples = json.loads((workdir / "samples" / "dit" / "index.json").read_text())["samples"]
+    assert len(samples) == 2 and all((workdir / "samples" / "dit" / s["generated"].replace(".wav", ".png")).is_file()
+                                     for s in samples)
+    evaluation = json.loads((workdir / "evaluation" / "dit" / "evaluation.json").read_text())
+    assert set(evaluation["sections"]) == {"autoencoder reconstruction", "prompt adherence", "timing control"}
+    assert set(evaluation["sections"]["prompt adherence"]) == {"trained model", "untrained model",
+                                                               "real held-out audio", "real audio through the VAE"}
+    assert evaluation["classifier"]["held_out_accuracy"] >= 0.95
+    stages = json.loads((workdir / "quickstart.json").read_text())["runs"]["dit"]["stage_seconds"]
+    assert list(stages) == ["demo-data", "text encoder", "ingest", "train-vae", "encode", "train", "generate",
+                            "evaluate"]
+    html = [o for o in _outputs(nb, "display_data") if "text/html" in o.get("data", {})]
+    images = [o for o in _outputs(nb, "display_data") if "image/png" in o.get("data", {})]
+    assert len(html) >= 4 and len(images) >= 2  # the audio players, spectrograms and training curves
+    # the same command again: every stage is already done, nothing is recomputed
+    from stableaudio_jax.cli import main
+    started = time.monotonic()
+    assert main(["quickstart", "--workdir", str(workdir), "--preset", "ci", "--no-progress"]) == 0
+    assert time.monotonic() - started < 60 and "quickstart done" in capsys.readouterr().out
+    assert main(["quickstart", "--workdir", str(workdir), "--preset", "cpu"]) == 2
+    assert "was started with --preset ci" in capsys.readouterr().err
+    # the learning record of that run (benchmarks/learning_record.py): every kept checkpoint evaluated, PNGs, JSON
+    record = tmp_path / "record.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "learning_record.py"), "--workdir", str(workdir), "--out",
+           str(tmp_path / "plots"), "--results", str(record), "--clips", "2", "--steps", "4"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(record.read_text())
+    assert [row["step"] for row in report["denoisers"]["dit"]] == [10, 20, 30, 40]
+    assert set(report["final"]["dit"]["prompt adherence"]) == set(evaluation["sections"]["prompt adherence"])
+    assert all(os.path.getsize(p) > 10_000 for p in report["plots"]) and len(report["plots"]) == 3
+
+
+def test_convert_and_generate_notebook(tmp_path):
+    from helpers import build_tiny_sao_diffusers
+    folder = tmp_path / "sao_tiny"
+    build_tiny_sao_diffusers(folder, 32, 32, ["a dog barking"])
+    nb = run_notebook("convert_and_generate.ipynb", tmp_path, CHECKPOINT=str(folder), OUT=str(tmp_path / "model"),
+                      PROMPT="a dog barking", STEPS=4, SECONDS=0.01)
+    assert (tmp_path / "model" / "stableaudio_jax.json").is_file()
+    audio = [o for o in _outputs(nb, "display_data") if "text/html" in o.get("data", {})]
+    assert len(audio) == 3  # text-to-audio, audio-to-audio, inpainting
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "convert_and_generate.ipynb"])
+def test_notebooks_are_stored_without_outputs(name):
+    nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
+    nbformat.validate(nb)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
