@@ -2,7 +2,7 @@
 evaluation) sized for a machine.
 
 Variants:
-  cpu   a 2-core laptop in about 15 minutes: 4 instruments, 3 s clips at 16 kHz mono, a small VAE (256x), a
+  cpu   a 2-core laptop in about 15 minutes: 4 instruments, 1.5-3 s clips at 16 kHz mono, a small VAE (256x), a
         small DiT
   gpu   one lent GPU: all 8 instruments, 5 s clips, bigger models, longer training
   tpu   a TPU VM host: as gpu, larger batches
@@ -32,31 +32,25 @@ UNET_BASE = ["model.channels=32", "model.multipliers=(1,2,2)", "model.factors=(2
 # (8x compression of 16 kHz mono): with only 800 steps, decoding noisy posterior samples of a 16-channel latent left
 # its reconstructions so smeared that the instrument classifier recognised 44% of them (56% decoding the mean, 62%
 # with 32 channels and lr 2e-3; 16 held-out clips; docs/learning.md). gpu / tpu keep the reference's recipe.
+ALL_INSTRUMENTS = ("piano", "strings", "flute", "organ", "guitar", "choir", "brass", "marimba")
+# min_seconds: clip lengths vary from it to `seconds` (shorter than the window: what teaches seconds_total)
 PRESETS = {
-    "ci": dict(clips=24, seconds=1.5, instruments=("flute", "marimba", "organ"), sample_rate=16000, channels=1,
-               vae_steps=20, vae_warmup=20, vae_batch=8, vae_crop=4096, denoiser_steps=40, denoiser_batch=8,
-               crop_frames=32, window_frames=96, text_dim=32, text_layers=1, sample_steps=10, eval_clips=3,
-               latent_dim=16, vae_lr=2e-3, vae_sample=False,
+    "ci": dict(clips=24, seconds=1.5, min_seconds=None, instruments=("flute", "marimba", "organ"),
+               sample_rate=16000, channels=1, vae_steps=20, vae_warmup=20, vae_batch=8, vae_crop=4096, latent_dim=16,
+               vae_lr=2e-3, vae_sample=False, denoiser_steps=40, denoiser_batch=8, crop_frames=32, window_frames=96,
+               text_dim=32, text_layers=1, sample_steps=10, eval_clips=3,
                vae_extra=["model.channels=8", "training.spectral.fft_sizes=(512,128)",
                           "training.spectral.hop_sizes=(128,32)"]),  # compiles in a fraction of the time
-    "cpu": dict(clips=160, seconds=3.0, instruments=("piano", "flute", "marimba", "organ"), sample_rate=16000,
-                channels=1, vae_steps=800, vae_warmup=800, vae_batch=8, vae_crop=4096, latent_dim=32, vae_lr=2e-3,
-                vae_sample=False, denoiser_steps=1000,
-                denoiser_batch=8, crop_frames=192, window_frames=192, text_dim=64, text_layers=2, sample_steps=50,
-                eval_clips=12),
-    "gpu": dict(clips=2000, seconds=5.0, instruments=("piano", "strings", "flute", "organ", "guitar", "choir", "brass",
-                                                      "marimba"), sample_rate=44100, channels=2, vae_steps=20000,
-                vae_warmup=5000, vae_batch=32, vae_crop=65536,
-                latent_dim=32, vae_lr=1e-3, vae_sample=True,
-                denoiser_steps=30000, denoiser_batch=64, crop_frames=256, window_frames=1024, text_dim=128,
-                text_layers=4, sample_steps=100, eval_clips=48),
-    "tpu": dict(clips=2000, seconds=5.0, instruments=("piano", "strings", "flute", "organ", "guitar", "choir", "brass",
-                                                      "marimba"), sample_rate=44100, channels=2, vae_steps=20000,
-                vae_warmup=5000, vae_batch=64, vae_crop=65536,
-                latent_dim=32, vae_lr=1e-3, vae_sample=True,
-                denoiser_steps=30000, denoiser_batch=128, crop_frames=256, window_frames=1024, text_dim=128,
-                text_layers=4, sample_steps=100, eval_clips=48),
+    "cpu": dict(clips=160, seconds=3.0, min_seconds=1.5, instruments=("piano", "flute", "marimba", "organ"),
+                sample_rate=16000, channels=1, vae_steps=800, vae_warmup=800, vae_batch=8, vae_crop=4096,
+                latent_dim=32, vae_lr=2e-3, vae_sample=False, denoiser_steps=1000, denoiser_batch=8, crop_frames=192,
+                window_frames=192, text_dim=64, text_layers=2, sample_steps=50, eval_clips=12),
+    "gpu": dict(clips=2000, seconds=5.0, min_seconds=2.5, instruments=ALL_INSTRUMENTS, sample_rate=44100,
+                channels=2, vae_steps=20000, vae_warmup=5000, vae_batch=32, vae_crop=65536, latent_dim=32,
+                vae_lr=1e-3, vae_sample=True, denoiser_steps=30000, denoiser_batch=64, crop_frames=256,
+                window_frames=1024, text_dim=128, text_layers=4, sample_steps=100, eval_clips=48),
 }
+PRESETS["tpu"] = dict(PRESETS["gpu"], vae_batch=64, denoiser_batch=128)  # a TPU VM host: larger batches
 
 
 def get_config(arg=None):
@@ -67,7 +61,7 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.preset = variant
     config.seed = 0
-    config.demo = ml_collections.ConfigDict(dict(clips=p["clips"], seconds=p["seconds"],
+    config.demo = ml_collections.ConfigDict(dict(clips=p["clips"], seconds=p["seconds"], min_seconds=p["min_seconds"],
                                                  instruments=list(p["instruments"])))
     config.audio = ml_collections.ConfigDict(dict(sample_rate=p["sample_rate"], channels=p["channels"]))
     config.text = ml_collections.ConfigDict(dict(d_model=p["text_dim"], num_layers=p["text_layers"], vocab_size=256,

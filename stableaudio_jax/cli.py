@@ -9,8 +9,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from stableaudio_jax.commands import (convert, demo_data, encode, evaluate, export, generate, ingest, quickstart,
-                                      train, train_vae)
+from stableaudio_jax.commands import (bench, convert, demo_data, encode, evaluate, export, generate, ingest,
+                                      quickstart, train, train_vae)
 from stableaudio_jax.config_loader import load_config, split_override_args
 from stableaudio_jax.store.format import StoreError
 
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     export.add_parser(sub)
     evaluate.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

@@ -98,6 +98,7 @@ def test_bad_scores_and_renders_are_counted_skips(tmp_path, monkeypatch):
     (dict(clips=0), r"--clips 0; expected >= 1"),
     (dict(seconds=0.1), r"--seconds 0.1; expected 0.5 to 60"),
     (dict(instruments=["kazoo"]), r"instruments \['kazoo'\]; expected some of"),
+    (dict(seconds=2.0, min_seconds=3.0), r"--min-seconds 3.0; expected 0.5 to --seconds \(2.0\)"),
 ])
 def test_bad_settings_are_refused(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -121,5 +122,13 @@ def test_the_command(tmp_path, capsys):
                  "piano,marimba", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "wrote 3 clips of 1 s (test 1, train 1, valid 1;" in out
+    # clips of varied lengths (what teaches seconds_total): each as long as its row says
+    assert main(["demo-data", "--output", str(tmp_path / "v"), "--clips", "3", "--seconds", "1.5", "--min-seconds",
+                 "0.6", "--instruments", "flute", "--no-progress"]) == 0
+    assert "wrote 3 clips of 0.6-1.5 s" in capsys.readouterr().out
+    import soundfile as sf
+    rows = _rows(tmp_path / "v")
+    assert all(0.6 <= r["seconds"] <= 1.5 for r in rows) and len({r["seconds"] for r in rows}) > 1
+    assert all(sf.info(str(tmp_path / "v" / r["path"])).frames == round(r["seconds"] * 44100) for r in rows)
     assert main(["demo-data", "--output", str(tmp_path / "e"), "--clips", "3", "--instruments", "oboe"]) == 2
     assert "instruments ['oboe']" in capsys.readouterr().err

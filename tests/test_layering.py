@@ -15,7 +15,7 @@ LAYERS = [
     {"models"},
     {"store"},
     {"data", "convert"},
-    {"training", "inference", "evaluation"},
+    {"training", "inference", "evaluation", "bench"},
     {"commands", "cli"},
 ]
 LEVEL = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}

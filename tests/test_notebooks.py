@@ -76,7 +76,19 @@ def test_convert_and_generate_notebook(tmp_path):
     assert len(audio) == 3  # text-to-audio, audio-to-audio, inpainting
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "convert_and_generate.ipynb"])
+def test_sharding_notebook(tmp_path):
+    nb = run_notebook("sharding.ipynb", tmp_path, CONFIG="dit.py:tiny", MESHES=["8x1x1", "1x8x1", "2x2x2"],
+                      OVERRIDES=["model.embed_dim=128", "model.depth=2", "training.crop_frames=32"],
+                      REMATS=["none"], PER_DEVICE_BATCH=1, REPEATS=1)
+    printed = "".join(o.get("text", "") for o in _outputs(nb, "stream"))
+    assert "8 cpu device(s)" in printed and "3 strategies" in printed and "highest throughput: " in printed
+    tables = [o["data"]["text/markdown"] for o in _outputs(nb, "display_data") if "text/markdown" in o["data"]]
+    assert len(tables) == 1 and "| 2x2x2 b1 remat=none | 4 |" in tables[0]
+    assert len([o for o in _outputs(nb, "display_data") if "image/png" in o["data"]]) == 2
+    assert (tmp_path / "sharding.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "convert_and_generate.ipynb", "sharding.ipynb"])
 def test_notebooks_are_stored_without_outputs(name):
     nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
     nbformat.validate(nb)

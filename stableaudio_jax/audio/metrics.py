@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 EPS = 1e-12
@@ -34,10 +36,17 @@ def si_sdr(estimate: np.ndarray, reference: np.ndarray) -> float:
 
 def mrstft_distance(estimate: np.ndarray, reference: np.ndarray, sample_rate: int = 44100) -> float:
     import jax.numpy as jnp
+    est, ref = (jnp.asarray(np.asarray(a, np.float32)[None]) for a in (estimate, reference))
+    return float(_jitted_mrstft()(est, ref, sample_rate=sample_rate))
+
+
+@functools.lru_cache(maxsize=1)
+def _jitted_mrstft():
+    """The loss compiled once per clip length (run op by op, clips of many lengths cost ~1,500 small compiles)."""
+    import jax
 
     from stableaudio_jax.audio.losses import mrstft_loss
-    est, ref = (jnp.asarray(np.asarray(a, np.float32)[None]) for a in (estimate, reference))
-    return float(mrstft_loss(est, ref, perceptual_weighting=False, sample_rate=sample_rate))
+    return jax.jit(functools.partial(mrstft_loss, perceptual_weighting=False), static_argnames=("sample_rate",))
 
 
 def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int = 80) -> np.ndarray:

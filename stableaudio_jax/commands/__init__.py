@@ -3,9 +3,11 @@ import logging
 
 
 def setup_logging() -> None:
-    """INFO logs with timestamps for the long-running commands; orbax's per-save INFO lines are silenced."""
+    """INFO logs with timestamps for the long-running commands; orbax's per-save INFO lines and jax's backend
+    probing ("Unable to initialize backend 'tpu'" on every non-TPU machine) are silenced."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    for noisy in ("absl", "jax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def add_training_args(p, default_config: str, config_example: str, data_help: str, workdir_help: str) -> None:

@@ -15,6 +15,8 @@ def add_parser(sub) -> None:
     p.add_argument("--output", required=True, help="folder to create")
     p.add_argument("--clips", type=int, default=240, help="number of clips (10%% valid, 10%% test; default 240)")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per clip (default 5)")
+    p.add_argument("--min-seconds", type=float, help="clip lengths drawn from [--min-seconds, --seconds] (clips "
+                                                      "shorter than a model's window teach it where audio ends)")
     p.add_argument("--instruments", default=",".join(INSTRUMENTS),
                    help=f"comma-separated subset of {', '.join(INSTRUMENTS)} (default: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -30,8 +32,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"demo-data takes no --config overrides; got {' '.join(overrides)}")
     instruments = [name.strip() for name in args.instruments.split(",") if name.strip()]
     report = build_demo_data(args.output, clips=args.clips, seconds=args.seconds, instruments=instruments,
-                             seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
+                             seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
+                             min_seconds=args.min_seconds)
     splits = ", ".join(f"{k} {v}" for k, v in report["per_split"].items())
-    print(f"wrote {report['clips']} clips of {args.seconds:g} s ({splits}; {sum(report['pieces'].values())} pieces) "
+    lengths = f"{args.seconds:g} s" if args.min_seconds is None else f"{args.min_seconds:g}-{args.seconds:g} s"
+    print(f"wrote {report['clips']} clips of {lengths} ({splits}; {sum(report['pieces'].values())} pieces) "
           f"to {report['output_dir']}; {len(report['skipped'])} skipped. Details in {REPORT_FILE}.")
     return 0

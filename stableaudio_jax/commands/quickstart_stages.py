@@ -25,8 +25,8 @@ def demo_data(config, paths, denoiser: str, progress: bool) -> None:
     if _exists(paths.demo, REPORT_FILE):
         return _skip("demo data", paths.demo)
     d = config.demo
-    build_demo_data(paths.demo, clips=d.clips, seconds=d.seconds, instruments=list(d.instruments), seed=config.seed,
-                    progress=progress)
+    build_demo_data(paths.demo, clips=d.clips, seconds=d.seconds, min_seconds=d.min_seconds,
+                    instruments=list(d.instruments), seed=config.seed, progress=progress)
 
 
 def text_encoder(config, paths, denoiser: str, progress: bool) -> None:
@@ -123,9 +123,10 @@ def generate(config, paths, denoiser: str, progress: bool) -> None:
         rows = [row for row in map(json.loads, f) if row["split"] == "test"][:config.generate.prompts]
     pipe = TextToAudioPipeline.from_checkpoint(paths.model)
     g = config.generate
-    seconds = min(config.demo.seconds, pipe.window_seconds)
+    seconds = [min(float(r["seconds"]), pipe.window_seconds) for r in rows]  # each caption's clip length
     audio = pipe.generate([r["caption"] for r in rows], seconds_total=seconds, steps=g.steps, cfg_scale=g.cfg_scale,
                           seed=config.seed)
+    audio = [clip[:round(s * pipe.sample_rate)] for clip, s in zip(audio, seconds)]
     os.makedirs(paths.samples, exist_ok=True)
     entries = []
     for i, (row, clip) in enumerate(zip(rows, audio)):

@@ -129,11 +129,13 @@ def split_quotas(clips: int) -> dict[str, int]:
     return {"train": clips - 2 * held_out, "valid": held_out, "test": held_out}
 
 
-def _check(clips: int, seconds: float, instruments: Sequence[str]) -> list[str]:
+def _check(clips: int, seconds: float, min_seconds: float | None, instruments: Sequence[str]) -> list[str]:
     if clips < 1:
         raise ValueError(f"demo-data: --clips {clips}; expected >= 1")
     if not 0.5 <= seconds <= 60:
         raise ValueError(f"demo-data: --seconds {seconds}; expected 0.5 to 60")
+    if min_seconds is not None and not 0.5 <= min_seconds <= seconds:
+        raise ValueError(f"demo-data: --min-seconds {min_seconds}; expected 0.5 to --seconds ({seconds})")
     unknown = sorted(set(instruments) - set(INSTRUMENTS))
     if unknown or not instruments:
         raise ValueError(f"demo-data: instruments {unknown or list(instruments)}; expected some of {list(INSTRUMENTS)}")
@@ -142,12 +144,15 @@ def _check(clips: int, seconds: float, instruments: Sequence[str]) -> list[str]:
 
 def build_demo_data(output_dir: str | os.PathLike, clips: int = 240, seconds: float = 5.0,
                     instruments: Sequence[str] = tuple(INSTRUMENTS), seed: int = 0, overwrite: bool = False,
-                    progress: bool = False, parser: ScoreParser | None = None) -> dict:
+                    progress: bool = False, parser: ScoreParser | None = None, min_seconds: float | None = None
+                    ) -> dict:
     """Writes ``clips`` clips (split by piece, ~80/10/10) into ``output_dir``; returns the report. Written into a
     temporary sibling and renamed when complete. ``parser``: how scores are parsed (default: two worker
-    processes with a time limit per score)."""
+    processes with a time limit per score). ``min_seconds``: clip lengths drawn uniformly from [min_seconds,
+    seconds] (0.1 s steps) instead of all ``seconds`` long — clips shorter than a model's window are what teach
+    timing conditioning (``seconds_total``) where the audio ends."""
     from tqdm.auto import tqdm
-    instruments = _check(clips, seconds, instruments)
+    instruments = _check(clips, seconds, min_seconds, instruments)
     output_dir = os.path.abspath(os.fspath(output_dir))
     if os.path.exists(output_dir) and os.listdir(output_dir):
         if not os.path.isfile(os.path.join(output_dir, REPORT_FILE)):
@@ -174,20 +179,22 @@ def build_demo_data(output_dir: str | os.PathLike, clips: int = 240, seconds: fl
             continue
         notes, tonic_mode, title = parsed
         for _ in range(min(CLIPS_PER_PIECE, left[piece.split])):
-            arrangement = draw_arrangement(rng, notes, seconds, next(cycles[piece.split]))
+            length = seconds if min_seconds is None else round(float(rng.uniform(min_seconds, seconds)), 1)
+            arrangement = draw_arrangement(rng, notes, length, next(cycles[piece.split]))
             try:
-                audio = make_clip(notes, arrangement, seconds, soundfont)
+                audio = make_clip(notes, arrangement, length, soundfont)
             except Exception as e:  # an empty window or a failed render: skipped, with its reason
                 skipped.append({"piece": piece.path, "reason": f"{type(e).__name__}: {e}"[:200]})
                 cycles[piece.split].queue.append(arrangement.instrument)  # its turn comes again
                 continue
-            rows.append(_write_clip(staging, len(rows), piece, title, tonic_mode, arrangement, audio, seconds))
+            rows.append(_write_clip(staging, len(rows), piece, title, tonic_mode, arrangement, audio, length))
             left[piece.split] -= 1
             bar.update(1)
     bar.close()
     if len(rows) < clips:
         raise ValueError(f"demo-data: only {len(rows)} of {clips} clips could be made ({len(skipped)} skipped)")
-    report = _report(output_dir, rows, skipped, clips=clips, seconds=seconds, instruments=instruments, seed=seed)
+    report = _report(output_dir, rows, skipped, clips=clips, seconds=seconds, min_seconds=min_seconds,
+                     instruments=instruments, seed=seed)
     with open(os.path.join(staging, CAPTIONS_FILE), "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     with open(os.path.join(staging, REPORT_FILE), "w", encoding="utf-8") as f:

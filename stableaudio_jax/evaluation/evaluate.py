@@ -89,16 +89,19 @@ def train_classifier(demo_dir: str | os.PathLike, min_accuracy: float = MIN_CLAS
 
 
 def reconstruct(vae, clips: Sequence[Clip]) -> list[np.ndarray]:
-    """Each clip through the VAE (posterior mean → decode), cut back to its length."""
+    """Each clip through the VAE (posterior mean → decode), cut back to its length. Every clip is zero-padded to
+    the longest (a multiple of the downsampling ratio): one compiled shape for clips of any length."""
     import jax
     import jax.numpy as jnp
     ratio = vae.module.downsampling_ratio
     run = jax.jit(lambda p, a: vae.module.apply(p, vae.module.apply(p, a, method=type(vae.module).encode),
                                                 method=type(vae.module).decode))
+    longest = max(clip.audio.shape[0] for clip in clips)
+    padded_length = longest + (-longest % ratio)
     out = []
     for clip in clips:
         length = clip.audio.shape[0]
-        padded = np.pad(clip.audio, ((0, -length % ratio), (0, 0)))
+        padded = np.pad(clip.audio, ((0, padded_length - length), (0, 0)))
         out.append(np.asarray(run(vae.params, jnp.asarray(padded[None])))[0, :length].astype(np.float32))
     return out
 
@@ -113,14 +116,16 @@ def autoencoder_metrics(reconstructions: Sequence[np.ndarray], clips: Sequence[C
 
 
 def generate_for(pipe, clips: Sequence[Clip], steps: int, seed: int, batch: int = 8) -> list[np.ndarray]:
-    """One generation per held-out caption, the length of its clip (the model's own sampler)."""
-    out = []
+    """One generation per held-out caption, asked for (and cut to) the length of its clip (the model's own
+    sampler). Every call gets ``batch`` prompts (the last batch repeats its last clip): one compiled sampler."""
+    out, batch = [], min(batch, len(clips))
     for start in range(0, len(clips), batch):
         part = clips[start:start + batch]
-        seconds = min(part[0].audio.shape[0] / part[0].sample_rate, pipe.window_seconds)
+        part = part + [part[-1]] * (batch - len(part))
+        seconds = [min(c.audio.shape[0] / c.sample_rate, pipe.window_seconds) for c in part]
         audio = pipe.generate([c.caption for c in part], seconds_total=seconds, steps=steps, seed=seed + start)
-        out.extend(np.asarray(a) for a in audio)
-    return out
+        out.extend(np.asarray(a)[:round(s * pipe.sample_rate)] for a, s in zip(audio, seconds))
+    return out[:len(clips)]
 
 
 def adherence_metrics(generated: Sequence[np.ndarray], clips: Sequence[Clip], classifier: InstrumentClassifier,

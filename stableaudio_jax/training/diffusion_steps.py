@@ -31,7 +31,7 @@ from stableaudio_jax.models.conditioned import ConditionedDenoiser
 from stableaudio_jax.parallel.sharding import in_mesh, normalize_rules, param_shardings
 from stableaudio_jax.store.builders import diffusion_model_from_config, resolve_conditioning
 from stableaudio_jax.training.accumulate import accumulate
-from stableaudio_jax.training.loop import frozen_without
+from stableaudio_jax.training.loop import abstract_with_shardings, frozen_without
 from stableaudio_jax.training.optim import ema_decay, ema_update, learning_rate, make_optimizer
 
 BATCH_AXES = ("data", "fsdp")
@@ -147,6 +147,7 @@ class CompiledDiffusionTraining:
     shardings: Any
     init: Any
     step: Any
+    lower: Any  # lower(global_batch) -> the step lowered for abstract inputs (ahead-of-time analysis, benchmarks)
 
 
 _LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "demo", "data")
@@ -173,5 +174,12 @@ def _compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusio
 
     step = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
                    donate_argnums=0)
-    return CompiledDiffusionTraining(run, abstract_state(run), shardings, in_mesh(init, mesh, rules),
-                                     in_mesh(step, mesh, rules))
+    abstract = abstract_state(run)
+
+    def lower(global_batch: int):
+        batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding(mesh)),
+                                       jax.eval_shape(lambda: example_batch(run, global_batch)))
+        return step.lower(abstract_with_shardings(abstract, shardings), batch)
+
+    return CompiledDiffusionTraining(run, abstract, shardings, in_mesh(init, mesh, rules), in_mesh(step, mesh, rules),
+                                     in_mesh(lower, mesh, rules))

@@ -1,0 +1,1 @@
+"""Benchmarks of sharding strategies: compiled memory, cost and collectives; measured step times."""
