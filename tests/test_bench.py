@@ -76,6 +76,7 @@ def test_strategies_become_config_overrides():
     assert (applied.model.remat, applied.model.scan_layers, applied.model.attention_impl) == ("full", True, "xla")
     assert config.training.batch_size != 12  # the original is untouched
     assert [x.mesh for x in grid(["-1x2x1", "8x1x1"], 8, remats=("none", "full"))] == [(4, 2, 1)] * 2 + [(8, 1, 1)] * 2
+    assert apply(load_config("configs/dit.py:tiny", ["model.remat=full"]), Strategy((8, 1, 1))).model.remat == "full"
     assert (1, 1, 8) in factorisations(8) and all(a * b * c == 8 for a, b, c in factorisations(8))
     unet = load_config("configs/unet.py:tiny", [])
     with pytest.raises(ValueError, match="remat='full': the unet1d model has no remat option"):
@@ -96,9 +97,9 @@ def test_bench_command_writes_rows_table_and_plot(tmp_path, capsys):
                  *(f"--config.{o}" for o in SMALL)])
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["strategy"]["name"] for r in rows] == ["8x1x1 b1 remat=none", "2x2x2 b1 remat=none"]
+    assert [r["strategy"]["name"] for r in rows] == ["8x1x1 b1", "2x2x2 b1"]  # remat etc.: as configured
     assert all(r["step_seconds"] > 0 and r["devices"] == jax.device_count() for r in rows)
-    assert plot.stat().st_size > 10_000 and "| 2x2x2 b1 remat=none | 4 |" in table.read_text()
-    assert "| 8x1x1 b1 remat=none | 8 |" in capsys.readouterr().out
+    assert plot.stat().st_size > 10_000 and "| 2x2x2 b1 | 4 |" in table.read_text()
+    assert "| 8x1x1 b1 | 8 |" in capsys.readouterr().out
     assert main(["bench", "sharding", "--mesh", "3x3x1", "--no-progress"]) == 2
     assert "mesh shape {'data': 3, 'fsdp': 3, 'tensor': 1} needs 9 devices; 8 are available" in capsys.readouterr().err

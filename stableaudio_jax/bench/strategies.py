@@ -21,15 +21,15 @@ class Strategy:
     mesh: tuple[int, int, int]    # data x fsdp x tensor
     per_device_batch: int = 1     # examples per device of the batch axes (data x fsdp)
     seconds: float | None = None  # audio per example; None: the config's training crop
-    remat: str = "none"
+    remat: str | None = None          # None: the config's
     scan_layers: bool | None = None   # None: the config's
     attention: str | None = None      # attention implementation; None: the config's
     param_dtype: str | None = None    # None: the config's
 
     @property
     def name(self) -> str:
-        parts = ["x".join(map(str, self.mesh)), f"b{self.per_device_batch}", f"remat={self.remat}"]
-        parts += [f"{k}={v}" for k, v in (("s", self.seconds), ("scan", self.scan_layers),
+        parts = ["x".join(map(str, self.mesh)), f"b{self.per_device_batch}"]
+        parts += [f"{k}={v}" for k, v in (("remat", self.remat), ("s", self.seconds), ("scan", self.scan_layers),
                                            ("attn", self.attention), ("params", self.param_dtype)) if v is not None]
         return " ".join(parts)
 
@@ -72,11 +72,8 @@ def apply(config: ml_collections.ConfigDict, strategy: Strategy) -> ml_collectio
     if strategy.seconds is not None:
         config.training.crop_frames = max(1, round(strategy.seconds * frames_per_second(config)))
     model = config.model
-    if strategy.remat != "none" or "remat" in model:
-        if "remat" not in model:
-            raise ValueError(f"remat={strategy.remat!r}: the {model.type} model has no remat option")
-        model.remat = strategy.remat
-    for key, value in (("scan_layers", strategy.scan_layers), ("attention_impl", strategy.attention)):
+    options = (("remat", strategy.remat), ("scan_layers", strategy.scan_layers), ("attention_impl", strategy.attention))
+    for key, value in options:  # only what the strategy sets; the rest stays as the config (and its overrides) say
         if value is not None:
             if key not in model:
                 raise ValueError(f"{key}={value!r}: the {model.type} model has no {key} option")
@@ -86,7 +83,7 @@ def apply(config: ml_collections.ConfigDict, strategy: Strategy) -> ml_collectio
     return config
 
 
-def grid(meshes: Sequence[str], devices: int, batches: Iterable[int] = (1,), remats: Iterable[str] = ("none",),
+def grid(meshes: Sequence[str], devices: int, batches: Iterable[int] = (1,), remats: Iterable[str | None] = (None,),
          seconds: Iterable[float | None] = (None,), scans: Iterable[bool | None] = (None,),
          attentions: Iterable[str | None] = (None,), param_dtypes: Iterable[str | None] = (None,)) -> list[Strategy]:
     """Every combination of the given options, meshes first (the order of the report)."""

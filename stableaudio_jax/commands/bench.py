@@ -39,7 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--mesh", type=_list(str), default=["-1x1x1"],
                    help="comma-separated data x fsdp x tensor meshes over the local devices (one size may be -1)")
     p.add_argument("--batch", type=_list(int), default=[1], help="examples per device of the data x fsdp axes")
-    p.add_argument("--remat", type=_list(str), default=["none"], help="DiT activation checkpointing policies")
+    p.add_argument("--remat", type=_list(str), default=[None], help="DiT activation checkpointing policies "
+                                                                    "(default: the config's)")
     p.add_argument("--seconds", type=_list(float), default=[None], help="audio per example (default: the "
                                                                         "config's training crop)")
     p.add_argument("--scan", type=_list(_optional_bool), default=[None], help="DiT scanned layers: true,false")
