@@ -30,6 +30,10 @@ INSTALL_REQUIRES = [
 
 # what the notebooks use beyond the package (Colab has them): plots and the audio players
 NOTEBOOK_REQUIRES = ["matplotlib>=3.7", "ipython>=8.0"]
+# Ahead-of-time compilation for hardware this machine does not have (`bench sharding --target tpu:... / gpu:...`):
+# the TPU compiler (libtpu, at the version jax's own `tpu` extra names) and the CUDA PJRT plugin. Heavy (~1.8 GB),
+# never in the base install; neither needs the hardware or a driver.
+AOT_REQUIRES = ["jax[tpu]>=0.10.2", "jax-cuda12-plugin>=0.10.2"]
 
 TEST_REQUIRES = [
     "pytest>=8.0",
@@ -58,7 +62,7 @@ setup(
     packages=find_packages(include=["stableaudio_jax", "stableaudio_jax.*"]) + ["stableaudio_jax.configs"],
     package_dir={"stableaudio_jax.configs": "configs"},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES, "aot": AOT_REQUIRES},
     entry_points={"console_scripts": ["stableaudio-jax = stableaudio_jax.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -5,7 +5,7 @@
   python benchmarks/dit_bench.py --config configs/dit.py:sao --config.model.depth=2 --frames 256 --dtype float32 \
       --out docs/results/dit_cpu.json           # a CPU-sized check of the same code path
 
-One forward at ``--frames`` latent frames and batch ``--batch`` (2 = one classifier-free-guidance step of one
+One forward (and one forward + backward: gradients of every weight) at ``--frames`` latent frames and batch ``--batch`` (2 = one classifier-free-guidance step of one
 prompt) with 130 cross-attention tokens. Reports forward/s for both, their ratio, the analytic FLOPs of one forward
 and MFU against the device's dense bf16 peak where it is known (H100/H200/A100). Random weights: the torch model's
 init, converted with our converter (so the outputs can be compared too).
@@ -103,7 +103,30 @@ def run(model_cfg, frames: int, batch: int, tokens: int, repeats: int, dtype: st
                   torch_mfu=None if peak is None else flops / torch_seconds / peak,
                   jax_speedup_over_torch=torch_seconds / seconds,
                   max_abs_diff=float(np.abs(np.asarray(forward(params, *args)) - expected).max()))
+    result["backward"] = _forward_backward(dit, params, args, ref, (tx, tt, tc, tg, rotary), repeats, on_gpu,
+                                           3 * flops)
     return result
+
+
+def _forward_backward(dit, params, args, ref, torch_args, repeats: int, on_gpu: bool, flops: float) -> dict:
+    """Forward + backward (gradients of every weight) of ``sum(out ** 2)``, both frameworks, the same inputs:
+    the training step's model work (AdamW and EMA excluded)."""
+    import torch
+    grad = jax.jit(jax.grad(lambda p, *a: jnp.sum(jnp.square(dit.apply(p, *a).astype(jnp.float32)))))
+    seconds = median_seconds(lambda: jax.block_until_ready(grad(params, *args)), repeats)
+    tx, tt, tc, tg, rotary = torch_args
+
+    def torch_step():
+        ref.zero_grad(set_to_none=True)
+        out = ref(tx, tt, encoder_hidden_states=tc, global_hidden_states=tg, rotary_embedding=rotary,
+                  return_dict=False)[0]
+        out.float().square().sum().backward()
+        if on_gpu:
+            torch.cuda.synchronize()
+
+    torch_seconds = median_seconds(torch_step, repeats)
+    return {"flops": flops, "jax_seconds": seconds, "torch_seconds": torch_seconds,
+            "jax_speedup_over_torch": torch_seconds / seconds}
 
 
 def main(argv=None) -> int:
@@ -119,7 +142,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out")
     args = parser.parse_args(rest)
     model_cfg = resolve_conditioning(load_config(args.config, overrides)).model  # widths from cond_dim
-    report = {"benchmark": "dit_forward", "config": args.config, "overrides": overrides,
+    report = {"benchmark": "dit_forward_backward", "config": args.config, "overrides": overrides,
               **environment(not args.skip_torch),
               "forward": run(model_cfg, args.frames, args.batch, args.tokens, args.repeats, args.dtype,
                              args.skip_torch)}

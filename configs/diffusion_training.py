@@ -20,7 +20,7 @@ def training_config(full_size: bool, crop_frames: int, lr: float | None = None):
         steps=1_000_000 if full_size else 300,
         accumulation=1,
         optimizer=dict(lr=lr or (5e-5 if full_size else 1e-3), betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-3,
-                       grad_clip=0.0, schedule=schedule),
+                       grad_clip=0.0, schedule=schedule, mu_dtype=None),
         ema=dict(beta=0.9999, power=0.75, inv_gamma=1.0, update_after_step=1),
         timestep_sampler="low_discrepancy",    # stratified uniform: the role of the reference's scrambled Sobol
         cfg_dropout=0.1,

@@ -54,17 +54,21 @@ def test_analytic_flops_agree_with_the_compiler(rows):
 
 def test_collectives_and_bytes_from_hlo_text():
     hlo = "\n".join([
-        "  %all-reduce.3 = f32[128,64]{1,0} all-reduce(%x), channel_id=2, to_apply=%add",
-        "  %ags = (bf16[8,16]{1,0}, bf16[64,16]{1,0}) all-gather-start(%y), dimensions={0}",
+        "  %all-reduce.3 = f32[128,64]{1,0} all-reduce(%x), channel_id=2, replica_groups={{0,1},{2,3}}, to_apply=%add",
+        "  %ags = (bf16[8,16]{1,0}, bf16[64,16]{1,0}) all-gather-start(%y), replica_groups=[1,8]<=[8], dimensions={0}",
         "  %agd = bf16[64,16]{1,0} all-gather-done(%ags)",
-        "  ROOT %rs = f32[4]{0} reduce-scatter(%z), dimensions={0}",
+        "  ROOT %rs = f32[4]{0} reduce-scatter(%z), replica_groups=mesh['axis_0'=2,'axis_1'=4], "
+        "device_ids=([2,4]) {'axis_1'}, dimensions={0}",
+        "  %cps = (f32[6]{0}, f32[6]{0}, u32[], u32[]) collective-permute-start(%w), source_target_pairs={{0,1},{1,0}}",
         "  %f = f32[2]{0} fusion(%all-reduce.3), kind=kLoop",
     ])
     found = analysis.collectives(hlo)
-    assert found["all-reduce"] == {"count": 1, "bytes": 128 * 64 * 4}
-    assert found["all-gather"] == {"count": 1, "bytes": (8 * 16 + 64 * 16) * 2}
-    assert found["reduce-scatter"] == {"count": 1, "bytes": 16}
-    assert found["all-to-all"]["count"] == found["collective-permute"]["count"] == 0
+    # bytes: the results; moved: what each device sends under the ring algorithm for its group size
+    assert found["all-reduce"] == {"count": 1, "bytes": 128 * 64 * 4, "moved": 2 * 128 * 64 * 4 // 2}
+    assert found["all-gather"] == {"count": 1, "bytes": 64 * 16 * 2, "moved": 64 * 16 * 2 * 7 // 8}
+    assert found["reduce-scatter"] == {"count": 1, "bytes": 16, "moved": 16 * 3}  # groups of 4 (axis_1)
+    assert found["collective-permute"] == {"count": 1, "bytes": 24, "moved": 24}
+    assert found["all-to-all"]["count"] == 0
 
 
 def test_strategies_become_config_overrides():

@@ -8,7 +8,10 @@ the text and is counted once, as ``cost_analysis`` counts the body once: unrolle
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import re
+import warnings
 from typing import Any
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -16,30 +19,72 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 
                 "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
 # "%name = <shape> <op>(" or "<op>-start(" (asynchronous pairs are counted at their start)
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%[\w.\-]+\s*=\s*(?P<shape>.+?)\s+(?P<op>" + "|".join(COLLECTIVES) +
-                          r")(?:-start)?\(")
+                          r")(?P<start>-start)?\(")
 _ARRAY = re.compile(r"\b(?P<dtype>[a-z]+[0-9]*(?:e[0-9]m[0-9](?:fn)?)?)\[(?P<dims>[0-9,]*)\]")
 
 
+def array_bytes(shape: str) -> list[int]:
+    """Bytes of each array in an HLO shape (``f32[8,512]{1,0}`` or a tuple of them); unknown dtypes: 4 bytes."""
+    return [math.prod(int(d) for d in filter(None, a.group("dims").split(","))) * _DTYPE_BYTES.get(a.group("dtype"), 4)
+            for a in _ARRAY.finditer(shape)]
+
+
 def shape_bytes(shape: str) -> int:
-    """Bytes of an HLO result shape (``f32[8,512]{1,0}`` or a tuple of them); unknown dtypes count as 4 bytes."""
-    total = 0
-    for array in _ARRAY.finditer(shape):
-        count = 1
-        for dim in filter(None, array.group("dims").split(",")):
-            count *= int(dim)
-        total += count * _DTYPE_BYTES.get(array.group("dtype"), 4)
-    return total
+    return sum(array_bytes(shape))
+
+
+def result_bytes(op: str, shape: str, start: bool) -> int:
+    """Bytes of a collective's result. Asynchronous starts return their operands too: ``all-gather-start``
+    (operands, results), GPU's ``reduce-scatter-start`` ((operands), (results)), ``collective-permute-start``
+    (operand, result, contexts): count the results only (an ``all-reduce-start``'s tuple is its results)."""
+    sizes = array_bytes(shape)
+    if start and len(sizes) > 1 and (op == "all-gather" or shape.lstrip().startswith("((")):
+        return sum(sizes[len(sizes) // 2:])
+    if start and op == "collective-permute" and len(sizes) > 1:
+        return sizes[1]
+    return sum(sizes)
+
+
+_GROUPS_LISTED = re.compile(r"replica_groups=\{\{(?P<first>[0-9,]*)\}")
+_GROUPS_IOTA = re.compile(r"replica_groups=\[(?P<dims>[0-9,]+)\]<=")
+_GROUPS_MESH = re.compile(r"replica_groups=mesh\[(?P<axes>[^\]]*)\][^{]*\{(?P<used>[^}]*)\}")
+
+
+def group_size(line: str) -> int | None:
+    """Devices per replica group of a collective instruction (listed, iota or named-mesh form); None if absent."""
+    if match := _GROUPS_LISTED.search(line):
+        return len(match.group("first").split(","))
+    if match := _GROUPS_IOTA.search(line):
+        return int(match.group("dims").split(",")[-1])
+    if match := _GROUPS_MESH.search(line):
+        sizes = dict(re.findall(r"'([^']+)'=(\d+)", match.group("axes")))
+        return math.prod(int(sizes[a]) for a in re.findall(r"'([^']+)'", match.group("used")) if a in sizes)
+    return None
+
+
+def moved_bytes(op: str, result_bytes: int, group: int | None) -> float:
+    """Bytes each device sends for one collective under the ring algorithm, from its result size and group size
+    (an unknown group counts as a large one)."""
+    share = 1.0 if not group else (group - 1) / group
+    if op == "all-reduce":
+        return 2 * result_bytes * share
+    if op == "reduce-scatter":  # the result is the shard
+        return result_bytes * (group - 1 if group else 1)
+    return result_bytes * (share if op in ("all-gather", "all-to-all") else 1.0)
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
-    """``{kind: {"count", "bytes"}}`` of the collectives in optimized HLO text (every kind present, zeros too)."""
-    found = {kind: {"count": 0, "bytes": 0} for kind in COLLECTIVES}
+    """``{kind: {"count", "bytes", "moved"}}`` of the collectives in optimized HLO text (every kind present, zeros
+    too): ``bytes`` their results hold, ``moved`` what each device sends (``moved_bytes``)."""
+    found = {kind: {"count": 0, "bytes": 0, "moved": 0} for kind in COLLECTIVES}
     for line in hlo_text.splitlines():
         match = _INSTRUCTION.match(line)
         if match:
-            entry = found[match.group("op")]
+            op = match.group("op")
+            entry, size = found[op], result_bytes(op, match.group("shape"), bool(match.group("start")))
             entry["count"] += 1
-            entry["bytes"] += shape_bytes(match.group("shape"))
+            entry["bytes"] += size
+            entry["moved"] += int(moved_bytes(op, size, group_size(line)))
     return found
 
 
@@ -69,3 +114,19 @@ def cost(compiled) -> dict[str, Any]:
 def describe(compiled) -> dict[str, Any]:
     """Memory, cost and collectives of one compiled executable."""
     return {"memory": memory(compiled), "cost": cost(compiled), "collectives": collectives(compiled.as_text())}
+
+
+@contextlib.contextmanager
+def without_persistent_cache():
+    """Compiling for devices this process has no client for (an ahead-of-time target): such executables cannot
+    be read back from JAX's persistent compilation cache, so it is switched off (and its read warning muted,
+    since JAX decides once per process whether the cache is in use)."""
+    import jax
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Error reading persistent compilation cache entry")
+            yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)

@@ -1,17 +1,23 @@
 """``stableaudio-jax bench sharding``: the denoiser's full training step (AdamW, EMA, CFG dropout) compiled for
-each sharding strategy on the local devices, with what the compiler plans (per-device memory, FLOPs, collectives)
-and what a run measures (median step time after warm-up, achieved FLOP/s).
+each sharding strategy on a target — the local devices, or a TPU slice / GPU node compiled ahead of time — with
+what the compiler plans (per-device memory and whether it fits, FLOPs, collectives, a step-time bound from the
+compiled counts and the MFU it implies, XLA's own optimal-seconds bound on TPU) and, on local devices, what a run
+measures (median step time after warm-up, MFU).
 
-Rows are JSON lines; a markdown table and a PNG (memory and time per strategy) summarise them. The compiled
-figures are per device and come from XLA (``bench/compiled.py``); the step time is measured on the devices the
-process sees (on a CPU host, simulated devices share its cores: compare strategies with each other there, not
-with accelerators).
+Rows are JSON lines; a markdown table and a PNG (memory and time per strategy) summarise them. Compiled figures
+are per device and come from XLA (``bench/compiled.py``). A scanned layer stack is costed by compiling the same
+step unrolled at depth 1 and 2 and extrapolating (``unrolled_cost``): XLA counts a scan body once. Measured step
+times come only from devices this process owns (on a CPU host, simulated devices share its cores: compare
+strategies with each other there, not with accelerators).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
+import re
 import statistics
 import time
 from typing import Any, Sequence
@@ -19,12 +25,16 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType
 
 from stableaudio_jax.bench import compiled as analysis
+from stableaudio_jax.bench import targets
 from stableaudio_jax.bench.strategies import Strategy, apply
+from stableaudio_jax.bench.targets import Target
+from stableaudio_jax.training.flops import analytic_train_flops
 
 logger = logging.getLogger(__name__)
-WORKLOADS = ("train",)
+WORKLOADS = ("train", "generate")
 
 
 def text_shape(config) -> tuple[int, int]:
@@ -34,66 +44,146 @@ def text_shape(config) -> tuple[int, int]:
     return int(text.get("max_length") or 128), synthetic_text_width(config)
 
 
-def analytic_train_flops(run, global_batch: int) -> float | None:
-    """Model FLOPs of one DiT training step (forward + backward = 3 forwards): 2 FLOPs per multiply-add of every
-    weight, for each latent frame (blocks, in/out projections), each text token (cross-attention keys/values, the
-    token projection) or once per example (timestep and global embeddings), plus self-attention (QK^T and AV:
-    4 T^2 D per layer) and cross-attention (4 T L D) — the convention behind MFU figures. ``None`` for the U-Net
-    (convolutions at several rates: use the compiled count)."""
-    config = run.config
-    if config.model.type != "dit":
-        return None
-    frames, tokens = int(config.training.crop_frames), int(run.text_length) + 2  # prompt + the 2 timing tokens
-    width, depth = int(config.model.embed_dim), int(config.model.depth)
-    weights = _kernel_sizes(run)
-    forward = (2 * (weights["frame"] * frames + weights["token"] * tokens + weights["example"])
-               + depth * (4 * frames ** 2 * width + 4 * frames * tokens * width))
-    return float(3 * forward * global_batch)
+def prepare(config, strategy: Strategy, target: Target):
+    """The config a strategy trains with on ``target``, its mesh over the target's devices (topology-aware order)
+    and the compiled-step builder."""
+    from stableaudio_jax.parallel.mesh import resolve_mesh_shape
+    from stableaudio_jax.parallel.sharding import MESH_AXES
+    from stableaudio_jax.training import diffusion_steps
+    config = apply(config, strategy)
+    if not target.measured and config.model.get("attention_impl") == "auto":
+        # "auto" resolves on the compiling host's backend (CPU here): pick what it means on the target
+        config.model.attention_impl = TARGET_ATTENTION[target.platform]
+    sizes = resolve_mesh_shape(strategy.mesh, target.device_count)
+    mesh = jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=target.devices)
+    length, width = text_shape(config)
+    return config, mesh, diffusion_steps.compiled(config, mesh, length, width)
 
 
-PER_TOKEN = ("cross_attn/kv", "to_cond_embed")
-PER_EXAMPLE = ("to_global_embed", "to_timestep_embed")
+# cuDNN's fused attention cannot be compiled without the cuDNN library, which the AOT extra does not carry: GPU
+# plans use XLA's attention, whose T x T scores make them pessimistic for long sequences (say so in reports)
+TARGET_ATTENTION = {"tpu": "xla", "cuda": "xla"}
 
 
-def _kernel_sizes(run) -> dict[str, int]:
-    """Weights of the DiT's kernels by how often they apply: per latent frame, per text token, per example."""
-    import flax.linen as nn
-    from stableaudio_jax.training.diffusion_steps import example_batch
-    batch = example_batch(run)
-    params = jax.eval_shape(lambda: run.model.init(jax.random.key(0), batch["latents"], batch["text_embeddings"],
-                                                   batch["text_mask"]))
-    sizes = {"frame": 0, "token": 0, "example": 0}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(nn.unbox(params["denoiser"])):
-        name = "/".join(str(getattr(p, "key", p)) for p in path)
-        if name.endswith("kernel"):
-            kind = ("token" if any(k in name for k in PER_TOKEN) else
-                    "example" if any(k in name for k in PER_EXAMPLE) else "frame")
-            sizes[kind] += int(np.prod(leaf.shape))
-    return sizes
+def compile_strategy(config, strategy: Strategy, target: Target):
+    """(config, mesh, compiled-step builder, executable, seconds it took to compile)."""
+    config, mesh, steps = prepare(config, strategy, target)
+    started = time.perf_counter()
+    with contextlib.nullcontext() if target.measured else analysis.without_persistent_cache():
+        executable = steps.lower(strategy.global_batch()).compile()
+    return config, mesh, steps, executable, time.perf_counter() - started
+
+
+def scanned_layers(config) -> int | None:
+    """The DiT's depth when its blocks are a ``lax.scan`` (whose body XLA's cost analysis counts once)."""
+    model = config.model
+    return int(model.depth) if model.type == "dit" and model.get("scan_layers") else None
+
+
+def unrolled_cost(config, strategy: Strategy, target: Target, quick: bool = False) -> dict[str, Any]:
+    """Whole-step cost, collectives and (an estimate of) memory of a scanned DiT: the same strategy compiled
+    unrolled at depth 1 and 2, extrapolated linearly to the real depth (every layer is the same program). Checked
+    against a full unrolled compile of SAO on v5p-8: FLOPs and collective bytes agree to <1 %, bytes accessed
+    within ~10 % (an unrolled stack fuses a little across layer boundaries). The memory is the unrolled stack's,
+    an estimate only: a scan keeps other temporaries (the planner confirms fits with the real compile).
+    ``quick``: one compile at depth 1, scaled by the depth (what is outside the layers counted depth times:
+    a slight over-estimate, used to screen candidates)."""
+    depth = scanned_layers(apply(config, strategy))
+    twins = []
+    for layers in (1,) if quick else (1, 2):
+        twin = apply(config, strategy)
+        twin.model.depth, twin.model.scan_layers = layers, False
+        twins.append(analysis.describe(compile_strategy(twin, dataclasses.replace(strategy, scan_layers=False),
+                                                        target)[3]))
+    first, second = twins[0], twins[-1]
+
+    def grow(a, b):
+        if a is None or b is None:
+            return None
+        return a * depth if quick else a + (depth - 1) * (b - a)
+
+    return {"cost": {key: grow(first["cost"][key], second["cost"][key]) for key in first["cost"]},
+            "collectives": {kind: {f: int(grow(first["collectives"][kind][f], second["collectives"][kind][f]))
+                                   for f in ("count", "bytes", "moved")} for kind in first["collectives"]},
+            "memory": {key: int(grow(first["memory"][key], second["memory"][key])) for key in first["memory"]}}
+
+
+_OOM_UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+_OOM = (re.compile(r"RESOURCE_EXHAUSTED: .*?required for (?P<what>[\w ]+?) \((?P<need>[\d.]+)(?P<u>[KMGT])\)"),
+        re.compile(r"RESOURCE_EXHAUSTED: .*?Used (?P<need>[\d.]+)(?P<u>[KMGT]) of [\d.]+[KMGT] hbm"))
+
+
+def out_of_memory(message: str) -> int | None:
+    """Bytes a program needs according to the TPU compiler's out-of-memory error (a lower bound when the
+    error counts temporaries only); None if ``message`` is not one."""
+    for pattern in _OOM:
+        if match := pattern.search(message):
+            return int(float(match.group("need")) * _OOM_UNITS[match.group("u")])
+    return None
+
+
+def out_of_memory_row(workload: str, strategy: Strategy, target: Target, required: int, message: str) -> dict:
+    """A strategy the compiler refused for want of memory: what it needs, nothing else."""
+    return {"workload": workload, "strategy": strategy.as_dict(), "target": target.as_dict(),
+            "devices": target.device_count, "device_kind": target.devices[0].device_kind,
+            "memory": {"arguments": None, "outputs": None, "aliased": None, "temporaries": None, "total": required},
+            "fits": False, "out_of_memory": message.splitlines()[0][:300],
+            "cost": {"flops": None, "bytes_accessed": None, "optimal_seconds": None}, "collectives": {},
+            "bound_seconds": None, "mfu_at_bound": None}
+
+
+def finish_bounds(row: dict, target: Target) -> dict:
+    """The step-time bounds of a row whose cost is whole-step: XLA's ``optimal_seconds`` where it gives one (TPU;
+    negative = unknown) and the roofline of the compiled counts (``targets.roofline_seconds``, what strategies
+    are ranked by), with the MFU the roofline implies."""
+    whole = "counted once" not in row["cost_method"]
+    xla = row["cost"]["optimal_seconds"]
+    row["xla_optimal_seconds"] = xla if whole and xla is not None and xla >= 0 else None
+    cost = row["cost"]
+    if cost["flops"] is None and row.get("analytic_flops"):  # XLA's GPU backend gives no cost: the model's FLOPs
+        cost = dict(cost, flops=row["analytic_flops"] / row["devices"])
+        row["cost_method"] = "no XLA cost on this backend: analytic FLOPs, no HBM traffic"
+    row["bound_seconds"] = targets.roofline_seconds(cost, row["collectives"], target) if whole else None
+    row["mfu_at_bound"] = targets.mfu(row["analytic_flops"], row["bound_seconds"], target)
+    return row
 
 
 def run_strategy(config, strategy: Strategy, workload: str = "train", measure: bool = True, repeats: int = 5,
-                 devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
-    """One row: the strategy compiled (and, with ``measure``, run) on ``devices`` (default: all local ones)."""
-    from stableaudio_jax.parallel.mesh import make_mesh
-    from stableaudio_jax.training import diffusion_steps
+                 target: Target | None = None, unroll_cost: bool = True, steps: int = 100) -> dict[str, Any]:
+    """One row: the strategy compiled for ``target`` (default: the local devices) and, where the devices are this
+    process's and ``measure`` is set, run. ``generate``: ``bench/generation.py`` (``steps`` sampler steps)."""
     if workload not in WORKLOADS:
         raise ValueError(f"workload {workload!r}: expected one of {list(WORKLOADS)}")
-    config = apply(config, strategy)
-    mesh = make_mesh(strategy.mesh, devices=devices)
-    length, width = text_shape(config)
-    steps = diffusion_steps.compiled(config, mesh, length, width)
+    target = target or targets.local_target()
+    if workload == "generate":
+        from stableaudio_jax.bench.generation import run_generation
+        return run_generation(config, strategy, target, steps)
+    try:
+        config, mesh, steps, executable, seconds = compile_strategy(config, strategy, target)
+    except Exception as error:  # the TPU compiler refuses a program that does not fit its HBM
+        required = out_of_memory(str(error))
+        if required is None:
+            raise
+        return out_of_memory_row(workload, strategy, target, required, str(error))
     global_batch = strategy.global_batch()
-    started = time.perf_counter()
-    executable = steps.lower(global_batch).compile()
-    row = {"workload": workload, "strategy": strategy.as_dict(), "devices": mesh.size,
+    row = {"workload": workload, "strategy": strategy.as_dict(), "target": target.as_dict(), "devices": mesh.size,
            "device_kind": mesh.devices.flat[0].device_kind, "frames": int(config.training.crop_frames),
-           "compile_seconds": round(time.perf_counter() - started, 2), **analysis.describe(executable),
+           "attention": config.model.get("attention_impl"), "compile_seconds": round(seconds, 2),
+           **analysis.describe(executable), "cost_method": "compiled",
            "analytic_flops": analytic_train_flops(steps.run, global_batch)}
-    if measure:
+    row["fits"] = targets.fits(row["memory"]["total"], target)
+    if scanned_layers(config) and unroll_cost:
+        unrolled = unrolled_cost(config, strategy, target)
+        row.update(cost=unrolled["cost"], collectives=unrolled["collectives"],
+                   cost_method="unrolled at depth 1 and 2, extrapolated")
+    elif scanned_layers(config):
+        row["cost_method"] = "compiled (the scanned layer counted once)"
+    finish_bounds(row, target)
+    if measure and target.measured:
         row["step_seconds"] = _measure(steps, executable, mesh, config.seed, global_batch, repeats)
         flops = row["analytic_flops"] or (row["cost"]["flops"] or 0) * mesh.size
         row["achieved_tflops"] = flops / row["step_seconds"] / 1e12 if flops else None
+        row["mfu"] = targets.mfu(flops, row["step_seconds"], target)
     return row
 
 
@@ -116,12 +206,13 @@ def _measure(steps, executable, mesh, seed: int, global_batch: int, repeats: int
 
 
 def run_bench(config, strategies: Sequence[Strategy], workload: str = "train", measure: bool = True,
-              repeats: int = 5, out: str | None = None, progress: bool = True) -> list[dict]:
+              repeats: int = 5, out: str | None = None, progress: bool = True, target: Target | None = None,
+              unroll_cost: bool = True, steps: int = 100) -> list[dict]:
     """Every strategy in turn; each row is appended to ``out`` (JSON lines) as soon as it is known."""
     from tqdm import tqdm
     rows = []
     for strategy in tqdm(strategies, desc="strategies", unit="strategy", disable=not progress):
-        row = run_strategy(config, strategy, workload, measure, repeats)
+        row = run_strategy(config, strategy, workload, measure, repeats, target, unroll_cost, steps)
         rows.append(row)
         logger.info("%s: %.1f MiB per device%s", strategy.name, row["memory"]["total"] / 2 ** 20,
                     f", {row['step_seconds'] * 1e3:.1f} ms per step" if "step_seconds" in row else "")
@@ -132,44 +223,61 @@ def run_bench(config, strategies: Sequence[Strategy], workload: str = "train", m
 
 
 def markdown(rows: Sequence[dict]) -> str:
-    """One line per strategy: per-device memory, compiled FLOPs, collectives, measured time."""
-    lines = ["| strategy | global batch | memory / device (MiB): args, temp, total | GFLOP / device | collectives "
-             "(count, MiB) | step (ms) | examples / s |", "|---|---|---|---|---|---|---|"]
+    """One line per strategy: per-device memory and fit, compiled FLOPs, collectives, the compiler's bound and the
+    MFU it implies, measured time and MFU (where measured)."""
+    unit, scale = ("GiB", 2 ** 30) if max(r["memory"]["total"] for r in rows) > 4 * 2 ** 30 else ("MiB", 2 ** 20)
+    lines = [f"| strategy | global batch | memory / device ({unit}): args, temp, **total** | fits | TFLOP / device "
+             "| collectives (count, MiB sent) | bound (ms) | MFU at bound | XLA bound (ms) | step (ms) | examples / s "
+             "| MFU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda value, f: "-" if value is None else f.format(value)  # noqa: E731
     for row in rows:
         m, c = row["memory"], row["cost"]
         moved = {k: v for k, v in row["collectives"].items() if v["count"]}
-        coll = ", ".join(f"{k} {v['count']} ({v['bytes'] / 2 ** 20:.1f})" for k, v in moved.items()) or "none"
-        batch = row["strategy"]["global_batch"]
-        step = f"{row['step_seconds'] * 1e3:.1f}" if row.get("step_seconds") else "-"
-        rate = f"{batch / row['step_seconds']:.1f}" if row.get("step_seconds") else "-"
-        flops = f"{c['flops'] / 1e9:.2f}" if c["flops"] is not None else "-"
-        lines.append(f"| {row['strategy']['name']} | {batch} | {m['arguments'] / 2 ** 20:.1f}, "
-                     f"{m['temporaries'] / 2 ** 20:.1f}, **{m['total'] / 2 ** 20:.1f}** | {flops} | {coll} | {step} "
-                     f"| {rate} |")
+        coll = ", ".join(f"{k} {v['count']} ({v.get('moved', v['bytes']) / 2 ** 20:.1f})"
+                         for k, v in moved.items()) or "none"
+        batch, step = row["strategy"]["global_batch"], row.get("step_seconds")
+        fits = {True: "yes", False: "**no**", None: "-"}[row.get("fits")]
+        bound = row.get("bound_seconds")
+        parts = (f"{m['arguments'] / scale:.2f}, {m['temporaries'] / scale:.2f}, **{m['total'] / scale:.2f}**"
+                 if m["arguments"] is not None else f"needs > {m['total'] / scale:.2f} (compiler out of memory)")
+        lines.append(
+            f"| {row['strategy']['name']} | {batch} | {parts} | {fits} "
+            f"| {fmt(c['flops'] and c['flops'] / 1e12, '{:.3f}')} | {coll} "
+            f"| {fmt(bound and bound * 1e3, '{:.1f}')} | {fmt(row.get('mfu_at_bound'), '{:.0%}')} "
+            f"| {fmt(row.get('xla_optimal_seconds') and row['xla_optimal_seconds'] * 1e3, '{:.1f}')} "
+            f"| {fmt(step and step * 1e3, '{:.1f}')} | {fmt(step and batch / step, '{:.1f}')} "
+            f"| {fmt(row.get('mfu'), '{:.1%}')} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: Sequence[dict], path: str) -> str:
-    """Per-device memory (stacked: arguments, outputs, temporaries) and measured throughput per strategy
-    (examples per second: strategies with other global batches compare fairly)."""
+    """Per-device memory (stacked: arguments, outputs, temporaries; the target's HBM as a line) and throughput per
+    strategy in examples per second (strategies with other global batches compare fairly): measured where every
+    row was run, else the compiler's bound."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's inline one) is untouched
     names = [r["strategy"]["name"] for r in rows]
     x = np.arange(len(rows))
     timed = all(r.get("step_seconds") for r in rows)
-    panels = 2 if timed else 1
+    seconds = [r.get("step_seconds") if timed else r.get("bound_seconds") for r in rows]
+    panels = 2 if all(seconds) else 1
     fig = Figure(figsize=((3 + 0.6 * len(rows)) * panels, 3.8))
     axes = fig.subplots(1, panels, squeeze=False)
     bottom = np.zeros(len(rows))
     for part in ("arguments", "outputs", "temporaries"):
-        values = np.array([r["memory"][part] - (r["memory"]["aliased"] if part == "outputs" else 0)
-                           for r in rows]) / 2 ** 20
+        values = np.array([(r["memory"][part] or 0) - (r["memory"]["aliased"] or 0 if part == "outputs" else 0)
+                           if r["memory"]["arguments"] is not None else (r["memory"]["total"] if part == "temporaries"
+                                                                         else 0) for r in rows]) / 2 ** 30
         axes[0, 0].bar(x, values, bottom=bottom, label=part if part != "outputs" else "outputs (not donated)")
         bottom += values
-    axes[0, 0].set(ylabel="MiB per device", title="compiled memory per device")
+    hbm = rows[0].get("target", {}).get("hbm_bytes")
+    if hbm:
+        axes[0, 0].axhline(hbm / 2 ** 30, color="tab:red", linestyle="--", label=f"HBM ({hbm / 2 ** 30:.0f} GiB)")
+    axes[0, 0].set(ylabel="GiB per device", title="compiled memory per device")
     axes[0, 0].legend(fontsize=7)
-    if timed:
-        axes[0, 1].bar(x, [r["strategy"]["global_batch"] / r["step_seconds"] for r in rows], color="tab:gray")
-        axes[0, 1].set(ylabel="examples / s", title="measured throughput (median step)")
+    if panels == 2:
+        axes[0, 1].bar(x, [r["strategy"]["global_batch"] / t for r, t in zip(rows, seconds)], color="tab:gray")
+        axes[0, 1].set(ylabel="examples / s", title="measured throughput (median step)" if timed
+                       else "bound from the compiled counts")
     for ax in axes[0]:
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
     fig.tight_layout()

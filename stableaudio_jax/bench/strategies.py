@@ -25,12 +25,14 @@ class Strategy:
     scan_layers: bool | None = None   # None: the config's
     attention: str | None = None      # attention implementation; None: the config's
     param_dtype: str | None = None    # None: the config's
+    opt_dtype: str | None = None      # AdamW's first-moment dtype; None: the config's
 
     @property
     def name(self) -> str:
         parts = ["x".join(map(str, self.mesh)), f"b{self.per_device_batch}"]
         parts += [f"{k}={v}" for k, v in (("remat", self.remat), ("s", self.seconds), ("scan", self.scan_layers),
-                                           ("attn", self.attention), ("params", self.param_dtype)) if v is not None]
+                                           ("attn", self.attention), ("params", self.param_dtype),
+                                           ("mu", self.opt_dtype)) if v is not None]
         return " ".join(parts)
 
     @property
@@ -80,16 +82,19 @@ def apply(config: ml_collections.ConfigDict, strategy: Strategy) -> ml_collectio
             model[key] = value
     if strategy.param_dtype is not None:
         config.param_dtype = strategy.param_dtype
+    if strategy.opt_dtype is not None:
+        config.training.optimizer.mu_dtype = strategy.opt_dtype
     return config
 
 
 def grid(meshes: Sequence[str], devices: int, batches: Iterable[int] = (1,), remats: Iterable[str | None] = (None,),
          seconds: Iterable[float | None] = (None,), scans: Iterable[bool | None] = (None,),
-         attentions: Iterable[str | None] = (None,), param_dtypes: Iterable[str | None] = (None,)) -> list[Strategy]:
+         attentions: Iterable[str | None] = (None,), param_dtypes: Iterable[str | None] = (None,),
+         opt_dtypes: Iterable[str | None] = (None,)) -> list[Strategy]:
     """Every combination of the given options, meshes first (the order of the report)."""
     resolved = [parse_mesh(m, devices) for m in meshes]
-    return [Strategy(mesh, b, s, r, sc, a, d) for mesh, b, r, s, sc, a, d in
-            itertools.product(resolved, batches, remats, seconds, scans, attentions, param_dtypes)]
+    return [Strategy(mesh, b, s, r, sc, a, d, o) for mesh, b, r, s, sc, a, d, o in
+            itertools.product(resolved, batches, remats, seconds, scans, attentions, param_dtypes, opt_dtypes)]
 
 
 def factorisations(devices: int) -> list[tuple[int, int, int]]:

@@ -71,13 +71,16 @@ def apply_partial_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Ar
     return jnp.concatenate([xr * cos + rotated * sin, xp], axis=-1).astype(x.dtype)
 
 
+def default_impl(platform: str) -> str:
+    """What ``auto`` means on a platform. XLA's fused attention is slower than plain einsums on CPU; on GPU/TPU
+    JAX picks (cuDNN flash on GPU)."""
+    return "einsum" if platform == "cpu" else "dot_product"
+
+
 def _resolve_impl(impl: str) -> str:
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention implementation {impl!r}; expected one of {ATTENTION_IMPLS}")
-    if impl == "auto":
-        # XLA's fused attention is slower than plain einsums on CPU; on GPU/TPU let JAX pick (cuDNN flash on GPU).
-        return "einsum" if jax.default_backend() == "cpu" else "dot_product"
-    return impl
+    return default_impl(jax.default_backend()) if impl == "auto" else impl
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,

@@ -158,6 +158,22 @@ class SnakeBeta(nn.Module):
         return snake_beta(x, log_alpha, log_beta)
 
 
+def _merged_sizes(shape: tuple[int, ...], axes: tuple[str, ...]) -> list[int]:
+    """``shape`` with runs of adjacent axes merged where that keeps the kernel's sharding: an axis whose logical
+    name the active rules do not map to a mesh axis joins the axis before it. Without rules (one device) the
+    whole shape merges into one axis."""
+    rules: dict = {}
+    for name, mesh_axes in nn.get_logical_axis_rules() or ():
+        rules.setdefault(name, mesh_axes)
+    sizes: list[int] = []
+    for size, name in zip(shape, axes):
+        if sizes and rules.get(name) is None:
+            sizes[-1] *= size
+        else:
+            sizes.append(size)
+    return sizes
+
+
 class DenseGeneral(nn.Module):
     """A linear map contracting the last ``in_dims`` input axes into ``features`` (a tuple of output dims).
 
@@ -185,9 +201,15 @@ class DenseGeneral(nn.Module):
                              f"shape {shape}")
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes), shape,
                             self.param_dtype)
-        contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
-        y = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())),
-                            precision=self.precision)
+        # Adjacent kernel axes are merged where the sharding rules allow (an unsharded axis joins the one before
+        # it), so that the matmul has as few axes as possible: XLA's CPU backend differentiates a [K] x [K, N]
+        # GEMM ~10 % faster than the same product over several axes; sharded axes stay separate.
+        ins = _merged_sizes(shape[:self.in_dims], self.axes[:self.in_dims])
+        outs = _merged_sizes(features, self.axes[self.in_dims:])
+        lead = x.shape[:x.ndim - self.in_dims]
+        contract = (tuple(range(len(lead), len(lead) + len(ins))), tuple(range(len(ins))))
+        y = lax.dot_general(x.astype(self.dtype).reshape(*lead, *ins), kernel.astype(self.dtype).reshape(*ins, *outs),
+                            (contract, ((), ())), precision=self.precision).reshape(*lead, *features)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, self.axes[self.in_dims:]),
                               features, self.param_dtype)

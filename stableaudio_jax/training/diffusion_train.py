@@ -30,6 +30,7 @@ from stableaudio_jax.store import StoreError, TextToAudioModel, diffusion_model,
 from stableaudio_jax.store.format import host_arrays
 from stableaudio_jax.training import diffusion_steps
 from stableaudio_jax.training.checkpoints import TrainCheckpointer
+from stableaudio_jax.training.flops import train_step_flops
 from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.metrics import MetricsWriter
 from stableaudio_jax.training.sources import EXPORT_DIR, resolve_text_encoder, resolve_vae
@@ -125,7 +126,8 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
                                diffusion_steps.batch_sharding(mesh), start=start, end=end,
                                checkpointer=checkpointer, writer=writer, config=config, desc="train",
                                progress=progress, after_step=after,
-                               audio_seconds_per_step=t.batch_size * t.crop_frames * ratio)
+                               audio_seconds_per_step=t.batch_size * t.crop_frames * ratio,
+                               flops_per_step=train_step_flops(compiled, t.batch_size))
         checkpointer.wait()
         if int(state.step) == t.steps:
             export_model(compiled.run, state, config, manifest, os.path.join(workdir, EXPORT_DIR))

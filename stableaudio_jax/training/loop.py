@@ -144,10 +144,12 @@ class StepTimer:
 
 def run_loop(state: Any, step_fn: Callable, data, batch_sharding, *, start: int, end: int, checkpointer:
              TrainCheckpointer, writer, config: ml_collections.ConfigDict, audio_seconds_per_step: float,
-             desc: str, progress: bool = False, after_step: Callable[[int, Any], None] | None = None):
+             desc: str, progress: bool = False, after_step: Callable[[int, Any], None] | None = None,
+             flops_per_step: float | None = None):
     """The shared training loop: ``state, metrics = step_fn(step, state, batch)`` for steps ``start..end-1``.
 
-    Every ``log_every`` steps: finiteness check and metrics (+ step time and audio-seconds/s); every
+    Every ``log_every`` steps: finiteness check and metrics (+ step time, audio-seconds/s and, given the step's
+    model FLOPs, achieved TFLOP/s and MFU against this chip's peak where it is known); every
     ``checkpoint_every`` steps, at the end, and on a stop signal or preemption notice: a checkpoint with the data
     position and config. ``after_step(done, state)`` runs after each step (demos). Returns (state, last metrics).
     """
@@ -166,7 +168,7 @@ def run_loop(state: Any, step_fn: Callable, data, batch_sharding, *, start: int,
                     bar.update(1)
                 done = step + 1
                 if done % t.log_every == 0 or done == end:
-                    last = _log(writer, guard, timer, last, done, audio_seconds_per_step)
+                    last = _log(writer, guard, timer, last, done, audio_seconds_per_step, flops_per_step)
                 if after_step is not None:
                     after_step(done, state)
                 # one process: poll the flag every step; several: agree at log steps (a collective, not per step)
@@ -187,11 +189,18 @@ def run_loop(state: Any, step_fn: Callable, data, batch_sharding, *, start: int,
     return state, {k: float(np.asarray(v)) for k, v in last.items()}
 
 
-def _log(writer, guard: FiniteGuard, timer: StepTimer, last: dict, step: int, audio_seconds: float) -> dict:
+def _log(writer, guard: FiniteGuard, timer: StepTimer, last: dict, step: int, audio_seconds: float,
+         flops: float | None = None) -> dict:
+    from stableaudio_jax.parallel.hardware import local_chip, mfu
     guard.check(step, last)
     seconds = timer.lap()
     values = {k: float(np.asarray(jax.device_get(v))) for k, v in last.items()}
     values.update({"perf/step_time_s": seconds, "perf/audio_seconds_per_s": audio_seconds / seconds})
+    if flops:
+        values["perf/tflops_per_s"] = flops / seconds / 1e12
+        utilisation = mfu(flops, seconds, local_chip(), jax.device_count())
+        if utilisation is not None:
+            values["perf/mfu"] = utilisation
     writer.write(step, values)
     return values
 

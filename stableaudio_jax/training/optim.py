@@ -46,11 +46,13 @@ def make_schedule(cfg: Any) -> optax.Schedule:
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
     """AdamW (the reference's optimiser) with the configured schedule and optional global-norm clipping.
 
-    ``cfg``: {lr, betas, eps, weight_decay, grad_clip (0 = off), schedule: {...}}.
+    ``cfg``: {lr, betas, eps, weight_decay, grad_clip (0 = off), schedule: {...}, mu_dtype (optional: the first
+    moment's dtype, e.g. "bfloat16" to save a quarter of AdamW's state; the second moment stays float32)}.
     """
     schedule = make_schedule(dict(cfg.get("schedule", {}), lr=cfg.lr))
     b1, b2 = cfg.get("betas", (0.9, 0.999))
-    adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=cfg.get("eps", 1e-8), weight_decay=cfg.get("weight_decay", 0.0))
+    adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=cfg.get("eps", 1e-8), weight_decay=cfg.get("weight_decay", 0.0),
+                        mu_dtype=cfg.get("mu_dtype") or None)
     clip = cfg.get("grad_clip", 0.0)
     return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip else adamw
 

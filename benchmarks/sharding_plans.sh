@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The ahead-of-time plans behind docs/sharding.md: Stable Audio Open's DiT (and a 3 B DiT) searched on TPU slices
+# and GPU nodes this machine does not have (`pip install -e ".[aot]"`). Each line appends one JSON object (the
+# fastest fitting strategy and every candidate screened) to docs/results/sharding/<name>.jsonl; render the tables
+# with `python benchmarks/sharding_report.py`. About 1 hour on 2 CPU cores. Usage: benchmarks/sharding_plans.sh [name...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=docs/results/sharding
+mkdir -p "$out"
+export JAX_PLATFORMS=cpu
+
+sao="--config configs/dit.py:sao"
+big="--config configs/dit.py:sao --config.model.embed_dim=2304 --config.model.num_heads=36 --config.model.depth=32"
+declare -A plans=(
+  [sao_v5e-8]="$sao --target tpu:v5e-8 --find"
+  [sao_v5p-8]="$sao --target tpu:v5p-8 --find"
+  [sao_v5p-64]="$sao --target tpu:v5p-64 --find"
+  [sao_v6e-64]="$sao --target tpu:v6e-64 --find"
+  [sao_v6e-256]="$sao --target tpu:v6e-256 --find"
+  [sao_h100x8]="$sao --target gpu:h100x8 --find"
+  [sao_finetune_l4x1]="$sao --target gpu:l4x1 --find --remat none,full --opt-dtype float32,bfloat16 --param-dtype float32,bfloat16"
+  [sao_finetune_l4x8]="$sao --target gpu:l4x8 --find --remat none,dots,full"
+  [sao_batch256_v5p]="$sao --target tpu:v5p --find --global-batch 256"
+  [dit3b_v5p-64]="$big --target tpu:v5p-64 --find"
+  [dit3b_v6e-64]="$big --target tpu:v6e-64 --find"
+  [sao_v5p-64_batch]="$sao --target tpu:v5p-64 --find --batch 1,4"
+  [sao_v6e-64_batch]="$sao --target tpu:v6e-64 --find --batch 1,4"
+  [sao_generate_latency_v6e-8]="$sao --target tpu:v6e-8 --workload generate --mesh 1x1x8,8x1x1 --batch 1,8"
+  [sao_generate_length_v6e-1]="$sao --target tpu:v6e-1 --workload generate --seconds 10,30,47.55,95,190,285"
+)
+order=(sao_v5p-8 sao_v5e-8 sao_v5p-64 sao_v6e-64 sao_h100x8 sao_finetune_l4x1 sao_finetune_l4x8 dit3b_v5p-64
+       dit3b_v6e-64 sao_generate_latency_v6e-8 sao_generate_length_v6e-1 sao_v5p-64_batch sao_v6e-64_batch
+       sao_v6e-256 sao_batch256_v5p)
+for name in "${@:-${order[@]}}"; do
+  echo "== $name: stableaudio-jax bench sharding ${plans[$name]}"
+  rm -f "$out/$name.jsonl"
+  # shellcheck disable=SC2086
+  stableaudio-jax bench sharding ${plans[$name]} --no-progress --out "$out/$name.jsonl" \
+    --markdown "$out/$name.md" || echo "(exit $?: nothing fits)"
+done

@@ -1,0 +1,143 @@
+"""The ``generate`` workload of ``bench sharding``: text-to-audio latency of one batch — the conditioning, the
+sampling scan (the objective's default sampler, classifier-free guidance as one batched call per step) and the
+VAE decode in chunks — compiled for a target, with per-device memory and a whole-run cost.
+
+XLA's cost analysis counts a ``lax.scan`` body once, and generation nests two: the sampler's steps around the
+denoiser's scanned layers. The cost is therefore fitted from small unrolled compiles: the sampler at 1 and 2 steps
+around the denoiser unrolled at depth 1 and 2 (four compiles), a cost bilinear in (depth, steps) evaluated at the
+real ones; the decode is one chunk's compile times the number of chunks. The memory is the real program's: the
+sampler compiled as it runs (all steps, scanned layers) and one decode chunk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from stableaudio_jax.bench import compiled as analysis
+from stableaudio_jax.bench import targets
+from stableaudio_jax.bench.strategies import Strategy, apply
+from stableaudio_jax.bench.targets import Target
+
+CFG_SCALE = 7.0
+
+
+def _mesh(strategy: Strategy, target: Target):
+    from stableaudio_jax.parallel.mesh import resolve_mesh_shape
+    from stableaudio_jax.parallel.sharding import MESH_AXES
+    sizes = resolve_mesh_shape(strategy.mesh, target.device_count)
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=target.devices)
+
+
+def _compile(fn, args, mesh, rules, in_shardings, out_sharding):
+    with analysis.without_persistent_cache(), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_sharding).lower(*args).compile()
+
+
+def compile_sampler(config, strategy: Strategy, target: Target, steps: int):
+    """The conditioning + sampling scan for ``strategy`` (batch = its global batch, length = its seconds)."""
+    from stableaudio_jax.bench.sharding import TARGET_ATTENTION, text_shape
+    from stableaudio_jax.diffusion.samplers import DEFAULT_SAMPLERS, sample
+    from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
+    from stableaudio_jax.training import diffusion_steps
+    from stableaudio_jax.training.loop import abstract_with_shardings
+    config = apply(config, strategy)
+    if not target.measured and config.model.get("attention_impl") == "auto":
+        config.model.attention_impl = TARGET_ATTENTION[target.platform]
+    mesh, rules = _mesh(strategy, target), normalize_rules(config.sharding_rules)
+    length, width = text_shape(config)
+    run = diffusion_steps.build(config, length, width)
+    model, objective = run.model, config.diffusion.objective
+    batch, frames = strategy.global_batch(), int(config.training.crop_frames)
+    example = diffusion_steps.example_batch(run)
+    boxed = jax.eval_shape(lambda k: model.init(k, example["latents"], example["text_embeddings"],
+                                                example["text_mask"]), jax.random.key(0))
+    shardings = param_shardings(boxed, mesh, rules)
+    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    whole = NamedSharding(mesh, PartitionSpec())
+
+    def generate(params, noise, rng, text, mask, start, total):
+        cond = model.condition(params, text, mask, start, total)
+        return sample(lambda x, t: model.guided(params, x, t, cond, CFG_SCALE), noise, rng, objective=objective,
+                      sampler=DEFAULT_SAMPLERS[objective], steps=steps)
+
+    abstract = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
+    args = (abstract_with_shardings(nn.unbox(boxed), shardings), abstract((batch, frames, run.latent_channels)),
+            jax.eval_shape(lambda: jax.random.key(0)), abstract((batch, length, width)),
+            abstract((batch, length), bool), abstract((batch,)), abstract((batch,)))
+    in_shardings = (shardings, rows, whole, rows, rows, rows, rows)
+    return _compile(generate, args, mesh, rules, in_shardings, rows), config
+
+
+def compile_decode_chunk(config, strategy: Strategy, target: Target):
+    """One chunk of the chunked VAE decode (``chunk + 2 overlap`` latent frames) and the number of chunks."""
+    from stableaudio_jax.models.chunked_vae import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
+    from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
+    from stableaudio_jax.store.builders import vae_from_config
+    from stableaudio_jax.training.loop import abstract_with_shardings
+    config = apply(config, strategy)
+    mesh, rules = _mesh(strategy, target), normalize_rules(config.sharding_rules)
+    vae = vae_from_config(config.vae, dtype=jnp.dtype(config.get("dtype", "float32")))
+    frames = int(config.training.crop_frames)
+    window = min(frames, DEFAULT_CHUNK_SIZE + 2 * DEFAULT_OVERLAP)
+    chunks = 1 if frames <= window else math.ceil(frames / DEFAULT_CHUNK_SIZE)
+    audio = jax.ShapeDtypeStruct((1, vae.downsampling_ratio, vae.audio_channels), jnp.float32)
+    boxed = jax.eval_shape(lambda a: vae.init(jax.random.key(0), a, sample=False), audio)
+    shardings = param_shardings(boxed, mesh, rules)
+    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    latents = jax.ShapeDtypeStruct((strategy.global_batch(), window, vae.latent_dim), jnp.float32)
+    decode = lambda p, z: vae.apply(p, z, method=type(vae).decode)  # noqa: E731
+    return _compile(decode, (abstract_with_shardings(nn.unbox(boxed), shardings), latents), mesh, rules,
+                    (shardings, rows), rows), chunks
+
+
+def bilinear(values: dict[tuple[int, int], float | None], depth: int, steps: int) -> float | None:
+    """``a + b d + c s + e d s`` through the values at (d, s) in {1, 2}^2, evaluated at (depth, steps)."""
+    if any(v is None for v in values.values()):
+        return None
+    v11, v21, v12, v22 = (values[k] for k in ((1, 1), (2, 1), (1, 2), (2, 2)))
+    e = v22 - v21 - v12 + v11
+    b, c = v21 - v11 - e, v12 - v11 - e
+    return v11 - b - c - e + b * depth + c * steps + e * depth * steps
+
+
+def run_generation(config, strategy: Strategy, target: Target, steps: int = 100) -> dict[str, Any]:
+    """One row of the generate workload: memory of the real sampler and of a decode chunk, the whole-run cost
+    (sampling fitted from small unrolled compiles, decode = chunks x one chunk) and its bound."""
+    sampler, applied = compile_sampler(config, strategy, target, steps)
+    decoder, chunks = compile_decode_chunk(config, strategy, target)
+    depth = int(applied.model.depth) if applied.model.type == "dit" else 1
+    small = {}
+    for layers, n in ((1, 1), (2, 1), (1, 2), (2, 2)):
+        twin = apply(config, strategy)
+        if applied.model.type == "dit":
+            twin.model.depth, twin.model.scan_layers = layers, False
+        small[(layers, n)] = analysis.describe(compile_sampler(twin, dataclasses.replace(strategy, scan_layers=False),
+                                                               target, n)[0])
+    if applied.model.type != "dit":  # no layer scan to fit: the (1, s) and (2, s) compiles are the same program
+        depth = 1
+    fit = lambda get: bilinear({k: get(v) for k, v in small.items()}, depth, steps)  # noqa: E731
+    decode_cost = analysis.cost(decoder)
+    cost = {key: None if fit(lambda d: d["cost"][key]) is None or decode_cost[key] is None
+            else fit(lambda d: d["cost"][key]) + chunks * decode_cost[key] for key in decode_cost}
+    decode_collectives = analysis.collectives(decoder.as_text())
+    collectives = {kind: {f: int(fit(lambda d: d["collectives"][kind][f]) + chunks * decode_collectives[kind][f])
+                          for f in ("count", "bytes", "moved")} for kind in decode_collectives}
+    memory = {"sampler": analysis.memory(sampler), "decode_chunk": analysis.memory(decoder)}
+    peak = max(m["total"] for m in memory.values())
+    frames = int(applied.training.crop_frames)
+    seconds_audio = frames * math.prod(applied.vae.strides) / applied.vae.sample_rate
+    bound = targets.roofline_seconds(cost, collectives, target) if cost["flops"] is not None else None
+    return {"workload": "generate", "strategy": strategy.as_dict(), "target": target.as_dict(),
+            "devices": target.device_count, "frames": frames, "audio_seconds": seconds_audio, "steps": steps,
+            "cfg": True, "decode_chunks": chunks, "memory": dict(memory["sampler"], total=peak, parts=memory),
+            "fits": targets.fits(peak, target), "cost": cost, "collectives": collectives,
+            "cost_method": "sampler: bilinear fit of unrolled (depth, steps) in {1,2}^2 compiles; decode: chunks x "
+                           "one chunk", "bound_seconds": bound, "xla_optimal_seconds": cost["optimal_seconds"]
+            if cost["optimal_seconds"] is not None and cost["optimal_seconds"] >= 0 else None,
+            "mfu_at_bound": None}

@@ -1,0 +1,161 @@
+"""Ahead-of-time planning for hardware this machine does not have (the `aot` extra: libtpu and the CUDA plugin):
+a tiny DiT's training step compiled for a TPU v5e-8 slice and an 8 x H100 node holds the collectives its mesh
+implies, FSDP lowers per-device memory, a scanned layer stack is costed from its unrolled 1- and 2-layer twins as
+exactly as a full unrolled compile, and `bench sharding --find` prints the fastest strategy that fits."""
+import json
+
+import pytest
+
+from stableaudio_jax.bench import sharding, targets
+from stableaudio_jax.bench.strategies import Strategy
+from stableaudio_jax.cli import main
+from stableaudio_jax.config_loader import load_config
+
+SMALL = ["model.embed_dim=128", "model.depth=2", "model.num_heads=4", "training.crop_frames=32"]
+
+
+@pytest.fixture(scope="module")
+def v5e():
+    return targets.resolve("tpu:v5e-8")
+
+
+@pytest.fixture(scope="module")
+def tpu_rows(v5e):
+    config = load_config("configs/dit.py:tiny", SMALL)
+    meshes = {"data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (2, 1, 4)}
+    return {name: sharding.run_strategy(config, Strategy(mesh, 1 if name != "tensor" else 4), target=v5e)
+            for name, mesh in meshes.items()}
+
+
+def test_a_tpu_slice_is_described_without_the_hardware(v5e):
+    assert (v5e.device_count, v5e.devices[0].device_kind, v5e.hbm_bytes) == (8, "TPU v5 lite", 16 * 2 ** 30)
+    assert not v5e.measured and v5e.devices[0].platform == "tpu"
+    v5p = targets.resolve("tpu:v5p-64")  # 64 TensorCores = 32 chips, one JAX device each
+    assert v5p.device_count == 32 and v5p.devices[0].device_kind == "TPU v5"
+
+
+def test_unknown_targets_name_the_value_and_the_choices():
+    with pytest.raises(ValueError, match=r"TPU slice 'v5e-7': v5e slices come in sizes \[1, 4, 8, 16"):
+        targets.resolve("tpu:v5e-7")
+    with pytest.raises(ValueError, match=r"'v9-8': expected <type>-<N> with type one of \['v4', 'v5e', 'v5p'"):
+        targets.resolve("tpu:v9-8")
+    with pytest.raises(ValueError, match=r"target 'tpuv5e-8': expected one of \['cpu', 'local', 'tpu:v4-N'"):
+        targets.resolve("tpuv5e-8")
+    with pytest.raises(ValueError, match="12 GPUs: expected up to 8 or a multiple of 8"):
+        targets.resolve("gpu:h100x12")
+
+
+def test_tpu_collectives_follow_the_mesh(tpu_rows):
+    data, fsdp, tensor = (tpu_rows[k]["collectives"] for k in ("data", "fsdp", "tensor"))
+    assert data["all-reduce"]["count"] >= 1 and data["all-gather"]["count"] == 0 == data["reduce-scatter"]["count"]
+    # fsdp: parameters gathered before use; on TPU the gradient reduction to shards is an all-reduce fused with
+    # the slice or a reduce-scatter
+    assert fsdp["all-gather"]["count"] >= 1 and fsdp["all-reduce"]["count"] + fsdp["reduce-scatter"]["count"] >= 1
+    assert tensor["all-reduce"]["count"] > data["all-reduce"]["count"]
+    # data parallelism sends each gradient twice around the ring (7/8 of it each time)
+    grads = tpu_rows["data"]["memory"]["arguments"] / 4  # parameters, two AdamW moments, EMA: a quarter each
+    assert 0.9 * 2 * 7 / 8 * grads <= data["all-reduce"]["moved"] <= 1.2 * 2 * 7 / 8 * grads
+
+
+def test_tpu_plan_fits_ranks_and_gives_mfu(tpu_rows):
+    data, fsdp = tpu_rows["data"], tpu_rows["fsdp"]
+    assert fsdp["memory"]["total"] < data["memory"]["total"]
+    for row in tpu_rows.values():
+        assert row["fits"] is True and row["target"]["name"] == "tpu:v5e-8" and "step_seconds" not in row
+        assert row["attention"] == "xla"  # "auto" means what it would on a TPU, not on this CPU host
+        assert row["bound_seconds"] > 0 and 0 < row["mfu_at_bound"] <= 1
+        compute = row["cost"]["flops"] / v5e_peak()
+        assert row["bound_seconds"] >= compute  # the roofline never beats the peak
+
+
+def v5e_peak():
+    return targets.TPU_CHIPS["v5e"].peak_bf16_flops
+
+
+def test_scanned_layers_are_costed_like_the_unrolled_stack(v5e):
+    config = load_config("configs/dit.py:tiny", [*SMALL, "model.depth=4"])
+    strategy = Strategy((2, 4, 1), 1)
+    scanned = sharding.run_strategy(load_config("configs/dit.py:tiny", [*SMALL, "model.depth=4",
+                                                                        "model.scan_layers=true"]),
+                                    strategy, target=v5e)
+    unrolled = sharding.run_strategy(config, strategy, target=v5e)
+    assert scanned["cost_method"] == "unrolled at depth 1 and 2, extrapolated"
+    assert scanned["cost"]["flops"] == pytest.approx(unrolled["cost"]["flops"], rel=0.01)
+    assert scanned["collectives"]["all-gather"]["moved"] == pytest.approx(
+        unrolled["collectives"]["all-gather"]["moved"], rel=0.02)
+    assert scanned["analytic_flops"] == unrolled["analytic_flops"]
+
+
+def test_gpu_node_memory_plan_without_a_gpu():
+    h100 = targets.resolve("gpu:h100x8")
+    assert h100.device_count == 8 and h100.devices[0].device_kind == "NVIDIA H100 80GB HBM3"
+    config = load_config("configs/dit.py:tiny", SMALL)
+    data, fsdp = (sharding.run_strategy(config, Strategy(mesh, 1), target=h100) for mesh in ((8, 1, 1), (1, 8, 1)))
+    assert fsdp["memory"]["total"] < data["memory"]["total"] and data["fits"] is True
+    assert fsdp["collectives"]["reduce-scatter"]["count"] >= 1  # GPU keeps the reduce-scatter
+    assert data["cost"]["flops"] is None and data["bound_seconds"] > 0  # no XLA cost: analytic FLOPs at peak
+    assert "analytic FLOPs" in data["cost_method"]
+
+
+def test_find_prints_the_fastest_strategy_that_fits(tmp_path, capsys):
+    out = tmp_path / "find.jsonl"
+    code = main(["bench", "sharding", "--config", "configs/dit.py:tiny", "--target", "tpu:v5e-8", "--find",
+                 "--remat", "none,full", "--out", str(out), "--no-progress", *(f"--config.{o}" for o in SMALL)])
+    assert code == 0
+    found = json.loads(out.read_text())
+    screened = found["screened"]
+    assert [s["strategy"]["mesh"] for s in screened] == [
+        {"data": 8, "fsdp": 1, "tensor": 1}, {"data": 4, "fsdp": 2, "tensor": 1},
+        {"data": 2, "fsdp": 4, "tensor": 1}, {"data": 1, "fsdp": 8, "tensor": 1}]
+    assert all(s["fits_estimate"] and s["strategy"]["remat"] == "none" for s in screened)  # the first rung fits
+    best = found["best"]
+    per_example = lambda s: s["bound_seconds"] / s["strategy"]["global_batch"]  # noqa: E731
+    assert per_example(best) == pytest.approx(min(per_example(s) for s in screened))
+    printed = capsys.readouterr().out
+    assert f"best: {best['strategy']['name']} — global batch 8" in printed and "GiB per device of 16 GiB" in printed
+
+
+def test_find_reports_when_nothing_fits(capsys):
+    # a 16 GiB chip cannot hold an 8 k-frame window of a 1 k-wide DiT at batch 64 per device
+    code = main(["bench", "sharding", "--config", "configs/dit.py:tiny", "--target", "tpu:v5e-4", "--find",
+                 "--remat", "full", "--batch", "64", "--no-progress", "--config.model.embed_dim=1024",
+                 "--config.model.num_heads=16",
+                 "--config.model.depth=2", "--config.training.crop_frames=8192"])
+    assert code == 1
+    assert "nothing fits: 3 strategies screened" in capsys.readouterr().out
+
+
+def test_generation_plan_costs_the_nested_scans(v5e):
+    """The generate workload: a scanned DiT inside the sampler's scan, costed from unrolled (depth, steps) twins;
+    the fit reproduces a direct compile of the unrolled stack at one step."""
+    from stableaudio_jax.bench import compiled as analysis
+    from stableaudio_jax.bench.generation import bilinear, compile_sampler, run_generation
+    options = [*SMALL, "model.depth=3", "model.scan_layers=true"]
+    strategy = Strategy((1, 1, 4), 1)  # one clip, the heads over 4 chips
+    row = run_generation(load_config("configs/dit.py:tiny", options), strategy, targets.resolve("tpu:v5e-4"), 10)
+    assert row["workload"] == "generate" and row["steps"] == 10 and row["fits"] is True
+    assert row["memory"]["total"] == max(p["total"] for p in row["memory"]["parts"].values())
+    assert row["bound_seconds"] > 0 and row["collectives"]["all-reduce"]["count"] > 0  # tensor parallel
+    unrolled = load_config("configs/dit.py:tiny", [*SMALL, "model.depth=3"])
+    direct = analysis.cost(compile_sampler(unrolled, strategy, targets.resolve("tpu:v5e-4"), 1)[0])["flops"]
+    small = {(d, s): analysis.cost(compile_sampler(load_config("configs/dit.py:tiny", [*SMALL, f"model.depth={d}"]),
+                                                   strategy, targets.resolve("tpu:v5e-4"), s)[0])["flops"]
+             for d in (1, 2) for s in (1, 2)}
+    assert bilinear(small, 3, 1) == pytest.approx(direct, rel=0.01)
+    assert bilinear({(1, 1): 1.0, (2, 1): 3.0, (1, 2): 2.0, (2, 2): 5.0}, 4, 3) == 15  # -1 + d + d s
+
+
+def test_generate_command_writes_rows(tmp_path, capsys):
+    out = tmp_path / "gen.jsonl"
+    assert main(["bench", "sharding", "--workload", "generate", "--target", "tpu:v5e-4", "--mesh", "4x1x1",
+                 "--steps", "8", "--out", str(out), "--no-progress", *(f"--config.{o}" for o in SMALL)]) == 0
+    row = json.loads(out.read_text())
+    assert row["workload"] == "generate" and row["strategy"]["global_batch"] == 4 and row["decode_chunks"] >= 1
+    assert "| 4x1x1 b1 | 4 |" in capsys.readouterr().out
+
+
+def test_mfu_uses_the_chip_it_runs_on():
+    from stableaudio_jax.parallel import hardware
+    h100 = hardware.CHIPS["NVIDIA H100 80GB HBM3"]
+    assert hardware.mfu(989e12 * 8 * 0.5, 1.0, h100, 8) == pytest.approx(0.5)
+    assert hardware.mfu(1e12, 1.0, None, 8) is None and hardware.local_chip() is None  # the CPU test devices
