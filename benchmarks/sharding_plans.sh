@@ -26,10 +26,11 @@ declare -A plans=(
   [sao_v5p-64_batch]="$sao --target tpu:v5p-64 --find --batch 1,4"
   [sao_v6e-64_batch]="$sao --target tpu:v6e-64 --find --batch 1,4"
   [sao_generate_latency_v6e-8]="$sao --target tpu:v6e-8 --workload generate --mesh 1x1x8,8x1x1 --batch 1,8"
+  [sao_attention_v5e-8]="$sao --target tpu:v5e-8 --mesh 1x8x1 --attention xla,flash --seconds 47.55,95"
   [sao_generate_length_v6e-1]="$sao --target tpu:v6e-1 --workload generate --seconds 10,30,47.55,95,190,285"
 )
 order=(sao_v5p-8 sao_v5e-8 sao_v5p-64 sao_v6e-64 sao_h100x8 sao_finetune_l4x1 sao_finetune_l4x8 dit3b_v5p-64
-       dit3b_v6e-64 sao_generate_latency_v6e-8 sao_generate_length_v6e-1 sao_v5p-64_batch sao_v6e-64_batch
+       dit3b_v6e-64 sao_attention_v5e-8 sao_generate_latency_v6e-8 sao_generate_length_v6e-1 sao_v5p-64_batch sao_v6e-64_batch
        sao_v6e-256 sao_batch256_v5p)
 for name in "${@:-${order[@]}}"; do
   echo "== $name: stableaudio-jax bench sharding ${plans[$name]}"

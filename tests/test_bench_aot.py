@@ -159,3 +159,26 @@ def test_mfu_uses_the_chip_it_runs_on():
     h100 = hardware.CHIPS["NVIDIA H100 80GB HBM3"]
     assert hardware.mfu(989e12 * 8 * 0.5, 1.0, h100, 8) == pytest.approx(0.5)
     assert hardware.mfu(1e12, 1.0, None, 8) is None and hardware.local_chip() is None  # the CPU test devices
+
+
+def test_vae_training_plan(tmp_path):
+    """vae-train: the generator and discriminator steps of the adversarial VAE, both compiled (on the local
+    devices: the TPU compiler takes minutes over the spectral losses of even the tiny VAE on 2 cores)."""
+    out = tmp_path / "vae.jsonl"
+    assert main(["bench", "sharding", "--workload", "vae-train", "--config", "configs/vae.py:tiny", "--mesh",
+                 "1x8x1", "--out", str(out), "--no-progress"]) == 0
+    row = json.loads(out.read_text())
+    assert row["workload"] == "vae-train" and set(row["memory"]["parts"]) == {"generator", "discriminator"}
+    assert row["memory"]["total"] == max(p["total"] for p in row["memory"]["parts"].values())
+    assert row["cost"]["flops"] > 0 and row["fits"] is None  # host memory: no HBM to fit
+    assert row["collectives"]["all-gather"]["count"] >= 2  # each step gathers its fsdp-sharded weights
+
+
+def test_flash_attention_is_a_strategy_on_tpu(v5e):
+    """The Pallas flash kernel compiles for a TPU slice inside the sharded step (per shard) and keeps no T x T
+    scores: far fewer temporaries than XLA's attention at a long window."""
+    config = load_config("configs/dit.py:tiny", [*SMALL, "training.crop_frames=2048"])
+    xla, flash = (sharding.run_strategy(config, Strategy((8, 1, 1), 1, attention=impl), target=v5e)
+                  for impl in ("xla", "flash"))
+    assert flash["attention"] == "flash" and flash["fits"] is True
+    assert flash["memory"]["temporaries"] < 0.5 * xla["memory"]["temporaries"]

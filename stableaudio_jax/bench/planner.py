@@ -73,7 +73,8 @@ def screen(config, strategy: Strategy, target: Target) -> Screened:
     try:
         if sharding.scanned_layers(apply(config, strategy)):
             est = sharding.unrolled_cost(config, strategy, target, quick=True)
-            memory, bound = est["memory"]["total"], targets.roofline_seconds(est["cost"], est["collectives"], target)
+            memory = est["memory"]["total"]
+            bound = sharding.bound(est["cost"], est["collectives"], est["analytic_flops"], target)
             return Screened(strategy, memory, bound, targets.fits(memory, target) is not False)
         row = sharding.run_strategy(config, strategy, measure=False, target=target)
     except Exception as error:  # the TPU compiler refuses what does not fit; anything else is logged and skipped

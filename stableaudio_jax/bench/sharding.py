@@ -25,7 +25,6 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType
 
 from stableaudio_jax.bench import compiled as analysis
 from stableaudio_jax.bench import targets
@@ -34,7 +33,7 @@ from stableaudio_jax.bench.targets import Target
 from stableaudio_jax.training.flops import analytic_train_flops
 
 logger = logging.getLogger(__name__)
-WORKLOADS = ("train", "generate")
+WORKLOADS = ("train", "generate", "vae-train")
 
 
 def text_shape(config) -> tuple[int, int]:
@@ -48,14 +47,12 @@ def prepare(config, strategy: Strategy, target: Target):
     """The config a strategy trains with on ``target``, its mesh over the target's devices (topology-aware order)
     and the compiled-step builder."""
     from stableaudio_jax.parallel.mesh import resolve_mesh_shape
-    from stableaudio_jax.parallel.sharding import MESH_AXES
     from stableaudio_jax.training import diffusion_steps
     config = apply(config, strategy)
     if not target.measured and config.model.get("attention_impl") == "auto":
         # "auto" resolves on the compiling host's backend (CPU here): pick what it means on the target
         config.model.attention_impl = TARGET_ATTENTION[target.platform]
-    sizes = resolve_mesh_shape(strategy.mesh, target.device_count)
-    mesh = jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=target.devices)
+    mesh = targets.mesh(resolve_mesh_shape(strategy.mesh, target.device_count), target)
     length, width = text_shape(config)
     return config, mesh, diffusion_steps.compiled(config, mesh, length, width)
 
@@ -89,6 +86,7 @@ def unrolled_cost(config, strategy: Strategy, target: Target, quick: bool = Fals
     ``quick``: one compile at depth 1, scaled by the depth (what is outside the layers counted depth times:
     a slight over-estimate, used to screen candidates)."""
     depth = scanned_layers(apply(config, strategy))
+    analytic = analytic_train_flops(prepare(config, strategy, target)[2].run, strategy.global_batch())
     twins = []
     for layers in (1,) if quick else (1, 2):
         twin = apply(config, strategy)
@@ -105,7 +103,8 @@ def unrolled_cost(config, strategy: Strategy, target: Target, quick: bool = Fals
     return {"cost": {key: grow(first["cost"][key], second["cost"][key]) for key in first["cost"]},
             "collectives": {kind: {f: int(grow(first["collectives"][kind][f], second["collectives"][kind][f]))
                                    for f in ("count", "bytes", "moved")} for kind in first["collectives"]},
-            "memory": {key: int(grow(first["memory"][key], second["memory"][key])) for key in first["memory"]}}
+            "memory": {key: int(grow(first["memory"][key], second["memory"][key])) for key in first["memory"]},
+            "analytic_flops": analytic}
 
 
 _OOM_UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
@@ -132,6 +131,14 @@ def out_of_memory_row(workload: str, strategy: Strategy, target: Target, require
             "bound_seconds": None, "mfu_at_bound": None}
 
 
+def bound(cost: dict, collectives: dict, analytic_flops: float | None, target: Target) -> float | None:
+    """The roofline bound of a whole-step cost; where the backend gives no cost (XLA's GPU backend), the model's
+    analytic FLOPs spread over the devices stand in for the compiled count."""
+    if cost["flops"] is None and analytic_flops:
+        cost = dict(cost, flops=analytic_flops / target.device_count)
+    return targets.roofline_seconds(cost, collectives, target)
+
+
 def finish_bounds(row: dict, target: Target) -> dict:
     """The step-time bounds of a row whose cost is whole-step: XLA's ``optimal_seconds`` where it gives one (TPU;
     negative = unknown) and the roofline of the compiled counts (``targets.roofline_seconds``, what strategies
@@ -139,25 +146,29 @@ def finish_bounds(row: dict, target: Target) -> dict:
     whole = "counted once" not in row["cost_method"]
     xla = row["cost"]["optimal_seconds"]
     row["xla_optimal_seconds"] = xla if whole and xla is not None and xla >= 0 else None
-    cost = row["cost"]
-    if cost["flops"] is None and row.get("analytic_flops"):  # XLA's GPU backend gives no cost: the model's FLOPs
-        cost = dict(cost, flops=row["analytic_flops"] / row["devices"])
+    if row["cost"]["flops"] is None and row.get("analytic_flops"):
         row["cost_method"] = "no XLA cost on this backend: analytic FLOPs, no HBM traffic"
-    row["bound_seconds"] = targets.roofline_seconds(cost, row["collectives"], target) if whole else None
-    row["mfu_at_bound"] = targets.mfu(row["analytic_flops"], row["bound_seconds"], target)
+    row["bound_seconds"] = bound(row["cost"], row["collectives"], row.get("analytic_flops"), target) if whole else None
+    # a bound built from the analytic FLOPs at peak says nothing about utilisation
+    measured_cost = row["cost"]["flops"] is not None
+    row["mfu_at_bound"] = targets.mfu(row["analytic_flops"], row["bound_seconds"], target) if measured_cost else None
     return row
 
 
 def run_strategy(config, strategy: Strategy, workload: str = "train", measure: bool = True, repeats: int = 5,
                  target: Target | None = None, unroll_cost: bool = True, steps: int = 100) -> dict[str, Any]:
     """One row: the strategy compiled for ``target`` (default: the local devices) and, where the devices are this
-    process's and ``measure`` is set, run. ``generate``: ``bench/generation.py`` (``steps`` sampler steps)."""
+    process's and ``measure`` is set, run. ``generate``: ``bench/generation.py`` (``steps`` sampler steps);
+    ``vae-train``: ``bench/vae_workload.py`` (compiled, not run)."""
     if workload not in WORKLOADS:
         raise ValueError(f"workload {workload!r}: expected one of {list(WORKLOADS)}")
     target = target or targets.local_target()
     if workload == "generate":
         from stableaudio_jax.bench.generation import run_generation
         return run_generation(config, strategy, target, steps)
+    if workload == "vae-train":
+        from stableaudio_jax.bench.vae_workload import run_vae_train
+        return run_vae_train(config, strategy, target)
     try:
         config, mesh, steps, executable, seconds = compile_strategy(config, strategy, target)
     except Exception as error:  # the TPU compiler refuses a program that does not fit its HBM

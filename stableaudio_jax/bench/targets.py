@@ -19,7 +19,7 @@ from typing import Sequence
 import jax
 
 from stableaudio_jax.parallel import hardware
-from stableaudio_jax.parallel.hardware import CHIPS, GPU_CHIPS, TPU_CHIPS, Chip, GiB  # noqa: F401
+from stableaudio_jax.parallel.hardware import CHIPS, GPU_CHIPS, TPU_CHIPS, Chip  # noqa: F401
 
 
 # Chips per slice → physical topology (Cloud TPU's documented shapes)
@@ -46,6 +46,21 @@ class Target:
         return {"name": self.name, "platform": self.platform, "devices": self.device_count,
                 "device_kind": self.devices[0].device_kind, "hbm_bytes": self.hbm_bytes,
                 "peak_flops": self.peak_flops, "measured": self.measured}
+
+
+def mesh(sizes: Sequence[int], target: Target):
+    """A ('data', 'fsdp', 'tensor') mesh over the target's devices in topology-aware order; a logical axis that
+    no product of physical axes matches (2 on an 8 x 8 torus) splits a physical axis."""
+    from jax.experimental import mesh_utils
+    from jax.sharding import AxisType, Mesh
+
+    from stableaudio_jax.parallel.sharding import MESH_AXES
+    types = (AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=types, devices=target.devices)
+    except (ValueError, AssertionError, NotImplementedError):
+        devices = mesh_utils.create_device_mesh(tuple(sizes), devices=target.devices, allow_split_physical_axes=True)
+        return Mesh(devices, MESH_AXES, axis_types=types)
 
 
 def valid_names() -> list[str]:
@@ -88,7 +103,9 @@ def tpu_target(spec: str) -> Target:
     if rest or chips not in shapes:
         valid = sorted(n * chip.cores_per_device for n in shapes)
         raise ValueError(f"TPU slice {spec!r}: {version} slices come in sizes {valid}")
-    topology = _topologies().get_topology_desc(f"{version}:{shapes[chips]}", platform="tpu")
+    # a single chip is a host of its own (libtpu's default host is 2x2)
+    hosts = {"chips_per_host_bounds": (1, 1, 1)} if chips == 1 else {}
+    topology = _topologies().get_topology_desc(f"{version}:{shapes[chips]}", platform="tpu", **hosts)
     return Target(f"tpu:{version}-{count}", "tpu", list(topology.devices), chip.hbm_bytes, chip.peak_bf16_flops,
                   False, chip)
 

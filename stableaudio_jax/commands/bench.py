@@ -46,10 +46,12 @@ def add_parser(sub) -> None:
                          description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/dit.py:tiny", help="a denoiser config (configs/dit.py:*, "
-                                                                    "configs/unet.py:*) and overrides")
-    p.add_argument("--workload", default="train", choices=("train", "generate"),
+                                                                    "configs/unet.py:*; configs/vae.py:* for "
+                                                                    "vae-train) and overrides")
+    p.add_argument("--workload", default="train", choices=("train", "generate", "vae-train"),
                    help="train: the full diffusion training step; generate: conditioning + sampling scan with CFG + "
-                        "chunked VAE decode of one batch (compiled, not run)")
+                        "chunked VAE decode of one batch; vae-train: the VAE's generator + discriminator steps "
+                        "(configs/vae.py:*); generate and vae-train are compiled, not run")
     p.add_argument("--steps", type=int, default=100, help="generate: sampler steps")
     p.add_argument("--target", default="cpu", help="cpu (local devices), tpu:<type>-<N>, gpu:<chip>x<N>; with "
                                                   "--find --global-batch also a family: tpu:v5p, gpu:h100")
@@ -61,8 +63,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seconds", type=_list(float), default=[None], help="audio per example (default: the "
                                                                         "config's training crop)")
     p.add_argument("--scan", type=_list(_optional_bool), default=[None], help="DiT scanned layers: true,false")
-    p.add_argument("--attention", type=_list(str), default=[None], help="attention implementations (auto, xla, "
-                                                                        "cudnn, einsum)")
+    p.add_argument("--attention", type=_list(str), default=[None],
+                   help="attention implementations (auto, flash (the Pallas TPU kernel), xla, cudnn, einsum)")
     p.add_argument("--param-dtype", type=_list(str), default=[None], help="float32, bfloat16")
     p.add_argument("--opt-dtype", type=_list(str), default=[None], help="AdamW first-moment dtypes: float32, bfloat16")
     p.add_argument("--find", action="store_true", help="search for the fastest strategy that fits the target")

@@ -13,13 +13,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from stableaudio_jax.models.layers import DenseGeneral
 from stableaudio_jax.parallel.sharding import constrain
 
 Dtype = Any
 HEAD_AXES = ("batch", "length", "act_heads", "act_kv")
-ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn", "flash")
+FLASH_BLOCK = 128  # the Pallas TPU kernel's tile along both sequence axes
 
 
 class LayerNorm(nn.Module):
@@ -91,6 +93,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     if heads % kv_heads:
         raise ValueError(f"attention: {heads} query heads are not a multiple of {kv_heads} key/value heads")
     impl = _resolve_impl(impl)
+    if impl == "flash":
+        return _per_shard(flash_attention, q, k, v, mask)
     if impl != "einsum":
         bias_mask = None if mask is None else mask[:, None, None, :].astype(bool)
         return jax.nn.dot_product_attention(q, k, v, mask=bias_mask,
@@ -103,6 +107,47 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
     return out.reshape(q.shape)
+
+
+def _per_shard(kernel, q, k, v, mask):
+    """``kernel`` on each device's shard: a Pallas kernel cannot be partitioned by XLA. The batch and head axes are
+    sharded as the logical rules say (``HEAD_AXES``); the sequence axes must be whole."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return kernel(q, k, v, mask)
+    spec = nn.logical_to_mesh_axes(HEAD_AXES)
+    if spec[1] is not None:
+        raise ValueError(f"flash attention needs whole sequences on each device; the rules shard 'length' over "
+                         f"{spec[1]!r}")
+    mask = jnp.ones(k.shape[:2], bool) if mask is None else mask
+    return jax.shard_map(kernel, in_specs=(spec, spec, spec, PartitionSpec(spec[0], None)), out_specs=spec,
+                         check_vma=False)(q, k, v, mask)
+
+
+def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """The Pallas TPU flash-attention kernel (blockwise softmax: no ``Lq x Lk`` scores in HBM) with this module's
+    conventions. Sequences are padded to whole ``FLASH_BLOCK`` tiles; the key mask and the padding become segment
+    ids (real queries are segment 1, keys are 1 where attended, padding and masked keys 0), so a real query never
+    sees a masked or padded key. Grouped key/value heads are repeated to the query heads. TPU only (on CPU, run it
+    under ``jax.experimental.pallas.tpu.force_tpu_interpret_mode()``)."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
+    batch, q_len, heads, head_dim = q.shape
+    k_len, group = k.shape[1], heads // k.shape[2]
+    if group > 1:
+        k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    pad = lambda x, n: jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731  (the length axis)
+    q_pad, k_pad = -q_len % FLASH_BLOCK, -k_len % FLASH_BLOCK
+    keys = jnp.ones((batch, k_len), jnp.int32) if mask is None else mask.astype(jnp.int32)
+    segments = pallas_flash.SegmentIds(q=pad(jnp.ones((batch, q_len), jnp.int32), q_pad), kv=pad(keys, k_pad))
+    heads_first = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  ([B, L, H, D] -> [B, H, L, D])
+    block = FLASH_BLOCK
+    sizes = pallas_flash.BlockSizes(block_q=block, block_k_major=block, block_k=block, block_b=1,
+                                    block_q_major_dkv=block, block_k_major_dkv=block, block_k_dkv=block,
+                                    block_q_dkv=block, block_k_major_dq=block, block_k_dq=block, block_q_dq=block)
+    out = pallas_flash.flash_attention(heads_first(pad(q, q_pad)), heads_first(pad(k, k_pad)),
+                                       heads_first(pad(v, k_pad)), segment_ids=segments,
+                                       sm_scale=1.0 / math.sqrt(head_dim), block_sizes=sizes)
+    return heads_first(out)[:, :q_len].astype(q.dtype)
 
 
 class SelfAttention(nn.Module):
