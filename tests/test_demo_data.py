@@ -75,7 +75,8 @@ def test_a_split_feeds_ingest_with_its_source_and_license(demo, tmp_path):
 def test_bad_scores_and_renders_are_counted_skips(tmp_path, monkeypatch):
     from helpers import FlakyScoreParse
     first, second = demo_music.corpus_pieces(2)[:2]
-    parser = demo_data.ScoreParser(FlakyScoreParse(bad=first.path, slow=second.path), workers=1, seconds=2.0)
+    parser = demo_data.ScoreParser(FlakyScoreParse(bad=first.path, slow=second.path), workers=1, seconds=8.0)
+    # (8 s: a real parse on a loaded machine can take seconds; the hanging one sleeps 30)
     real_render = demo_data.render
     renders = {"n": 0}
 
@@ -90,7 +91,7 @@ def test_bad_scores_and_renders_are_counted_skips(tmp_path, monkeypatch):
     assert time.monotonic() - start < 60 and report["clips"] == 3  # the hanging score did not hang the build
     skipped = {s["piece"]: s["reason"] for s in report["skipped"]}
     assert skipped[first.path] == "ValueError: no notes"
-    assert skipped[second.path] == "TimeoutError: took longer than 2 s"
+    assert skipped[second.path] == "TimeoutError: took longer than 8 s"
     assert "ValueError: the render is silent" in skipped.values()
 
 
