@@ -40,14 +40,12 @@ def _compile(fn, args, mesh, rules, in_shardings, out_sharding):
 
 def compile_sampler(config, strategy: Strategy, target: Target, steps: int):
     """The conditioning + sampling scan for ``strategy`` (batch = its global batch, length = its seconds)."""
-    from stableaudio_jax.bench.sharding import TARGET_ATTENTION, text_shape
+    from stableaudio_jax.bench.sharding import apply_for_target, text_shape
     from stableaudio_jax.diffusion.samplers import DEFAULT_SAMPLERS, sample
     from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
     from stableaudio_jax.training import diffusion_steps
     from stableaudio_jax.training.loop import abstract_with_shardings
-    config = apply(config, strategy)
-    if not target.measured and config.model.get("attention_impl") == "auto":
-        config.model.attention_impl = TARGET_ATTENTION[target.platform]
+    config = apply_for_target(config, strategy, target)
     mesh, rules = _mesh(strategy, target), normalize_rules(config.sharding_rules)
     length, width = text_shape(config)
     run = diffusion_steps.build(config, length, width)

@@ -43,15 +43,21 @@ def text_shape(config) -> tuple[int, int]:
     return int(text.get("max_length") or 128), synthetic_text_width(config)
 
 
+def apply_for_target(config, strategy: Strategy, target: Target):
+    """``apply`` plus what ``auto`` attention means on an ahead-of-time target ("auto" would resolve on the
+    compiling host's backend, CPU here)."""
+    config = apply(config, strategy)
+    if not target.measured and config.model.get("attention_impl") == "auto":
+        config.model.attention_impl = TARGET_ATTENTION[target.platform]
+    return config
+
+
 def prepare(config, strategy: Strategy, target: Target):
     """The config a strategy trains with on ``target``, its mesh over the target's devices (topology-aware order)
     and the compiled-step builder."""
     from stableaudio_jax.parallel.mesh import resolve_mesh_shape
     from stableaudio_jax.training import diffusion_steps
-    config = apply(config, strategy)
-    if not target.measured and config.model.get("attention_impl") == "auto":
-        # "auto" resolves on the compiling host's backend (CPU here): pick what it means on the target
-        config.model.attention_impl = TARGET_ATTENTION[target.platform]
+    config = apply_for_target(config, strategy, target)
     mesh = targets.mesh(resolve_mesh_shape(strategy.mesh, target.device_count), target)
     length, width = text_shape(config)
     return config, mesh, diffusion_steps.compiled(config, mesh, length, width)
