@@ -3,6 +3,9 @@ a tiny DiT's training step compiled for a TPU v5e-8 slice and an 8 x H100 node h
 implies, FSDP lowers per-device memory, a scanned layer stack is costed from its unrolled 1- and 2-layer twins as
 exactly as a full unrolled compile, and `bench sharding --find` prints the fastest strategy that fits."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -95,6 +98,19 @@ def test_gpu_node_memory_plan_without_a_gpu():
     assert fsdp["collectives"]["reduce-scatter"]["count"] >= 1  # GPU keeps the reduce-scatter
     assert data["cost"]["flops"] is None and data["bound_seconds"] > 0  # no XLA cost: analytic FLOPs at peak
     assert "analytic FLOPs" in data["cost_method"]
+
+
+def test_a_gpu_plan_from_a_fresh_shell_needs_no_platform_setting(tmp_path):
+    """As a user runs it: no JAX_PLATFORMS (conftest sets it for the tests), one process, the CUDA plugin installed
+    but no driver. The failed CUDA backend must not take the plugin's topology API with it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    out = tmp_path / "rows.jsonl"
+    done = subprocess.run([sys.executable, "-m", "stableaudio_jax.cli", "bench", "sharding", "--config",
+                           "configs/dit.py:tiny", *[f"--config.{o}" for o in SMALL], "--target", "gpu:h100x1",
+                           "--no-progress", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(out.read_text())
+    assert row["target"]["name"] == "gpu:h100x1" and row["fits"] is True
 
 
 def test_find_prints_the_fastest_strategy_that_fits(tmp_path, capsys):

@@ -73,11 +73,19 @@ def resolve(name: str) -> Target:
     if name in ("cpu", "local"):
         return local_target()
     kind, _, spec = name.partition(":")
-    if kind == "tpu":
-        return tpu_target(spec)
-    if kind == "gpu":
-        return gpu_target(spec)
+    if kind in ("tpu", "gpu"):
+        _compile_on_the_host()
+        return tpu_target(spec) if kind == "tpu" else gpu_target(spec)
     raise ValueError(f"target {name!r}: expected one of {valid_names()} (e.g. tpu:v5p-64, tpu:v6e-256, gpu:h100x8)")
+
+
+def _compile_on_the_host() -> None:
+    """An ahead-of-time target needs no local accelerator: keep JAX on the host CPU unless a backend is already up.
+    Without this, on a machine with the CUDA plugin but no driver, the failed CUDA backend also takes the plugin's
+    topology API with it ("topology not implemented for cuda"); on a TPU VM it would hold the chips for nothing."""
+    from jax._src import xla_bridge
+    if not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_platforms", "cpu")
 
 
 def local_target() -> Target:
