@@ -2,7 +2,7 @@
 # The ahead-of-time plans behind docs/sharding.md: Stable Audio Open's DiT (and a 3 B DiT) searched on TPU slices
 # and GPU nodes this machine does not have (`pip install -e ".[aot]"`). Each line appends one JSON object (the
 # fastest fitting strategy and every candidate screened) to docs/results/sharding/<name>.jsonl; render the tables
-# with `python benchmarks/sharding_report.py`. About 1 hour on 2 CPU cores. Usage: benchmarks/sharding_plans.sh [name...]
+# with `python benchmarks/sharding_report.py`. About 3 hours on 2 CPU cores (the generation plans compile SAO's VAE decoder: ~8 min per mesh). Usage: benchmarks/sharding_plans.sh [name...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=docs/results/sharding
@@ -25,12 +25,14 @@ declare -A plans=(
   [dit3b_v6e-64]="$big --target tpu:v6e-64 --find"
   [sao_v5p-64_batch]="$sao --target tpu:v5p-64 --find --batch 1,4"
   [sao_v6e-64_batch]="$sao --target tpu:v6e-64 --find --batch 1,4"
-  [sao_generate_latency_v6e-8]="$sao --target tpu:v6e-8 --workload generate --mesh 1x1x8,8x1x1 --batch 1,8"
+  [sao_generate_tp_v5p-8]="$sao --target tpu:v5p-8 --workload generate --mesh 1x1x4 --batch 1"
+  [sao_generate_dp_v5p-8]="$sao --target tpu:v5p-8 --workload generate --mesh 4x1x1 --batch 16"
   [sao_attention_v5e-8]="$sao --target tpu:v5e-8 --mesh 1x8x1 --attention xla,flash --seconds 47.55,95"
-  [sao_generate_length_v6e-1]="$sao --target tpu:v6e-1 --workload generate --seconds 10,30,47.55,95,190,285"
+  [sao_generate_length_v5p-8]="$sao --target tpu:v5p-8 --workload generate --mesh 4x1x1 --seconds 10,30,47.55,95,190,285"
+  [vae_h100x8]="--config configs/vae.py:sao --workload vae-train --target gpu:h100x8 --mesh 8x1x1,4x2x1,1x8x1"
 )
 order=(sao_v5p-8 sao_v5e-8 sao_v5p-64 sao_v6e-64 sao_h100x8 sao_finetune_l4x1 sao_finetune_l4x8 dit3b_v5p-64
-       dit3b_v6e-64 sao_attention_v5e-8 sao_generate_latency_v6e-8 sao_generate_length_v6e-1 sao_v5p-64_batch sao_v6e-64_batch
+       dit3b_v6e-64 sao_attention_v5e-8 vae_h100x8 sao_generate_tp_v5p-8 sao_generate_dp_v5p-8 sao_generate_length_v5p-8 sao_v5p-64_batch sao_v6e-64_batch
        sao_v6e-256 sao_batch256_v5p)
 for name in "${@:-${order[@]}}"; do
   echo "== $name: stableaudio-jax bench sharding ${plans[$name]}"

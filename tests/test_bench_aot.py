@@ -162,12 +162,20 @@ def test_generation_plan_costs_the_nested_scans(v5e):
 
 
 def test_generate_command_writes_rows(tmp_path, capsys):
+    """Two clip lengths: one row each, more decode chunks for the longer one, and one decode-chunk compile for
+    both (it is the workload's slowest compile and does not depend on the length)."""
+    from stableaudio_jax.bench import generation
+    generation._DECODE_CHUNKS.clear()
     out = tmp_path / "gen.jsonl"
     assert main(["bench", "sharding", "--workload", "generate", "--target", "tpu:v5e-4", "--mesh", "4x1x1",
-                 "--steps", "8", "--out", str(out), "--no-progress", *(f"--config.{o}" for o in SMALL)]) == 0
-    row = json.loads(out.read_text())
-    assert row["workload"] == "generate" and row["strategy"]["global_batch"] == 4 and row["decode_chunks"] >= 1
-    assert "| 4x1x1 b1 | 4 |" in capsys.readouterr().out
+                 "--steps", "8", "--seconds", "0.05,0.1", "--out", str(out), "--no-progress",
+                 *(f"--config.{o}" for o in SMALL)]) == 0
+    short, long = (json.loads(line) for line in out.read_text().splitlines())
+    assert short["workload"] == "generate" and short["strategy"]["global_batch"] == 4
+    assert 1 < short["decode_chunks"] < long["decode_chunks"] and len(generation._DECODE_CHUNKS) == 1
+    assert short["memory"]["parts"]["decode_chunk"] == long["memory"]["parts"]["decode_chunk"]
+    assert long["bound_seconds"] > short["bound_seconds"]
+    assert "| 4x1x1 b1 s=0.05 | 4 |" in capsys.readouterr().out
 
 
 def test_mfu_uses_the_chip_it_runs_on():

@@ -71,18 +71,32 @@ def compile_sampler(config, strategy: Strategy, target: Target, steps: int):
     return _compile(generate, args, mesh, rules, in_shardings, rows), config
 
 
+# one decode chunk compile per (target, mesh, batch, VAE): it does not depend on the clip's length (only the number
+# of chunks does), and it is the slowest compile of the workload (~8 min for SAO's decoder on a TPU target here)
+_DECODE_CHUNKS: dict[tuple, Any] = {}
+
+
 def compile_decode_chunk(config, strategy: Strategy, target: Target):
     """One chunk of the chunked VAE decode (``chunk + 2 overlap`` latent frames) and the number of chunks."""
     from stableaudio_jax.models.chunked_vae import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
-    from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
-    from stableaudio_jax.store.builders import vae_from_config
-    from stableaudio_jax.training.loop import abstract_with_shardings
     config = apply(config, strategy)
-    mesh, rules = _mesh(strategy, target), normalize_rules(config.sharding_rules)
-    vae = vae_from_config(config.vae, dtype=jnp.dtype(config.get("dtype", "float32")))
     frames = int(config.training.crop_frames)
     window = min(frames, DEFAULT_CHUNK_SIZE + 2 * DEFAULT_OVERLAP)
     chunks = 1 if frames <= window else math.ceil(frames / DEFAULT_CHUNK_SIZE)
+    dtype = jnp.dtype(config.get("dtype", "float32"))
+    key = (target.name, tuple(strategy.mesh), strategy.global_batch(), window, str(dtype), config.vae.to_json(),
+           repr(config.sharding_rules))
+    if key not in _DECODE_CHUNKS:
+        _DECODE_CHUNKS[key] = _compile_decode(config, strategy, target, window, dtype)
+    return _DECODE_CHUNKS[key], chunks
+
+
+def _compile_decode(config, strategy: Strategy, target: Target, window: int, dtype):
+    from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
+    from stableaudio_jax.store.builders import vae_from_config
+    from stableaudio_jax.training.loop import abstract_with_shardings
+    mesh, rules = _mesh(strategy, target), normalize_rules(config.sharding_rules)
+    vae = vae_from_config(config.vae, dtype=dtype)
     audio = jax.ShapeDtypeStruct((1, vae.downsampling_ratio, vae.audio_channels), jnp.float32)
     boxed = jax.eval_shape(lambda a: vae.init(jax.random.key(0), a, sample=False), audio)
     shardings = param_shardings(boxed, mesh, rules)
@@ -90,7 +104,7 @@ def compile_decode_chunk(config, strategy: Strategy, target: Target):
     latents = jax.ShapeDtypeStruct((strategy.global_batch(), window, vae.latent_dim), jnp.float32)
     decode = lambda p, z: vae.apply(p, z, method=type(vae).decode)  # noqa: E731
     return _compile(decode, (abstract_with_shardings(nn.unbox(boxed), shardings), latents), mesh, rules,
-                    (shardings, rows), rows), chunks
+                    (shardings, rows), rows)
 
 
 def bilinear(values: dict[tuple[int, int], float | None], depth: int, steps: int) -> float | None:
