@@ -62,14 +62,17 @@ def find_section(found: dict) -> str:
 def rows_section(rows: list[dict]) -> str:
     """Rows of ``bench sharding`` (train or generate) without --find."""
     if rows and rows[0]["workload"] == "generate":
-        lines = ["| strategy | audio (s) | clips | memory / device (GiB): sampler, decode chunk | fits | bound (s) "
-                 "| seconds per clip at the bound |", "|---|---|---|---|---|---|---|"]
+        lines = ["| strategy | audio (s) | clips | memory / device (GiB): sampler, decode chunk | fits | bound (s): "
+                 "sampling + decode (chunks) = **total** | seconds per clip at the bound |",
+                 "|---|---|---|---|---|---|---|"]
         for r in rows:
-            parts = r["memory"]["parts"]
+            parts, bounds = r["memory"]["parts"], r.get("bound_parts") or {}
             clips = r["strategy"]["global_batch"]
+            split = (f"{bounds['sampling']:.3f} + {bounds['decode']:.3f} ({r['decode_chunks']}) = "
+                     if bounds.get("sampling") is not None else "")
             lines.append(f"| {r['strategy']['name']} | {r['audio_seconds']:.1f} | {clips} | "
                          f"{_gib(parts['sampler']['total'])}, {_gib(parts['decode_chunk']['total'])} | "
-                         f"{'yes' if r['fits'] else '**no**'} | {r['bound_seconds']:.3f} | "
+                         f"{'yes' if r['fits'] else '**no**'} | {split}**{r['bound_seconds']:.3f}** | "
                          f"{r['bound_seconds'] / clips:.3f} |")
         return "\n".join(lines) + "\n"
     from stableaudio_jax.bench.sharding import markdown
@@ -83,6 +86,9 @@ def length_plot(rows: list[dict], path: str) -> None:
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     ax.plot(seconds, [r["bound_seconds"] for r in rows], "o-", label="whole generation (bound)")
+    if all((r.get("bound_parts") or {}).get("sampling") is not None for r in rows):
+        ax.plot(seconds, [r["bound_parts"]["sampling"] for r in rows], "s--", label="sampling (DiT steps)")
+        ax.plot(seconds, [r["bound_parts"]["decode"] for r in rows], "^--", label="VAE decode")
     ax.plot(seconds, [rows[0]["bound_seconds"] * s / seconds[0] for s in seconds], ":", color="gray",
             label="linear in length (from the shortest)")
     ax.set(xlabel="seconds of audio", ylabel="seconds (compiler's bound)",

@@ -135,12 +135,18 @@ def run_generation(config, strategy: Strategy, target: Target, steps: int = 100)
     if applied.model.type != "dit":  # no layer scan to fit: the (1, s) and (2, s) compiles are the same program
         depth = 1
     fit = lambda get: bilinear({k: get(v) for k, v in small.items()}, depth, steps)  # noqa: E731
-    decode_cost = analysis.cost(decoder)
-    cost = {key: None if fit(lambda d: d["cost"][key]) is None or decode_cost[key] is None
-            else fit(lambda d: d["cost"][key]) + chunks * decode_cost[key] for key in decode_cost}
+    sampling = ({key: fit(lambda d: d["cost"][key]) for key in small[(1, 1)]["cost"]},
+                {kind: {f: int(fit(lambda d: d["collectives"][kind][f])) for f in ("count", "bytes", "moved")}
+                 for kind in small[(1, 1)]["collectives"]})
     decode_collectives = analysis.collectives(decoder.as_text())
-    collectives = {kind: {f: int(fit(lambda d: d["collectives"][kind][f]) + chunks * decode_collectives[kind][f])
-                          for f in ("count", "bytes", "moved")} for kind in decode_collectives}
+    decoding = ({key: None if value is None else chunks * value for key, value in analysis.cost(decoder).items()},
+                {kind: {f: chunks * c[f] for f in ("count", "bytes", "moved")} for kind, c in decode_collectives.items()})
+    cost = {key: None if sampling[0].get(key) is None or decoding[0][key] is None
+            else sampling[0][key] + decoding[0][key] for key in decoding[0]}
+    collectives = {kind: {f: sampling[1].get(kind, {}).get(f, 0) + decoding[1].get(kind, {}).get(f, 0)
+                          for f in ("count", "bytes", "moved")} for kind in {*sampling[1], *decoding[1]}}
+    parts = {name: targets.roofline_seconds(*part, target) if part[0]["flops"] is not None else None
+             for name, part in (("sampling", sampling), ("decode", decoding))}
     memory = {"sampler": analysis.memory(sampler), "decode_chunk": analysis.memory(decoder)}
     peak = max(m["total"] for m in memory.values())
     frames = int(applied.training.crop_frames)
@@ -150,7 +156,7 @@ def run_generation(config, strategy: Strategy, target: Target, steps: int = 100)
             "devices": target.device_count, "frames": frames, "audio_seconds": seconds_audio, "steps": steps,
             "cfg": True, "decode_chunks": chunks, "memory": dict(memory["sampler"], total=peak, parts=memory),
             "fits": targets.fits(peak, target), "cost": cost, "collectives": collectives,
-            "cost_method": "sampler: bilinear fit of unrolled (depth, steps) in {1,2}^2 compiles; decode: chunks x "
+            "bound_parts": parts, "cost_method": "sampler: bilinear fit of unrolled (depth, steps) in {1,2}^2 compiles; decode: chunks x "
                            "one chunk", "bound_seconds": bound, "xla_optimal_seconds": cost["optimal_seconds"]
             if cost["optimal_seconds"] is not None and cost["optimal_seconds"] >= 0 else None,
             "mfu_at_bound": None}
