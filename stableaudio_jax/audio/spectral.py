@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stableaudio_jax.parallel.sharding import on_own_rows
+
 
 @functools.lru_cache(maxsize=None)
 def hann_window(win_length: int, n_fft: int) -> np.ndarray:
@@ -37,7 +39,7 @@ def stft(x: jax.Array, n_fft: int, hop: int, win_length: int | None = None, cent
         pad = [(0, 0)] * (x.ndim - 1) + [(n_fft // 2, n_fft // 2)]
         x = jnp.pad(x, pad, mode=pad_mode)
     frames = frame(x, n_fft, hop) * hann_window(win_length, n_fft)
-    spec = jnp.fft.rfft(frames, n=n_fft, axis=-1)
+    spec = on_own_rows(lambda f: jnp.fft.rfft(f, n=n_fft, axis=-1), frames)  # XLA would all-gather the batch
     if normalized:  # torch's normalized=True: divide by sqrt(frame_length)
         spec = spec / np.sqrt(n_fft)
     return spec
