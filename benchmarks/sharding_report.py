@@ -19,6 +19,10 @@ def _gib(value) -> str:
     return "-" if value is None else f"{value / GiB:.2f}"
 
 
+def _tflop(value) -> str:
+    return "-" if value is None else f"{value / 1e12:.2f}"
+
+
 def _ms(value) -> str:
     return "-" if value is None else f"{value * 1e3:.1f}"
 
@@ -62,9 +66,9 @@ def find_section(found: dict) -> str:
 def rows_section(rows: list[dict]) -> str:
     """Rows of ``bench sharding`` (train or generate) without --find."""
     if rows and rows[0]["workload"] == "generate":
-        lines = ["| strategy | audio (s) | clips | memory / device (GiB): sampler, decode chunk | fits | bound (s): "
-                 "sampling + decode (chunks) = **total** | seconds per clip at the bound |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = ["| strategy | audio (s) | clips | memory / device (GiB): sampler, decode chunk | fits | TFLOP / device "
+                 "| bound (s): sampling + decode (chunks) = **total** = latency | clips / s at the bound |",
+                 "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             parts, bounds = r["memory"]["parts"], r.get("bound_parts") or {}
             clips = r["strategy"]["global_batch"]
@@ -72,8 +76,9 @@ def rows_section(rows: list[dict]) -> str:
                      if bounds.get("sampling") is not None else "")
             lines.append(f"| {r['strategy']['name']} | {r['audio_seconds']:.1f} | {clips} | "
                          f"{_gib(parts['sampler']['total'])}, {_gib(parts['decode_chunk']['total'])} | "
-                         f"{'yes' if r['fits'] else '**no**'} | {split}**{r['bound_seconds']:.3f}** | "
-                         f"{r['bound_seconds'] / clips:.3f} |")
+                         f"{'yes' if r['fits'] else '**no**'} | {_tflop(r['cost']['flops'])} | "
+                         f"{split}**{r['bound_seconds']:.3f}** | "
+                         f"{clips / r['bound_seconds']:.1f} |")
         return "\n".join(lines) + "\n"
     from stableaudio_jax.bench.sharding import markdown
     return markdown(rows)
@@ -89,6 +94,9 @@ def length_plot(rows: list[dict], path: str) -> None:
     if all((r.get("bound_parts") or {}).get("sampling") is not None for r in rows):
         ax.plot(seconds, [r["bound_parts"]["sampling"] for r in rows], "s--", label="sampling (DiT steps)")
         ax.plot(seconds, [r["bound_parts"]["decode"] for r in rows], "^--", label="VAE decode")
+    peak = rows[0]["target"].get("peak_flops")
+    if peak:  # the compiled FLOPs alone at peak: exact counts, no HBM-traffic term
+        ax.plot(seconds, [r["cost"]["flops"] / peak for r in rows], "x-.", label="compute alone (FLOPs at peak)")
     ax.plot(seconds, [rows[0]["bound_seconds"] * s / seconds[0] for s in seconds], ":", color="gray",
             label="linear in length (from the shortest)")
     ax.set(xlabel="seconds of audio", ylabel="seconds (compiler's bound)",
