@@ -130,7 +130,7 @@ def test_pallas_flash_attention_matches(reference):
     def loss(dit, p):
         return jnp.mean(jnp.square(dit.apply(p, x, t, cross, g)))
 
-    want, want_grad = jax.value_and_grad(lambda p: loss(base, p))(base_params)
+    want, want_grad = jax.jit(jax.value_and_grad(lambda p: loss(base, p)))(base_params)
     with pltpu.force_tpu_interpret_mode():
         got, grad = jax.value_and_grad(lambda p: loss(flash, p))(params)
     np.testing.assert_allclose(got, want, rtol=1e-5)
