@@ -31,6 +31,12 @@ def frame(x: jax.Array, frame_length: int, hop: int) -> jax.Array:
     return x[..., index]
 
 
+def rfft_frames(frames: jax.Array, n_fft: int) -> jax.Array:
+    """``rfft`` of windowed frames over the last axis, each device on its own rows of the batch (XLA alone would
+    all-gather the batch to every device first: ``parallel.sharding.on_own_rows``)."""
+    return on_own_rows(lambda f: jnp.fft.rfft(f, n=n_fft, axis=-1), frames)
+
+
 def stft(x: jax.Array, n_fft: int, hop: int, win_length: int | None = None, center: bool = True,
          pad_mode: str = "reflect", normalized: bool = False) -> jax.Array:
     win_length = n_fft if win_length is None else win_length
@@ -39,7 +45,7 @@ def stft(x: jax.Array, n_fft: int, hop: int, win_length: int | None = None, cent
         pad = [(0, 0)] * (x.ndim - 1) + [(n_fft // 2, n_fft // 2)]
         x = jnp.pad(x, pad, mode=pad_mode)
     frames = frame(x, n_fft, hop) * hann_window(win_length, n_fft)
-    spec = on_own_rows(lambda f: jnp.fft.rfft(f, n=n_fft, axis=-1), frames)  # XLA would all-gather the batch
+    spec = rfft_frames(frames, n_fft)
     if normalized:  # torch's normalized=True: divide by sqrt(frame_length)
         spec = spec / np.sqrt(n_fft)
     return spec

@@ -156,7 +156,8 @@ def run_generation(config, strategy: Strategy, target: Target, steps: int = 100)
             "devices": target.device_count, "frames": frames, "audio_seconds": seconds_audio, "steps": steps,
             "cfg": True, "decode_chunks": chunks, "memory": dict(memory["sampler"], total=peak, parts=memory),
             "fits": targets.fits(peak, target), "cost": cost, "collectives": collectives,
-            "bound_parts": parts, "cost_method": "sampler: bilinear fit of unrolled (depth, steps) in {1,2}^2 compiles; decode: chunks x "
+            "bound_parts": parts,
+            "cost_method": "sampler: bilinear fit of unrolled (depth, steps) in {1,2}^2 compiles; decode: chunks x "
                            "one chunk", "bound_seconds": bound, "xla_optimal_seconds": cost["optimal_seconds"]
             if cost["optimal_seconds"] is not None and cost["optimal_seconds"] >= 0 else None,
             "mfu_at_bound": None}

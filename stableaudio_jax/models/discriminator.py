@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stableaudio_jax.audio.spectral import frame, hann_window
+from stableaudio_jax.audio.spectral import frame, hann_window, rfft_frames
 from stableaudio_jax.models.layers import WNConv2d
-from stableaudio_jax.parallel.sharding import on_own_rows
 
 Dtype = Any
 DILATIONS = (1, 2, 4)
@@ -30,8 +29,7 @@ def normalized_spectrogram(audio: jax.Array, n_fft: int, hop: int, win: int) -> 
     center=False, power=None)``, i.e. divided by sqrt(sum(window^2))."""
     window = hann_window(win, n_fft)
     x = jnp.moveaxis(audio.astype(jnp.float32), -1, 1)  # [B, C, T]
-    rfft = lambda f: jnp.fft.rfft(f, n=n_fft, axis=-1)  # noqa: E731
-    spec = on_own_rows(rfft, frame(x, n_fft, hop) * window) / np.sqrt(np.sum(window ** 2))  # no batch all-gather
+    spec = rfft_frames(frame(x, n_fft, hop) * window, n_fft) / np.sqrt(np.sum(window ** 2))
     return jnp.moveaxis(spec, 1, -1)
 
 
