@@ -132,7 +132,8 @@ def test_pallas_flash_attention_matches(reference):
 
     want, want_grad = jax.jit(jax.value_and_grad(lambda p: loss(base, p)))(base_params)
     with pltpu.force_tpu_interpret_mode():
-        got, grad = jax.value_and_grad(lambda p: loss(flash, p))(params)
+        # Jitted: run op by op, the interpreter's callbacks dispatch eagerly beside the main thread and can deadlock.
+        got, grad = jax.jit(jax.value_and_grad(lambda p: loss(flash, p)))(params)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), grad, want_grad)
 
