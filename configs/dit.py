@@ -54,6 +54,6 @@ def get_config(arg=None):
     config.sharding_rules = DEFAULT_RULES
     ratio = math.prod(config.vae.strides)  # audio samples per latent frame
     config.training = diffusion_training.training_config(variant == "sao", config.audio.sample_size // ratio)
-    config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300))
+    config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300, heartbeat_timeout=100))
     config.seed = 0
     return config

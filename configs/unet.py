@@ -56,6 +56,6 @@ def get_config(arg=None):
     config.audio = ml_collections.ConfigDict(dict(sample_rate=44100, channels=2))
     config.training = diffusion_training.training_config(variant == "sa1", 4096 if variant == "sa1" else 32,
                                                          lr=4e-5 if variant == "sa1" else None)
-    config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300))
+    config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300, heartbeat_timeout=100))
     config.seed = 0
     return config

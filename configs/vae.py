@@ -37,7 +37,7 @@ def get_config(arg=None):
     config.sharding_rules = DEFAULT_RULES
 
     config.training = training_config(variant)
-    config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300))
+    config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300, heartbeat_timeout=100))
     config.seed = 0
     return config
 

@@ -6,6 +6,7 @@ Config overrides use ``--config.a.b=value`` anywhere on the command line.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Sequence
 
@@ -26,6 +27,23 @@ def _show_config(args: argparse.Namespace, overrides: list[str]) -> int:
         if len(counts) > 1:
             print(f"parameters (total): {sum(counts.values()):,}")
     return 0
+
+
+# Every argument that names a file or folder. Until the commands read and write through one path abstraction,
+# a URL here would be taken for a relative local path ("gs://b/run" -> ./gs:/b/run) and a pod's checkpoints
+# would silently land on each worker's disk: refuse it instead.
+_PATH_ARGS = {"audio", "captions", "checkpoint", "classifier", "data", "denoiser", "init_audio", "inpaint_audio",
+              "markdown", "model", "model_config", "out", "output", "plot", "spectrogram", "t5", "text_encoder", "vae",
+              "workdir"}
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _refuse_urls(args: argparse.Namespace) -> None:
+    for name, value in vars(args).items():
+        for item in (value if isinstance(value, (list, tuple)) else [value]) if name in _PATH_ARGS else []:
+            if isinstance(item, str) and _URL.match(item):
+                raise ValueError(f"--{name.replace('_', '-')} {item!r}: URLs are not supported yet, "
+                                 "only local paths; mount the bucket (e.g. gcsfuse) and pass its local path")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args = build_parser().parse_args(rest)
     try:
+        _refuse_urls(args)
         return args.run(args, overrides)
     except (ValueError, KeyError, FileNotFoundError, StoreError, FloatingPointError) as e:
         print(f"stableaudio-jax {args.command}: error: {e}", file=sys.stderr)

@@ -3,7 +3,8 @@
 ``initialize(cfg)`` calls ``jax.distributed.initialize`` when the run spans several processes: explicitly (a
 coordinator address from the config or ``STABLEAUDIO_COORDINATOR`` / ``STABLEAUDIO_NUM_PROCESSES`` /
 ``STABLEAUDIO_PROCESS_ID``), or by JAX's own cluster detection (TPU pods, SLURM, Open MPI, ...) when ``mode`` is
-'auto' and such an environment is present. Single-process runs are left alone.
+'auto' and such an environment is present. Single-process runs are left alone. ``launch/`` starts such runs on
+one machine (local.py), TPU VM slices (tpu_vm.py) and SLURM clusters (slurm.py).
 """
 from __future__ import annotations
 
@@ -27,11 +28,27 @@ def _cluster_size_hint() -> int:
     return len(hosts.split(",")) if hosts else 1
 
 
+def _local_device_ids(cfg: dict) -> list[int] | None:
+    ids = cfg.get("local_device_ids")
+    source = "distributed.local_device_ids"
+    if ids is None and os.environ.get("STABLEAUDIO_LOCAL_DEVICE_IDS"):
+        ids, source = os.environ["STABLEAUDIO_LOCAL_DEVICE_IDS"], "STABLEAUDIO_LOCAL_DEVICE_IDS"
+    if ids is None:
+        return None
+    try:
+        return [int(i) for i in (ids.split(",") if isinstance(ids, str) else ids)]
+    except ValueError:
+        raise ValueError(f"{source} is {ids!r}; expected device indices such as '0,1,2,3'") from None
+
+
 def initialize(cfg: Any = None) -> bool:
     """Starts JAX's multi-process runtime if this run needs it; returns whether it did.
 
     ``cfg`` (a mapping / ConfigDict, all optional): ``mode`` 'auto' | 'always' | 'never', ``coordinator_address``,
-    ``num_processes``, ``process_id``, ``initialization_timeout`` (seconds, default 300).
+    ``num_processes``, ``process_id``, ``initialization_timeout`` (seconds, default 300), ``heartbeat_timeout``
+    (seconds without a peer's heartbeat before every process fails with an error, default 100) and
+    ``local_device_ids`` (or ``STABLEAUDIO_LOCAL_DEVICE_IDS="0,1,..."``: the GPUs this process drives; needed with
+    one SLURM task per node, where JAX's detection would give the process only GPU ``SLURM_LOCALID``).
     """
     cfg = dict(cfg or {})
     mode = cfg.get("mode", "auto")
@@ -43,15 +60,17 @@ def initialize(cfg: Any = None) -> bool:
     num = cfg.get("num_processes") or os.environ.get("STABLEAUDIO_NUM_PROCESSES")
     pid = cfg.get("process_id")
     pid = pid if pid is not None else os.environ.get("STABLEAUDIO_PROCESS_ID")
-    timeout = int(cfg.get("initialization_timeout", 300))
+    options = dict(initialization_timeout=int(cfg.get("initialization_timeout", 300)),
+                   heartbeat_timeout_seconds=int(cfg.get("heartbeat_timeout", 100)),
+                   local_device_ids=_local_device_ids(cfg))
     if address:
         if num is None or pid is None:
             raise ValueError(f"distributed: coordinator_address {address!r} needs num_processes and process_id "
                              "(config or STABLEAUDIO_NUM_PROCESSES / STABLEAUDIO_PROCESS_ID)")
         jax.distributed.initialize(coordinator_address=address, num_processes=int(num), process_id=int(pid),
-                                   initialization_timeout=timeout)
+                                   **options)
     elif mode == "always" or _cluster_size_hint() > 1:
-        jax.distributed.initialize(initialization_timeout=timeout)  # JAX detects TPU / SLURM / MPI clusters
+        jax.distributed.initialize(**options)  # JAX detects TPU / SLURM / MPI clusters
     else:
         return False
     logger.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
