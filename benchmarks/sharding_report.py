@@ -63,6 +63,13 @@ def find_section(found: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def generation_seconds(row: dict) -> float:
+    """A generate row's bound: sampling then decode, in sequence (rows written before bench/generation.py summed
+    the phases stored a roofline of their pooled counts, which hid a compute-bound decode under the sampling)."""
+    parts = row.get("bound_parts") or {}
+    return row["bound_seconds"] if None in parts.values() or not parts else sum(parts.values())
+
+
 def rows_section(rows: list[dict]) -> str:
     """Rows of ``bench sharding`` (train or generate) without --find."""
     if rows and rows[0]["workload"] == "generate":
@@ -77,8 +84,8 @@ def rows_section(rows: list[dict]) -> str:
             lines.append(f"| {r['strategy']['name']} | {r['audio_seconds']:.1f} | {clips} | "
                          f"{_gib(parts['sampler']['total'])}, {_gib(parts['decode_chunk']['total'])} | "
                          f"{'yes' if r['fits'] else '**no**'} | {_tflop(r['cost']['flops'])} | "
-                         f"{split}**{r['bound_seconds']:.3f}** | "
-                         f"{clips / r['bound_seconds']:.1f} |")
+                         f"{split}**{generation_seconds(r):.3f}** | "
+                         f"{clips / generation_seconds(r):.1f} |")
         return "\n".join(lines) + "\n"
     from stableaudio_jax.bench.sharding import markdown
     return markdown(rows)
@@ -90,14 +97,14 @@ def length_plot(rows: list[dict], path: str) -> None:
     seconds = [r["audio_seconds"] for r in rows]
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
-    ax.plot(seconds, [r["bound_seconds"] for r in rows], "o-", label="whole generation (bound)")
+    ax.plot(seconds, [generation_seconds(r) for r in rows], "o-", label="whole generation (bound)")
     if all((r.get("bound_parts") or {}).get("sampling") is not None for r in rows):
         ax.plot(seconds, [r["bound_parts"]["sampling"] for r in rows], "s--", label="sampling (DiT steps)")
         ax.plot(seconds, [r["bound_parts"]["decode"] for r in rows], "^--", label="VAE decode")
     peak = rows[0]["target"].get("peak_flops")
     if peak:  # the compiled FLOPs alone at peak: exact counts, no HBM-traffic term
         ax.plot(seconds, [r["cost"]["flops"] / peak for r in rows], "x-.", label="compute alone (FLOPs at peak)")
-    ax.plot(seconds, [rows[0]["bound_seconds"] * s / seconds[0] for s in seconds], ":", color="gray",
+    ax.plot(seconds, [generation_seconds(rows[0]) * s / seconds[0] for s in seconds], ":", color="gray",
             label="linear in length (from the shortest)")
     ax.set(xlabel="seconds of audio", ylabel="seconds (compiler's bound)",
            title=f"{rows[0]['steps']} steps with CFG + decode, {rows[0]['target']['name']}")
