@@ -144,8 +144,9 @@ def test_config_hash():
 
 # --- sharding over hosts ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("files,count", [(5, 2), (5, 3), (2, 3), (1, 2), (6, 3)])
+@pytest.mark.parametrize("files,count", [(5, 2), (5, 3), (2, 3), (1, 2), (6, 3), (70, 64), (16, 64)])
 def test_each_record_read_by_exactly_one_host(tmp_path, files, count):
+    """Simulated process indices, up to a 64-host pod: whole files per host, or rows when files are fewer."""
     directory = write_dataset(tmp_path, files=files, per_file=7)
     per_host = [_epoch(directory, p, count, shuffle_buffer=4) for p in range(count)]
     everything = Counter(x for host in per_host for x in host)
