@@ -33,4 +33,5 @@ def training_config(full_size: bool, crop_frames: int, lr: float | None = None):
         log_every=100 if full_size else 10,
         checkpoint_every=10_000 if full_size else 100,
         keep_checkpoints=3,
+        profile_steps=0,                      # > 0: a JAX profiler trace of that many steps after the first
     ))

@@ -71,4 +71,5 @@ def training_config(variant):
         log_every=100 if sao else 10,
         checkpoint_every=10_000 if sao else 100,
         keep_checkpoints=3,
+        profile_steps=0,                      # > 0: a JAX profiler trace of that many steps after the first
     ))

@@ -149,3 +149,15 @@ def test_train_vae_command_resumes_after_ctrl_c(tmp_path):
     assert f"resumed from step {stopped}" in resumed.stderr
     steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl")) if line.strip()]
     assert max(steps) == stopped + 2 and os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_profile_traces_steps_after_the_compile(tmp_path, capsys):
+    from stableaudio_jax import cli
+    workdir = tmp_path / "run"
+    argv = ["train", "--config", "configs/dit.py:tiny", "--data", "synthetic", "--workdir", str(workdir),
+            "--max-steps", "3", "--no-progress", "--config.training.batch_size=8"]
+    assert cli.main([*argv, "--profile", "2"]) == 0
+    traces = list((workdir / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert f"profile of steps 2-3 written to {workdir / 'profile'}" in capsys.readouterr().err
+    assert cli.main([*argv, "--profile", "0"]) == 2

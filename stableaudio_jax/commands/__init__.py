@@ -17,3 +17,15 @@ def add_training_args(p, default_config: str, config_example: str, data_help: st
     p.add_argument("--workdir", required=True, help=workdir_help)
     p.add_argument("--max-steps", type=int, help="stop after this many more steps (default: config.training.steps)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--profile", type=int, metavar="N",
+                   help="capture a JAX profiler trace of N steps after the first (compiled) one into <workdir>/profile "
+                        "(TensorBoard's profile tab, xprof or Perfetto); same as --config.training.profile_steps=N")
+
+
+def training_overrides(args, overrides: list[str]) -> list[str]:
+    """The command line's --config.* overrides plus what the trainers' own flags set."""
+    if args.profile is None:
+        return overrides
+    if args.profile < 1:
+        raise ValueError(f"--profile is {args.profile}; expected a number of steps >= 1")
+    return [*overrides, f"training.profile_steps={args.profile}"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from stableaudio_jax.commands import add_training_args, setup_logging
+from stableaudio_jax.commands import add_training_args, setup_logging, training_overrides
 
 
 def add_parser(sub) -> None:
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from stableaudio_jax.training.diffusion_train import train_diffusion
 
     setup_logging()
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, training_overrides(args, overrides))
     metrics = train_diffusion(config, args.workdir, args.data, progress=not args.no_progress,
                               max_steps=args.max_steps)
     shown = {k: round(v, 4) for k, v in metrics.items() if k in ("train/loss", "train/grad_norm")}

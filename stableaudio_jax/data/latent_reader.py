@@ -299,6 +299,10 @@ def latent_dataset(directory: str | os.PathLike, batch_size: int, crop_frames: i
     manifest = read_manifest(directory)
     validate_manifest(manifest, directory, latent_channels=latent_channels, encoder_config_hash=encoder_config_hash)
     shards = host_shards(manifest["shards"], process_index, process_count)
+    files = [f for f, _ in shards]
+    logger.info("process %d of %d reads %d of %d shard files of %s%s: %s", process_index, process_count, len(files),
+                len(manifest["shards"]), directory, " (every file, its own rows)" if shards and shards[0][1] else "",
+                ", ".join(files[:4]) + (f", ... {files[-1]}" if len(files) > 4 else ""))
     log = CORRUPTION_LOG if corruption_log is None else corruption_log
 
     def make_epoch(epoch: int) -> grain.IterDataset:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 import jax
@@ -73,8 +74,9 @@ def initialize(cfg: Any = None) -> bool:
         jax.distributed.initialize(**options)  # JAX detects TPU / SLURM / MPI clusters
     else:
         return False
-    logger.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
-                jax.process_count(), jax.local_device_count(), jax.device_count())
+    logger.info("jax.distributed: process %d of %d on %s, %d local / %d global devices (%s)", jax.process_index(),
+                jax.process_count(), socket.gethostname(), jax.local_device_count(), jax.device_count(),
+                jax.local_devices()[0].device_kind)
     return True
 
 

@@ -142,6 +142,33 @@ class StepTimer:
         return per_step
 
 
+class StepProfiler:
+    """A JAX profiler trace of ``steps`` steps, from the end of the run's first (compiling) step, into ``folder``.
+    Every process records its own host (``plugins/profile/<time>/<host>.xplane.pb``)."""
+
+    def __init__(self, steps: int, folder: str, start: int):
+        self.steps, self.folder, self.first = int(steps), folder, start
+        self.active = False
+
+    def after(self, step: int, state: Any) -> None:
+        if self.steps <= 0:
+            return
+        if step == self.first:
+            jax.block_until_ready(state)  # the compile and the first step stay out of the trace
+            jax.profiler.start_trace(self.folder)
+            self.active = True
+        elif self.active and step == self.first + self.steps:
+            self.close(state)
+
+    def close(self, state: Any = None) -> None:
+        if self.active:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.active = False
+            logger.info("profile of steps %d-%d written to %s (TensorBoard's profile tab, xprof or Perfetto)",
+                        self.first + 2, self.first + 1 + self.steps, self.folder)
+
+
 def run_loop(state: Any, step_fn: Callable, data, batch_sharding, *, start: int, end: int, checkpointer:
              TrainCheckpointer, writer, config: ml_collections.ConfigDict, audio_seconds_per_step: float,
              desc: str, progress: bool = False, after_step: Callable[[int, Any], None] | None = None,
@@ -157,10 +184,13 @@ def run_loop(state: Any, step_fn: Callable, data, batch_sharding, *, start: int,
     t = config.training
     guard, timer, last = FiniteGuard(), StepTimer(), {}
     bar = _progress_bar(progress, start, end, desc)
+    profiler = StepProfiler(t.get("profile_steps", 0),
+                            os.path.join(os.path.dirname(checkpointer.directory), "profile"), start)
     try:
         with StopSignal() as stop:
             for step in range(start, end):
                 state, metrics = step_fn(step, state, global_batch(next(data), batch_sharding))
+                profiler.after(step, state)
                 guard.update(metrics.pop("finite"), step)
                 timer.tick()
                 last.update({f"train/{k}": v for k, v in metrics.items()})
@@ -184,6 +214,7 @@ def run_loop(state: Any, step_fn: Callable, data, batch_sharding, *, start: int,
                         logger.warning("preemption at step %d: checkpoint saved", done)
                         break
     finally:
+        profiler.close(state)
         if bar is not None:
             bar.close()
     return state, {k: float(np.asarray(v)) for k, v in last.items()}
