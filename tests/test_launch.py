@@ -142,19 +142,50 @@ def _train_command(workdir, steps, *extra):
             str(workdir), "--max-steps", str(steps), "--no-progress", *extra]
 
 
-def test_two_processes_train_and_a_dead_peer_ends_the_survivor(tmp_path):
-    """The launcher runs the trainer as 2 JAX processes x 4 CPU devices to the end. Then a run whose process 1 is
-    killed (SIGKILL: no checkpoint, no goodbye): process 0 fails within the configured heartbeat timeout with
-    JAX's message that another task died, instead of waiting in a collective for ever."""
-    out = subprocess.run([sys.executable, str(ROOT / "launch" / "local.py"), "--cpu-devices", "4", "2",
-                          *_train_command(tmp_path / "run", 2)], capture_output=True, text=True, timeout=900,
-                         cwd=ROOT)
+def _local(*argv):
+    return [sys.executable, str(ROOT / "launch" / "local.py"), "--cpu-devices", "4", "2", *argv]
+
+
+def _logged_steps(workdir):
+    import json
+    path = workdir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_two_processes_train_stop_on_sigterm_and_resume_on_one(tmp_path):
+    """The launcher runs the trainer as 2 JAX processes x 4 CPU devices to the end; then, with more steps to go,
+    SIGTERM (a preemption notice) makes both processes agree on a step, checkpoint it and exit 0; the run resumes
+    from that step as 1 process x 8 devices."""
+    run = tmp_path / "run"
+    out = subprocess.run(_local(*_train_command(run, 2)), capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:]
     for i in range(2):
         assert f"[process {i}] " in out.stdout and f"process {i} of 2 on " in out.stdout
-    assert out.stdout.count("4 local / 8 global devices (cpu)") == 2
-    assert out.stdout.count("done: {") == 2 and (tmp_path / "run" / "checkpoints").is_dir()
+    assert out.stdout.count("4 local / 8 global devices (cpu)") == 2 and out.stdout.count("done: {") == 2
 
+    launcher = subprocess.Popen(_local(*_train_command(run, 100000)), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 600
+    while not [s for s in _logged_steps(run) if s > 2]:  # a logged step of this second run
+        assert time.monotonic() < deadline and launcher.poll() is None, "the second run never logged a step"
+        time.sleep(0.5)
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, output[-3000:]
+    stopped = {int(line.split("stopped at step ")[1].split(";")[0]) for line in output.splitlines()
+               if "stopped at step" in line}
+    assert len(stopped) == 1 and output.count("stopped at step") == 2  # both processes, the same step
+    step = stopped.pop()
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    single = subprocess.run(_train_command(run, 1), capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert f"resumed from step {step}" in single.stderr and _logged_steps(run)[-1] == step + 1
+
+
+def test_a_dead_peer_ends_the_survivor_within_the_heartbeat_timeout(tmp_path):
+    """Process 1 is killed (SIGKILL: no checkpoint, no goodbye): process 0 fails within the configured heartbeat
+    timeout with JAX's message that another task died, instead of waiting in a collective for ever."""
     local = _launcher("local")
     port, workdir = local.free_port(), tmp_path / "fault"
     procs = [subprocess.Popen(_train_command(workdir, 100000, "--config.distributed.heartbeat_timeout=10"),
@@ -162,9 +193,9 @@ def test_two_processes_train_and_a_dead_peer_ends_the_survivor(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     try:
         deadline = time.monotonic() + 600
-        while not (workdir / "metrics.jsonl").exists() or not (workdir / "metrics.jsonl").read_text().strip():
+        while not _logged_steps(workdir):
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training never started"
-            time.sleep(1)
+            time.sleep(0.5)
         procs[1].send_signal(signal.SIGKILL)
         killed = time.monotonic()
         output, _ = procs[0].communicate(timeout=120)
