@@ -155,7 +155,7 @@ def test_profile_traces_steps_after_the_compile(tmp_path, capsys):
     from stableaudio_jax import cli
     workdir = tmp_path / "run"
     argv = ["train", "--config", "configs/dit.py:tiny", "--data", "synthetic", "--workdir", str(workdir),
-            "--max-steps", "3", "--no-progress", "--config.training.batch_size=8"]
+            "--max-steps", "3", "--no-progress"]
     assert cli.main([*argv, "--profile", "2"]) == 0
     traces = list((workdir / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
