@@ -204,3 +204,18 @@ def test_a_dead_peer_ends_the_survivor_within_the_heartbeat_timeout(tmp_path):
     finally:
         for p in procs:
             p.kill()
+
+
+def test_an_unreachable_coordinator_is_named_within_the_timeout(monkeypatch):
+    import jax
+
+    from stableaudio_jax.parallel import distributed
+    port = _launcher("local").free_port()  # nothing listens there
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: pytest.fail("must not be reached"))
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=rf"process 1 of 2: the coordinator at 127.0.0.1:{port} did not answer "
+                                           "within 2 s"):
+        distributed.initialize(dict(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=1,
+                                    initialization_timeout=2))
+    assert time.monotonic() - start < 10

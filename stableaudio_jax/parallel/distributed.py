@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 import jax
@@ -42,6 +43,25 @@ def _local_device_ids(cfg: dict) -> list[int] | None:
         raise ValueError(f"{source} is {ids!r}; expected device indices such as '0,1,2,3'") from None
 
 
+def _wait_for_coordinator(address: str, timeout: float, pid: int, num: int) -> None:
+    """Waits until the coordinator's port accepts connections. JAX itself aborts the process (a C++ fatal error
+    that blames "another task") when it cannot register in time; this names the address instead."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"distributed: coordinator_address {address!r}; expected HOST:PORT")
+    logger.info("process %d of %d: connecting to the coordinator at %s (timeout %d s)", pid, num, address, timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+            return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"process {pid} of {num}: the coordinator at {address} did not answer within "
+                                   f"{timeout} s ({error}); is process 0 running there and the port open?") from None
+            time.sleep(1)
+
+
 def initialize(cfg: Any = None) -> bool:
     """Starts JAX's multi-process runtime if this run needs it; returns whether it did.
 
@@ -68,6 +88,8 @@ def initialize(cfg: Any = None) -> bool:
         if num is None or pid is None:
             raise ValueError(f"distributed: coordinator_address {address!r} needs num_processes and process_id "
                              "(config or STABLEAUDIO_NUM_PROCESSES / STABLEAUDIO_PROCESS_ID)")
+        if int(pid) != 0:  # process 0 serves the coordinator; the others must reach it
+            _wait_for_coordinator(address, options["initialization_timeout"], int(pid), int(num))
         jax.distributed.initialize(coordinator_address=address, num_processes=int(num), process_id=int(pid),
                                    **options)
     elif mode == "always" or _cluster_size_hint() > 1:
