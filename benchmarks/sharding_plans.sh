@@ -2,7 +2,7 @@
 # The ahead-of-time plans behind docs/sharding.md: Stable Audio Open's DiT (and a 3 B DiT) searched on TPU slices
 # and GPU nodes this machine does not have (`pip install -e ".[aot]"`). Each line appends one JSON object (the
 # fastest fitting strategy and every candidate screened) to docs/results/sharding/<name>.jsonl; render the tables
-# with `python benchmarks/sharding_report.py`. About 3 hours on 2 CPU cores (the generation plans compile SAO's VAE decoder: ~8 min per mesh). Usage: benchmarks/sharding_plans.sh [name...]
+# with `python benchmarks/sharding_report.py`. Over 6 hours on 2 CPU cores (the generation plans compile SAO's VAE decoder, ~8 min per mesh; the 3 B, v6e-256 and batch-256 searches take an hour or more each). Usage: benchmarks/sharding_plans.sh [name...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=docs/results/sharding
