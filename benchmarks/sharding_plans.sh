@@ -19,6 +19,7 @@ declare -A plans=(
   [sao_v5p-64]="$sao --target tpu:v5p-64 --find"
   [sao_v6e-64]="$sao --target tpu:v6e-64 --find"
   [sao_v6e-256]="$sao --target tpu:v6e-256 --find"
+  [sao_v6e-256_fsdp]="$sao --target tpu:v6e-256 --mesh 1x256x1,2x128x1,4x64x1,8x32x1"
   [sao_h100x8]="$sao --target gpu:h100x8 --find"
   [sao_finetune_l4x1]="$sao --target gpu:l4x1 --find --remat none,full --opt-dtype float32,bfloat16 --param-dtype float32,bfloat16"
   [sao_finetune_l4x8]="$sao --target gpu:l4x8 --find --remat none,dots,full"
@@ -35,7 +36,7 @@ declare -A plans=(
 )
 order=(sao_v5p-8 sao_v5e-8 sao_v5p-64 sao_v6e-64 sao_h100x8 sao_finetune_l4x1 sao_finetune_l4x8 dit3b_v5p-64
        dit3b_v6e-64 sao_attention_v5e-8 vae_h100x8 sao_generate_tp_v5p-8 sao_generate_dp_v5p-8 sao_generate_length_v5p-8 sao_v5p-64_batch sao_v6e-64_batch
-       sao_v6e-256 sao_batch256_v5p)
+       sao_v6e-256_fsdp sao_v6e-256 sao_batch256_v5p)
 for name in "${@:-${order[@]}}"; do
   echo "== $name: stableaudio-jax bench sharding ${plans[$name]}"
   rm -f "$out/$name.jsonl"
