@@ -4,7 +4,7 @@
     python launch/tpu_vm.py --name sa-pod --zone us-east5-a --accelerator v5p-128 --spot create
     python launch/tpu_vm.py --name sa-pod --zone us-east5-a --package 'stableaudio-jax @ git+https://...@<commit>' setup
     python launch/tpu_vm.py --name sa-pod --zone us-east5-a run stableaudio-jax train --config configs/dit.py:sao \\
-        --data gs://bucket/latents --workdir gs://bucket/runs/sao
+        --data /mnt/bucket/latents --workdir /mnt/bucket/runs/sao
     python launch/tpu_vm.py --name sa-pod --zone us-east5-a --accelerator v5p-128 --spot recover stableaudio-jax ...
 
 Slices are queued resources (`gcloud compute tpus queued-resources`); ``--slices N`` asks for a multi-slice one
@@ -194,7 +194,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, command = parse(sys.argv[1:] if argv is None else argv)
-    launcher, g = Launcher(args), Gcloud(args)
+    launcher = Launcher(args)
+    g = launcher.g
     if args.action == "create":
         return launcher.up()
     if args.action == "delete":

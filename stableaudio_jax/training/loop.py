@@ -148,7 +148,7 @@ class StepProfiler:
 
     def __init__(self, steps: int, folder: str, start: int):
         self.steps, self.folder, self.first = int(steps), folder, start
-        self.active = False
+        self.active, self.done = False, start + 1
 
     def after(self, step: int, state: Any) -> None:
         if self.steps <= 0:
@@ -157,8 +157,10 @@ class StepProfiler:
             jax.block_until_ready(state)  # the compile and the first step stay out of the trace
             jax.profiler.start_trace(self.folder)
             self.active = True
-        elif self.active and step == self.first + self.steps:
-            self.close(state)
+        elif self.active:
+            self.done = step + 1
+            if step == self.first + self.steps:
+                self.close(state)
 
     def close(self, state: Any = None) -> None:
         if self.active:
@@ -166,7 +168,7 @@ class StepProfiler:
             jax.profiler.stop_trace()
             self.active = False
             logger.info("profile of steps %d-%d written to %s (TensorBoard's profile tab, xprof or Perfetto)",
-                        self.first + 2, self.first + 1 + self.steps, self.folder)
+                        self.first + 2, self.done, self.folder)
 
 
 def run_loop(state: Any, step_fn: Callable, data, batch_sharding, *, start: int, end: int, checkpointer:
