@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "pillow>=10.0",  # spectrogram PNGs in the CLI and training summaries
     "google-crc32c>=1.5",  # TFRecord checksums (masked CRC32C), written and verified without TensorFlow
+    # gs:// paths for every command (stableaudio_jax/paths.py via fsspec; orbax's epath uses the same gcsfs)
+    "gcsfs>=2024.2.0",
     # the offline demo data set (`demo-data`, `quickstart`): scores, a General MIDI soundfont and a synthesiser
     "music21>=9.1",
     "pretty_midi>=0.2.10",  # ships TimGM6mb.sf2
@@ -44,6 +46,7 @@ TEST_REQUIRES = [
     "diffusers>=0.32.0",
     "transformers>=4.46.0",
     "auraloss>=0.4.0",  # the reference's spectral losses, for parity of ours
+    "gcp-storage-emulator>=2024.1.0",  # a local Cloud Storage server: gs:// paths are tested without the cloud
     # the notebooks run top to bottom in the suite, on a real kernel
     "nbclient>=0.10",
     "nbformat>=5.10",

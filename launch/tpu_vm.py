@@ -4,7 +4,7 @@
     python launch/tpu_vm.py --name sa-pod --zone us-east5-a --accelerator v5p-128 --spot create
     python launch/tpu_vm.py --name sa-pod --zone us-east5-a --package 'stableaudio-jax @ git+https://...@<commit>' setup
     python launch/tpu_vm.py --name sa-pod --zone us-east5-a run stableaudio-jax train --config configs/dit.py:sao \\
-        --data /mnt/bucket/latents --workdir /mnt/bucket/runs/sao
+        --data gs://my-bucket/latents --workdir gs://my-bucket/runs/sao
     python launch/tpu_vm.py --name sa-pod --zone us-east5-a --accelerator v5p-128 --spot recover stableaudio-jax ...
 
 Slices are queued resources (`gcloud compute tpus queued-resources`); ``--slices N`` asks for a multi-slice one

@@ -13,6 +13,7 @@ from typing import Sequence
 from stableaudio_jax.commands import (bench, convert, demo_data, encode, evaluate, export, generate, ingest,
                                       quickstart, train, train_vae)
 from stableaudio_jax.config_loader import load_config, split_override_args
+from stableaudio_jax.paths import StoragePathError
 from stableaudio_jax.store.format import StoreError
 
 
@@ -29,21 +30,21 @@ def _show_config(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-# Every argument that names a file or folder. Until the commands read and write through one path abstraction,
-# a URL here would be taken for a relative local path ("gs://b/run" -> ./gs:/b/run) and a pod's checkpoints
-# would silently land on each worker's disk: refuse it instead.
+# Every argument that names a file or folder: each may be a local path or a URL (gs://...). A URL is checked
+# before the command starts (package for its scheme, credentials, bucket), so a typo in a bucket name fails in a
+# second with the argument's name, not after a compile, deep inside a storage client.
 _PATH_ARGS = {"audio", "captions", "checkpoint", "classifier", "data", "denoiser", "init_audio", "inpaint_audio",
               "markdown", "model", "model_config", "out", "output", "plot", "spectrogram", "t5", "text_encoder", "vae",
               "workdir"}
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def _refuse_urls(args: argparse.Namespace) -> None:
+def _check_urls(args: argparse.Namespace) -> None:
+    from stableaudio_jax import paths
     for name, value in vars(args).items():
         for item in (value if isinstance(value, (list, tuple)) else [value]) if name in _PATH_ARGS else []:
             if isinstance(item, str) and _URL.match(item):
-                raise ValueError(f"--{name.replace('_', '-')} {item!r}: URLs are not supported yet, "
-                                 "only local paths; mount the bucket (e.g. gcsfuse) and pass its local path")
+                paths.check_access(item, f"--{name.replace('_', '-')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,9 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args = build_parser().parse_args(rest)
     try:
-        _refuse_urls(args)
+        _check_urls(args)
         return args.run(args, overrides)
-    except (ValueError, KeyError, FileNotFoundError, StoreError, FloatingPointError) as e:
+    except (ValueError, KeyError, FileNotFoundError, StoreError, FloatingPointError, StoragePathError) as e:
         print(f"stableaudio-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -33,3 +33,53 @@ def pytest_configure(config):
     # The reference classes (diffusers' AutoencoderOobleck) still use torch's legacy weight_norm on purpose:
     # its weight_g / weight_v names are what the published checkpoints contain.
     config.addinivalue_line("filterwarnings", "ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+    """``gs://stableaudio-test``: a Cloud Storage emulator on 127.0.0.1 (gcp-storage-emulator, in memory) for the
+    session, wired the way every client this package uses finds it: gcsfs / google-cloud-storage through
+    ``STORAGE_EMULATOR_HOST``, orbax's tensorstore through ``TENSORSTORE_GCS_HTTP_URL``. Subprocesses inherit it."""
+    import socket
+    import subprocess
+    import time
+
+    import fsspec
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import sys
+    emulator = os.path.join(os.path.dirname(__file__), "gcs_emulator.py")
+    server = subprocess.Popen([sys.executable, emulator, "start", "--host", "127.0.0.1", "--port", str(port),
+                               "--default-bucket", "stableaudio-test", "--in-memory"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError(f"the GCS emulator did not start on port {port}")
+            time.sleep(0.1)
+    url = f"http://127.0.0.1:{port}"
+    env = {"STORAGE_EMULATOR_HOST": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "FSSPEC_GCS_TOKEN": "anon",
+           "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+           "GOOGLE_CLOUD_PROJECT": "test"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fsspec.config.conf.setdefault("gcs", {})["token"] = "anon"  # the environment is read when fsspec is imported
+    try:
+        yield "gs://stableaudio-test"
+    finally:
+        import gc
+        gc.collect()  # writers that upload on __del__ (tensorboardX) do it now, while the server still answers
+        fsspec.config.conf["gcs"].pop("token", None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.terminate()
+        server.wait(timeout=30)

@@ -11,7 +11,7 @@ import stableaudio_jax
 
 # lowest first; a module may import from its own layer or any layer below
 LAYERS = [
-    {"audio", "diffusion", "parallel", "config_loader"},
+    {"audio", "diffusion", "parallel", "config_loader", "paths"},
     {"models"},
     {"store"},
     {"data", "convert"},

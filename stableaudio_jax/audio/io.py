@@ -4,9 +4,12 @@ Audio arrays are float32 ``[samples, channels]``; a batch is ``[batch, samples, 
 """
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
+
+from stableaudio_jax import paths
 
 
 def match_channels(audio: np.ndarray, channels: int) -> np.ndarray:
@@ -44,7 +47,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, channels
     import soundfile as sf
     path = os.fspath(path)
     try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+        source = io.BytesIO(paths.read_bytes(path)) if paths.is_url(path) else path
+        audio, rate = sf.read(source, dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types for unreadable files; name the file either way
         raise ValueError(f"cannot read audio file {path!r}: {e}") from e
     if sample_rate is not None:
@@ -55,11 +59,16 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, channels
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> str:
-    """Writes ``[samples, channels]`` float audio (clipped to [-1, 1]) as a wav/flac/ogg file."""
+    """Writes ``[samples, channels]`` float audio (clipped to [-1, 1]) as a wav/flac/ogg file (local or a URL)."""
     import soundfile as sf
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    sf.write(path, np.clip(np.asarray(audio, np.float32), -1.0, 1.0), sample_rate, subtype=subtype)
+    path = paths.absolute(path)
+    paths.makedirs(os.path.dirname(path))
+    buffer = io.BytesIO()
+    extension = os.path.splitext(path)[1].lstrip(".").upper() or "WAV"
+    file_format = {"AIF": "AIFF", "OGA": "OGG", "OPUS": "OGG"}.get(extension, extension)
+    sf.write(buffer, np.clip(np.asarray(audio, np.float32), -1.0, 1.0), sample_rate, subtype=subtype,
+             format=file_format)
+    paths.write_bytes_atomic(path, buffer.getvalue())
     return path
 
 
@@ -71,6 +80,9 @@ def write_spectrogram_png(path: str | os.PathLike, audio: np.ndarray, sample_rat
     mel = librosa.feature.melspectrogram(y=mono, sr=sample_rate, n_fft=2048, hop_length=512, n_mels=n_mels)
     db = librosa.power_to_db(mel + 1e-10, ref=np.max, top_db=80.0)
     pixels = np.uint8(np.clip((db + 80.0) / 80.0, 0, 1) * 255)[::-1]
-    path = os.fspath(path)
-    Image.fromarray(pixels).resize((max(pixels.shape[1], 256), 256)).save(path)
+    path = paths.absolute(path)
+    paths.makedirs(os.path.dirname(path))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((max(pixels.shape[1], 256), 256)).save(buffer, format="PNG")
+    paths.write_bytes_atomic(path, buffer.getvalue())
     return path

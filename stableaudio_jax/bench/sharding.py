@@ -13,6 +13,7 @@ strategies with each other there, not with accelerators).
 from __future__ import annotations
 
 import contextlib
+import io
 import dataclasses
 import json
 import logging
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stableaudio_jax import paths
 from stableaudio_jax.bench import compiled as analysis
 from stableaudio_jax.bench import targets
 from stableaudio_jax.bench.strategies import Strategy, apply
@@ -234,8 +236,7 @@ def run_bench(config, strategies: Sequence[Strategy], workload: str = "train", m
         logger.info("%s: %.1f MiB per device%s", strategy.name, row["memory"]["total"] / 2 ** 20,
                     f", {row['step_seconds'] * 1e3:.1f} ms per step" if "step_seconds" in row else "")
         if out:
-            with open(out, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            paths.append_text(out, json.dumps(row) + "\n")
     return rows
 
 
@@ -298,6 +299,9 @@ def plot(rows: Sequence[dict], path: str) -> str:
     for ax in axes[0]:
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = paths.absolute(path)
+    paths.makedirs(os.path.dirname(path))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
+    paths.write_bytes_atomic(path, buffer.getvalue())
     return path

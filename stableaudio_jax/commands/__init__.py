@@ -4,9 +4,10 @@ import logging
 
 def setup_logging() -> None:
     """INFO logs with timestamps for the long-running commands; orbax's per-save INFO lines and jax's backend
-    probing ("Unable to initialize backend 'tpu'" on every non-TPU machine) are silenced."""
+    probing ("Unable to initialize backend 'tpu'" on every non-TPU machine) and fsspec's line per opened bucket
+    file are silenced."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("absl", "jax"):
+    for noisy in ("absl", "jax", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

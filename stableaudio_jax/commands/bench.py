@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from stableaudio_jax import paths
+
 
 def _list(kind):
     def parse(text: str):
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     setup_logging()
     config = load_config(args.config, overrides)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        paths.makedirs(os.path.dirname(paths.absolute(args.out)))
     if args.find:
         return _find(args, config)
     target = targets.resolve(args.target)
@@ -108,8 +110,7 @@ def _report(args, rows, title: str) -> None:
     table = sharding.markdown(rows)
     print(f"{title}\n\n{table}")
     if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(table)
+        paths.write_text_atomic(args.markdown, table)
     if args.plot:
         print(f"plot: {sharding.plot(rows, args.plot)}")
 
@@ -137,8 +138,7 @@ def _find(args, config) -> int:
                              per_device_batch=None if args.global_batch else args.batch,
                              global_batch=args.global_batch, **options)
     if args.out:
-        with open(args.out, "a", encoding="utf-8") as f:
-            f.write(json.dumps(found) + "\n")
+        paths.append_text(args.out, json.dumps(found) + "\n")
     best = found["best"]
     if best is None:
         print(f"nothing fits: {len(found['screened'])} strategies screened; try a larger slice, --remat full, "

@@ -20,8 +20,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from stableaudio_jax import paths
     from stableaudio_jax.inference.pipeline import TextToAudioPipeline
 
+    # reference checkpoints in a bucket are read from a local mirror (the converters open local files)
+    for name in ("checkpoint", "model_config", "t5"):
+        if getattr(args, name):
+            setattr(args, name, paths.local(getattr(args, name)))
     if args.source == "stable-audio-tools":
         if not args.model_config or not args.t5:
             raise ValueError("--from stable-audio-tools needs --model-config and --t5")

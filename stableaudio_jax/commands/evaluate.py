@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     result = run_evaluation(args.data, args.out, model=args.model, vae=args.vae, split=args.split,
                             clips=args.clips, steps=args.steps, classifier=args.classifier, seed=args.seed,
                             baselines=not args.no_baselines)
-    with open(result["files"]["markdown"], encoding="utf-8") as f:
-        print(f.read())
+    from stableaudio_jax import paths
+    print(paths.read_text(result["files"]["markdown"]))
     print(f"wrote {result['files']['json']} and {result['files']['markdown']} ({result['seconds']:.0f} s)")
     return 0

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 
 def add_parser(sub) -> None:
@@ -24,12 +22,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if overrides:
         raise ValueError(f"export takes no --config overrides; got {' '.join(overrides)}")
+    from stableaudio_jax import paths
     setup_logging()
-    config_path = os.path.join(args.workdir, "config.json")
-    if not os.path.isfile(config_path):
+    config_path = paths.join(args.workdir, "config.json")
+    if not paths.isfile(config_path):
         raise FileNotFoundError(f"{args.workdir}: no config.json; expected a train or train-vae --workdir")
-    with open(config_path, encoding="utf-8") as f:
-        kind = json.load(f).get("model", {}).get("type")
+    kind = paths.read_json(config_path).get("model", {}).get("type")
     if kind in VAE_TYPES:
         from stableaudio_jax.training.vae_train import export_vae
         path = export_vae(args.workdir, args.out, args.step)

@@ -15,10 +15,11 @@ checkpoints. Presets (configs/quickstart.py): cpu (default), gpu, tpu, ci.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
+
+from stableaudio_jax import paths as storage  # (``paths`` below is the run's Paths)
 
 logger = logging.getLogger(__name__)
 STAGES = ("demo-data", "text encoder", "ingest", "train-vae", "encode", "train", "generate", "evaluate")
@@ -43,8 +44,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     setup_logging()
     config = load_config(f"quickstart.py:{args.preset}", overrides)
-    workdir = os.path.abspath(args.workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = storage.absolute(args.workdir)
+    storage.makedirs(workdir)
     _check_preset(workdir, args.preset)
     paths = Paths(workdir, args.denoiser)
     timings = {}
@@ -76,11 +77,10 @@ class Paths:
 
 def _check_preset(workdir: str, preset: str) -> None:
     """A workdir keeps the preset it was started with: resuming with another would mix two sizes."""
-    path = os.path.join(workdir, "quickstart_settings.json")
+    path = storage.join(workdir, "quickstart_settings.json")
     settings = {"preset": preset}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            previous = json.load(f)
+    if storage.isfile(path):
+        previous = storage.read_json(path)
         if previous.get("preset") != preset:
             raise ValueError(f"{workdir} was started with --preset {previous.get('preset')}; resume with it or use "
                              "another --workdir")
@@ -91,18 +91,14 @@ def _check_preset(workdir: str, preset: str) -> None:
 def _record(path: str, preset: str, denoiser: str, timings: dict) -> None:
     """``quickstart.json``: the preset and, per denoiser run, the seconds of every stage (in stage order)."""
     record = {"preset": preset, "runs": {}}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
+    if storage.isfile(path):
+        record = storage.read_json(path)
     record["runs"][denoiser] = {"stage_seconds": timings, "total_seconds": round(sum(timings.values()), 1)}
     _write_json(path, record)
 
 
 def _write_json(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)  # stage order kept
-    os.replace(tmp, path)
+    storage.write_json_atomic(path, value, indent=1)  # stage order kept
 
 
 def _stage_functions():

@@ -9,11 +9,13 @@ import json
 import logging
 import os
 
+from stableaudio_jax import paths as storage  # (``paths`` is the run's Paths: where each stage writes)
+
 logger = logging.getLogger(__name__)
 
 
 def _exists(*parts: str) -> bool:
-    return os.path.exists(os.path.join(*parts))
+    return storage.exists(storage.join(*parts))
 
 
 def _skip(name: str, where: str) -> None:
@@ -40,7 +42,7 @@ def text_encoder(config, paths, denoiser: str, progress: bool) -> None:
     from stableaudio_jax.store.tokenizers import T5Tokenizer, train_sentencepiece
     if is_stored_model(paths.text_encoder):
         return _skip("text encoder", paths.text_encoder)
-    with open(os.path.join(paths.demo, "captions.jsonl"), encoding="utf-8") as f:
+    with storage.open(storage.join(paths.demo, "captions.jsonl"), encoding="utf-8") as f:
         captions = [row["caption"] for row in map(json.loads, f) if row["split"] == "train"]
     t = config.text
     spiece = train_sentencepiece(captions * 4, os.path.join(paths.workdir, "spiece.model"), vocab_size=t.vocab_size)
@@ -57,7 +59,7 @@ def ingest(config, paths, denoiser: str, progress: bool) -> None:
     from stableaudio_jax.data.ingest import REPORT_NAME, ingest as ingest_folder
     if _exists(paths.audio, REPORT_NAME):
         return _skip("ingest", paths.audio)
-    ingest_folder(os.path.join(paths.demo, "train"), paths.audio, sample_rate=config.audio.sample_rate,
+    ingest_folder(storage.join(paths.demo, "train"), paths.audio, sample_rate=config.audio.sample_rate,
                   channels=config.audio.channels, progress=progress)
 
 
@@ -112,14 +114,12 @@ def train(config, paths, denoiser: str, progress: bool) -> None:
 
 def generate(config, paths, denoiser: str, progress: bool) -> None:
     """Held-out captions (test split: pieces never trained on) → wav + PNG, beside the real clip of each caption."""
-    import shutil
-
-    from stableaudio_jax.audio.io import write_audio, write_spectrogram_png
+    from stableaudio_jax.audio.io import load_audio, write_audio, write_spectrogram_png
     from stableaudio_jax.inference.pipeline import TextToAudioPipeline
-    index = os.path.join(paths.samples, "index.json")
-    if os.path.isfile(index):
+    index = storage.join(paths.samples, "index.json")
+    if storage.isfile(index):
         return _skip("generate", paths.samples)
-    with open(os.path.join(paths.demo, "captions.jsonl"), encoding="utf-8") as f:
+    with storage.open(storage.join(paths.demo, "captions.jsonl"), encoding="utf-8") as f:
         rows = [row for row in map(json.loads, f) if row["split"] == "test"][:config.generate.prompts]
     pipe = TextToAudioPipeline.from_checkpoint(paths.model)
     g = config.generate
@@ -127,20 +127,18 @@ def generate(config, paths, denoiser: str, progress: bool) -> None:
     audio = pipe.generate([r["caption"] for r in rows], seconds_total=seconds, steps=g.steps, cfg_scale=g.cfg_scale,
                           seed=config.seed)
     audio = [clip[:round(s * pipe.sample_rate)] for clip, s in zip(audio, seconds)]
-    os.makedirs(paths.samples, exist_ok=True)
+    storage.makedirs(paths.samples)
     entries = []
     for i, (row, clip) in enumerate(zip(rows, audio)):
-        generated = write_audio(os.path.join(paths.samples, f"{i:02d}_generated.wav"), clip, pipe.sample_rate)
+        generated = write_audio(storage.join(paths.samples, f"{i:02d}_generated.wav"), clip, pipe.sample_rate)
         write_spectrogram_png(generated.replace(".wav", ".png"), clip, pipe.sample_rate)
-        real = os.path.join(paths.samples, f"{i:02d}_real.wav")
-        shutil.copyfile(os.path.join(paths.demo, row["path"]), real)
-        import soundfile as sf
-        write_spectrogram_png(real.replace(".wav", ".png"), sf.read(real, always_2d=True)[0], pipe.sample_rate)
+        real = storage.join(paths.samples, f"{i:02d}_real.wav")
+        storage.copy_file(storage.join(paths.demo, row["path"]), real)
+        write_spectrogram_png(real.replace(".wav", ".png"), load_audio(real)[0], pipe.sample_rate)
         entries.append({"caption": row["caption"], "generated": os.path.basename(generated),
                         "real": os.path.basename(real)})
-    with open(index, "w", encoding="utf-8") as f:
-        json.dump({"model": paths.model, "steps": g.steps, "cfg_scale": g.cfg_scale, "samples": entries}, f,
-                  indent=1)
+    storage.write_json_atomic(index, {"model": paths.model, "steps": g.steps, "cfg_scale": g.cfg_scale,
+                                      "samples": entries}, indent=1)
 
 
 def evaluate(config, paths, denoiser: str, progress: bool) -> None:

@@ -26,6 +26,7 @@ from typing import Iterator
 import grain
 import numpy as np
 
+from stableaudio_jax import paths
 from stableaudio_jax.audio.io import match_channels, resample
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
@@ -103,11 +104,14 @@ def scan_ingested(directory: str | os.PathLike) -> IngestedScan:
 
 
 def scan_audio_source(path: str | os.PathLike) -> FolderScan | IngestedScan:
-    """An ingested dataset (``ingest_report.json`` inside) or a folder of audio files."""
+    """An ingested dataset (``ingest_report.json`` inside) or a folder of audio files (a bucket folder is read
+    from a local mirror in the cache)."""
     from stableaudio_jax.data.ingest import REPORT_NAME
-    if os.path.isfile(os.path.join(os.fspath(path), REPORT_NAME)):
+    if paths.isfile(paths.join(os.fspath(path), REPORT_NAME)):
         return scan_ingested(path)
-    return scan_audio_folder(path)
+    if paths.is_url(path) and not paths.isdir(path):
+        raise FileNotFoundError(f"audio folder {os.fspath(path)!r} does not exist")
+    return scan_audio_folder(paths.local_folder(path))
 
 
 class RandomCrop(grain.transforms.RandomMap):

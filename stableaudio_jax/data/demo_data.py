@@ -21,11 +21,11 @@ import io
 import json
 import multiprocessing
 import os
-import shutil
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from stableaudio_jax import paths
 from stableaudio_jax.audio.io import resample
 from stableaudio_jax.data.demo_music import (INSTRUMENTS, SPLITS, Arrangement, InstrumentCycle, Piece,
                                              corpus_pieces, draw_arrangement, key_name, parse_notes, to_midi,
@@ -146,21 +146,33 @@ def build_demo_data(output_dir: str | os.PathLike, clips: int = 240, seconds: fl
                     instruments: Sequence[str] = tuple(INSTRUMENTS), seed: int = 0, overwrite: bool = False,
                     progress: bool = False, parser: ScoreParser | None = None, min_seconds: float | None = None
                     ) -> dict:
-    """Writes ``clips`` clips (split by piece, ~80/10/10) into ``output_dir``; returns the report. Written into a
-    temporary sibling and renamed when complete. ``parser``: how scores are parsed (default: two worker
+    """Writes ``clips`` clips (split by piece, ~80/10/10) into ``output_dir``; returns the report. Built in a
+    temporary folder and moved (or uploaded) into place when complete. ``parser``: how scores are parsed (default: two worker
     processes with a time limit per score). ``min_seconds``: clip lengths drawn uniformly from [min_seconds,
     seconds] (0.1 s steps) instead of all ``seconds`` long — clips shorter than a model's window are what teach
     timing conditioning (``seconds_total``) where the audio ends."""
-    from tqdm.auto import tqdm
     instruments = _check(clips, seconds, min_seconds, instruments)
-    output_dir = os.path.abspath(os.fspath(output_dir))
-    if os.path.exists(output_dir) and os.listdir(output_dir):
-        if not os.path.isfile(os.path.join(output_dir, REPORT_FILE)):
+    output_dir = paths.absolute(output_dir)
+    if paths.isdir(output_dir) and paths.listdir(output_dir):
+        if not paths.isfile(paths.join(output_dir, REPORT_FILE)):
             raise ValueError(f"demo-data: {output_dir} exists and is not a demo data set; choose a new folder")
         if not overwrite:
             raise ValueError(f"demo-data: {output_dir} already holds a demo data set; pass --overwrite to rebuild")
-    staging = f"{output_dir}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
+    with paths.staged_directory(output_dir, marker=REPORT_FILE) as staging:
+        rows, skipped = _render(staging, clips, seconds, min_seconds, instruments, seed, parser, progress)
+        report = _report(output_dir, rows, skipped, clips=clips, seconds=seconds, min_seconds=min_seconds,
+                         instruments=instruments, seed=seed)
+        with open(os.path.join(staging, CAPTIONS_FILE), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        with open(os.path.join(staging, REPORT_FILE), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, sort_keys=True)
+    return report
+
+
+def _render(staging: str, clips: int, seconds: float, min_seconds, instruments, seed: int, parser,
+            progress: bool) -> tuple[list[dict], list[dict]]:
+    """Renders the clips into ``staging``; (rows, skipped)."""
+    from tqdm.auto import tqdm
     for split in SPLITS:
         os.makedirs(os.path.join(staging, split))
     soundfont, rng = soundfont_bytes(), np.random.default_rng(seed)
@@ -193,16 +205,7 @@ def build_demo_data(output_dir: str | os.PathLike, clips: int = 240, seconds: fl
     bar.close()
     if len(rows) < clips:
         raise ValueError(f"demo-data: only {len(rows)} of {clips} clips could be made ({len(skipped)} skipped)")
-    report = _report(output_dir, rows, skipped, clips=clips, seconds=seconds, min_seconds=min_seconds,
-                     instruments=instruments, seed=seed)
-    with open(os.path.join(staging, CAPTIONS_FILE), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    with open(os.path.join(staging, REPORT_FILE), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, sort_keys=True)
-    if os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.rename(staging, output_dir)
-    return report
+    return rows, skipped
 
 
 def _write_clip(root: str, index: int, piece: Piece, title: str | None, tonic_mode: str | None,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from typing import Any, Iterator
 
 import jax
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from stableaudio_jax import paths
 from stableaudio_jax.data.latent_records import (FORMAT, VERSION, LatentRecord, config_hash, read_manifest,
                                                  write_manifest)
 from stableaudio_jax.data.tfrecord import TFRecordWriter
@@ -98,19 +98,15 @@ class _Encoder:
 
 def _check_settings(output_dir: str, settings: dict) -> None:
     """A re-run must encode exactly as the interrupted run did, or complete shards would mix two encodings."""
-    path = os.path.join(output_dir, SETTINGS_FILE)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            previous = json.load(f)
+    path = paths.join(output_dir, SETTINGS_FILE)
+    if paths.isfile(path):
+        previous = paths.read_json(path)
         if previous != settings:
             changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
             raise ValueError(f"{output_dir} holds a partial encode with other settings ({', '.join(changed)} "
                              f"differ; see {path}); use a new --output or the same settings")
     elif jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(settings, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        paths.write_json_atomic(path, settings, indent=1, sort_keys=True)
 
 
 def _write_shard(path: str, items: list[int], dataset, enc: _Encoder, text, *, window_frames: int, ratio: int,
@@ -119,7 +115,8 @@ def _write_shard(path: str, items: list[int], dataset, enc: _Encoder, text, *, w
     window_samples = window_frames * ratio
     pending: list[tuple[dict, np.ndarray, int]] = []  # (item, window audio, valid frames) waiting for a batch
     count, batch_index = 0, 0
-    partial = path + ".partial"
+    # an object appears only when its upload completes, so a bucket shard is written in place
+    partial = path if paths.is_url(path) else path + ".partial"
     with TFRecordWriter(partial) as writer:
         def flush():
             nonlocal count, batch_index
@@ -138,9 +135,9 @@ def _write_shard(path: str, items: list[int], dataset, enc: _Encoder, text, *, w
                     flush()
         if pending:
             flush()
-    os.replace(partial, path)
-    with open(path + ".done.json", "w", encoding="utf-8") as f:
-        json.dump({"records": count, "items": len(items)}, f)
+    if partial != path:
+        paths.replace(partial, path)
+    paths.write_json_atomic(path + ".done.json", {"records": count, "items": len(items)})
     return count
 
 
@@ -189,7 +186,8 @@ def encode_dataset(audio_dir: str, output_dir: str, vae, text, *, window_frames:
     cfg = encoder_config(vae, text, window_frames=window_frames, sample_posterior=sample_posterior,
                          text_form=text_form, latent_dtype=latent_dtype, text_dtype=text_dtype)
     host, hosts = jax.process_index(), jax.process_count()
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = paths.absolute(output_dir)
+    paths.makedirs(output_dir)
     _check_settings(output_dir, {"encoder_config_hash": config_hash(cfg), "hosts": hosts, "seed": seed,
                                  "shards_per_host": shards_per_host, "items": len(dataset), "batch_size": batch_size})
     enc = _Encoder(vae, text, batch_size, sample_posterior, seed)
@@ -197,8 +195,8 @@ def encode_dataset(audio_dir: str, output_dir: str, vae, text, *, window_frames:
     bar = _progress(progress, len(mine))
     for shard in range(shards_per_host):
         items = mine[shard::shards_per_host]
-        path = os.path.join(output_dir, shard_name(host, shard, hosts, shards_per_host))
-        if not os.path.isfile(path + ".done.json"):
+        path = paths.join(output_dir, shard_name(host, shard, hosts, shards_per_host))
+        if not paths.isfile(path + ".done.json"):
             count = _write_shard(path, items, dataset, enc, text, window_frames=window_frames,
                                  ratio=vae.module.downsampling_ratio, batch_size=batch_size, text_form=text_form,
                                  latent_dtype=latent_dtype, text_dtype=text_dtype,
@@ -230,11 +228,10 @@ def _finish(output_dir: str, cfg: dict, vae, text, hosts: int, per_host: int, au
     for host in range(hosts):
         for shard in range(per_host):
             name = shard_name(host, shard, hosts, per_host)
-            done = os.path.join(output_dir, name + ".done.json")
-            if not os.path.isfile(done):
+            done = paths.join(output_dir, name + ".done.json")
+            if not paths.isfile(done):
                 raise RuntimeError(f"encode: shard {name} of host {host} is not complete; re-run the same command")
-            with open(done, encoding="utf-8") as f:
-                shards.append({"file": name, "records": int(json.load(f)["records"])})
+            shards.append({"file": name, "records": int(paths.read_json(done)["records"])})
     shards = [s for s in shards if s["records"] > 0] or shards[:1]
     licenses = _write_provenance(output_dir, audio_dir)
     manifest = {"format": FORMAT, "version": VERSION, "encoder_config_hash": config_hash(cfg),
@@ -243,7 +240,7 @@ def _finish(output_dir: str, cfg: dict, vae, text, hosts: int, per_host: int, au
                 "text": cfg["text"]["form"], "text_length": int(text.max_length),
                 "text_dim": int(text.d_model) if cfg["text"]["form"] == "embeddings" else None,
                 "shards": shards, "records": sum(s["records"] for s in shards), "encoder_config": cfg,
-                "sources": {"audio": os.path.abspath(audio_dir), "vae": vae.source,
+                "sources": {"audio": paths.absolute(audio_dir), "vae": vae.source,
                             "text_encoder": text_source},
                 "data": {"licenses": licenses, "provenance": PROVENANCE_FILE}}
     write_manifest(output_dir, manifest)
@@ -256,7 +253,7 @@ def _write_provenance(output_dir: str, audio_dir: str) -> dict[str, int]:
     from stableaudio_jax.data.ingest import load_audio_dataset
     items = load_audio_dataset(audio_dir).items()
     keys = ("source_path", "id", "caption", "source", "license")
-    with open(os.path.join(output_dir, PROVENANCE_FILE), "w", encoding="utf-8") as f:
+    with paths.open(paths.join(output_dir, PROVENANCE_FILE), "w", encoding="utf-8") as f:
         f.writelines(json.dumps({k: item.get(k, "") for k in keys}, sort_keys=True) + "\n" for item in items)
     licenses: dict[str, int] = {}
     for item in items:

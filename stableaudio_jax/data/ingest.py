@@ -32,6 +32,7 @@ import tempfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from stableaudio_jax import paths
 from stableaudio_jax.audio.io import match_channels, resample
 from stableaudio_jax.data.audio_folder import AUDIO_EXTENSIONS, AudioFile, scan_audio_folder
 
@@ -298,27 +299,25 @@ def ingest(audio_dir: str | os.PathLike, output_dir: str | os.PathLike, *, capti
     """Builds the dataset in a temporary sibling of ``output_dir`` and renames it into place when complete, so an
     interrupted run never leaves a dataset that looks finished. Returns the report (also ``ingest_report.json``)."""
     _check_settings(missing_caption, sample_rate, channels)
-    output_dir = os.path.abspath(os.fspath(output_dir))
+    output_dir = paths.absolute(output_dir)
     _check_output(output_dir, overwrite)
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.incomplete-", dir=parent)
-    try:
-        builder = StableAudioFolder(audio_dir=audio_dir, captions=captions, sidecar_key=sidecar_key,
-                                    missing_caption=missing_caption, sample_rate=sample_rate, channels=channels,
-                                    progress=progress, data_dir=staging, file_format="array_record")
+    shown = paths.absolute(audio_dir)  # the report names the source, not a local mirror of it
+    local_audio = paths.local_folder(audio_dir)  # a bucket's audio is mirrored into the cache once
+    local_captions = None if captions is None else paths.local_copy(captions)
+    with paths.staged_directory(output_dir, marker=REPORT_NAME, tag="incomplete") as staging:
+        with _tfds_temporaries():
+            builder = StableAudioFolder(audio_dir=local_audio, captions=local_captions, sidecar_key=sidecar_key,
+                                        missing_caption=missing_caption, sample_rate=sample_rate, channels=channels,
+                                        progress=progress, data_dir=staging, file_format="array_record")
         with _quiet_tfds():
             builder.download_and_prepare()
-        report = _build_report(builder, output_dir)
+        report = _build_report(builder, output_dir, shown, None if captions is None else paths.absolute(captions),
+                               staging)
         shutil.rmtree(os.path.join(staging, "downloads"), ignore_errors=True)  # TFDS's empty download cache
         with open(os.path.join(staging, REPORT_NAME), "w") as f:
             json.dump(report, f, indent=2)
         with open(os.path.join(staging, ITEMS_NAME), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(item, sort_keys=True) + "\n" for item in builder.written)
-        _move_into_place(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return report
 
 
@@ -332,11 +331,11 @@ def _check_settings(missing_caption, sample_rate, channels) -> None:
 
 
 def _is_dataset_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, REPORT_NAME)) or os.path.isdir(_dataset_subdir(path))
+    return paths.isfile(paths.join(path, REPORT_NAME)) or paths.isdir(_dataset_subdir(path))
 
 
 def _check_output(output_dir: str, overwrite: bool) -> None:
-    if not os.path.exists(output_dir) or (os.path.isdir(output_dir) and not os.listdir(output_dir)):
+    if not paths.exists(output_dir) or (paths.isdir(output_dir) and not paths.listdir(output_dir)):
         return
     if not _is_dataset_dir(output_dir):  # never delete a folder we did not write, even with overwrite
         raise ValueError(f"output {output_dir!r} exists and is not an ingested dataset; choose a new or empty folder")
@@ -345,16 +344,17 @@ def _check_output(output_dir: str, overwrite: bool) -> None:
                          "rebuild it")
 
 
-def _move_into_place(staging: str, output_dir: str) -> None:
-    if os.path.isdir(output_dir) and not os.listdir(output_dir):
-        os.rmdir(output_dir)
-    if os.path.exists(output_dir):  # an old dataset (overwrite=True): swap, then delete the old one
-        old = staging + ".old"
-        os.rename(output_dir, old)
-        os.rename(staging, output_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, output_dir)
+@contextlib.contextmanager
+def _tfds_temporaries():
+    """A new TFDS builder makes an empty temporary folder it never removes (DatasetInfo.initialize_from_bucket);
+    make it in one of ours, removed after."""
+    scratch = tempfile.mkdtemp(prefix="stableaudio_jax-tfds-")
+    saved, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -370,18 +370,19 @@ def _quiet_tfds():
         tfds.display_progress_bar(was_active)
 
 
-def _build_report(builder: StableAudioFolder, output_dir: str) -> dict:
+def _build_report(builder: StableAudioFolder, output_dir: str, audio_dir: str, captions: str | None,
+                  staging: str) -> dict:
     settings = builder.caption_settings
     return {
-        "audio_dir": builder.audio_dir,
+        "audio_dir": audio_dir,
         "output_dir": output_dir,
-        "dataset_subdir": os.path.relpath(_dataset_subdir(output_dir), output_dir),
+        "dataset_subdir": os.path.relpath(_dataset_subdir(staging), staging),
         "split": SPLIT,
         "sample_rate": builder.target_rate,
         "channels": builder.target_channels,
         "audio_format": AUDIO_FORMAT,
         "caption_source": "manifest" if settings["captions"] else "sidecar",
-        "captions_manifest": None if settings["captions"] is None else os.path.abspath(settings["captions"]),
+        "captions_manifest": captions,
         "sidecar_key": settings["sidecar_key"],
         "default_captions": builder.default_captions,
         "files_found": builder.found,
@@ -406,22 +407,30 @@ def _counts(values) -> dict[str, int]:
 
 def _dataset_subdir(output_dir: str) -> str:
     """The dataset's version folder: this version's, else the one an earlier version wrote."""
-    root = os.path.join(output_dir, StableAudioFolder.name)
-    current = os.path.join(root, str(StableAudioFolder.VERSION))
-    if os.path.isdir(current) or not os.path.isdir(root):
+    root = paths.join(output_dir, StableAudioFolder.name)
+    current = paths.join(root, str(StableAudioFolder.VERSION))
+    if paths.isdir(current) or not paths.isdir(root):
         return current
-    older = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "dataset_info.json")))
-    return os.path.join(root, older[-1]) if older else current
+    older = [d for d in paths.listdir(root) if paths.isfile(paths.join(root, d, "dataset_info.json"))]
+    return paths.join(root, older[-1]) if older else current
 
 
 class AudioDataset:
     """Random access to an ingested dataset: ``ds[i]`` → {audio float32 [frames, channels] in [-1, 1], caption,
-    duration, sample_rate, source_path, id}. Items are in sorted source-path order."""
+    duration, sample_rate, source_path, id}. Items are in sorted source-path order. A dataset in a bucket is read
+    from a local mirror in the cache (array_record reads local files only)."""
 
     def __init__(self, output_dir: str | os.PathLike):
-        self.output_dir = os.path.abspath(os.fspath(output_dir))
+        self.output_dir = paths.absolute(output_dir)
         hint = f"run `stableaudio-jax ingest --audio DIR --output {self.output_dir}` first"
-        path = _dataset_subdir(self.output_dir)
+        if paths.is_url(self.output_dir):
+            if not paths.isfile(paths.join(self.output_dir, REPORT_NAME)):
+                raise FileNotFoundError(f"{self.output_dir!r} is not an ingested audio dataset (no {REPORT_NAME}); "
+                                        f"{hint}")
+            self._local = paths.local_folder(self.output_dir)
+        else:
+            self._local = self.output_dir
+        path = _dataset_subdir(self._local)
         if not os.path.isfile(os.path.join(path, "dataset_info.json")):
             raise FileNotFoundError(f"{self.output_dir!r} is not an ingested audio dataset (no {path}); {hint}")
         try:
@@ -431,7 +440,7 @@ class AudioDataset:
             raise ValueError(f"cannot open the audio dataset in {path!r} ({type(e).__name__}: {e}); {hint}") from e
         metadata = builder.info.metadata or {}
         self.sample_rate, self.channels = int(metadata["sample_rate"]), int(metadata["channels"])
-        report = os.path.join(self.output_dir, REPORT_NAME)
+        report = os.path.join(self._local, REPORT_NAME)
         self.report = {}
         if os.path.isfile(report):
             with open(report) as f:
@@ -442,7 +451,7 @@ class AudioDataset:
         """Per example, without its audio: source_path, id, caption, duration, frames, source, license (from
         ``items.jsonl``; datasets ingested before it existed are read once in full)."""
         if self._items is None:
-            path = os.path.join(self.output_dir, ITEMS_NAME)
+            path = os.path.join(self._local, ITEMS_NAME)
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
                     self._items = [json.loads(line) for line in f if line.strip()]

@@ -40,6 +40,7 @@ from typing import Callable, NamedTuple
 import grain
 import numpy as np
 
+from stableaudio_jax import paths
 from stableaudio_jax.data.latent_records import LatentRecord, read_manifest, validate_manifest
 from stableaudio_jax.data.tfrecord import CorruptRecordError, TFRecordReader
 
@@ -295,7 +296,7 @@ def latent_dataset(directory: str | os.PathLike, batch_size: int, crop_frames: i
         raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
     if batch_size < 1 or crop_frames < 1:
         raise ValueError(f"batch_size {batch_size} and crop_frames {crop_frames} must be positive")
-    directory = os.fspath(directory)
+    directory = paths.absolute(directory)
     manifest = read_manifest(directory)
     validate_manifest(manifest, directory, latent_channels=latent_channels, encoder_config_hash=encoder_config_hash)
     shards = host_shards(manifest["shards"], process_index, process_count)
@@ -307,7 +308,7 @@ def latent_dataset(directory: str | os.PathLike, batch_size: int, crop_frames: i
 
     def make_epoch(epoch: int) -> grain.IterDataset:
         order = np.random.default_rng(_seed(seed, process_index, epoch, 0)).permutation(len(shards))
-        files = [TFRecordFileIterDataset(os.path.join(directory, shards[i][0]), on_corrupt=on_corrupt,
+        files = [TFRecordFileIterDataset(paths.join(directory, shards[i][0]), on_corrupt=on_corrupt,
                                          row_shard=shards[i][1], log=log) for i in order]
         ds = grain.experimental.InterleaveIterDataset(files, cycle_length=min(cycle_length, len(files)))
         if shuffle_buffer > 1:

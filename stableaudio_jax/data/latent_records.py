@@ -43,6 +43,7 @@ import os
 import ml_dtypes
 import numpy as np
 
+from stableaudio_jax import paths
 from stableaudio_jax.data.tfrecord import make_example, parse_example
 
 FORMAT = "stableaudio-jax/latents"
@@ -191,27 +192,22 @@ def config_hash(obj) -> str:
 
 
 def manifest_path(directory: str | os.PathLike) -> str:
-    return os.path.join(os.fspath(directory), MANIFEST)
+    return paths.join(os.fspath(directory), MANIFEST)
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> str:
     """Writes ``manifest.json`` atomically (a reader sees the old manifest or the new one, never half of one)."""
     path = manifest_path(directory)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    paths.write_json_atomic(path, manifest, indent=2, sort_keys=True)
     return path
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
     path = manifest_path(directory)
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path} does not exist: {os.fspath(directory)!r} is not a pre-encoded latent "
                                 "dataset (run `stableaudio-jax encode` to create one)")
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path, encoding="utf-8") as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
@@ -243,8 +239,8 @@ def validate_manifest(manifest: dict, directory: str | os.PathLike, *, latent_ch
     if not manifest["shards"]:
         raise ValueError(f"{path}: the dataset has no shards")
     for shard in manifest["shards"]:
-        file = os.path.join(os.fspath(directory), shard["file"])
-        if not os.path.isfile(file):
+        file = paths.join(os.fspath(directory), shard["file"])
+        if not paths.isfile(file):
             raise ValueError(f"{path}: shard {shard['file']!r} is listed but {file} does not exist")
     total = sum(int(s["records"]) for s in manifest["shards"])
     if total != manifest["records"]:

@@ -22,6 +22,8 @@ import google_crc32c
 import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
 
+from stableaudio_jax import paths
+
 _HEADER = struct.Struct("<QI")  # length, masked crc of the length
 _CRC = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
@@ -56,7 +58,7 @@ class TFRecordWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self._file = open(self.path, "wb")
+        self._file = paths.open(self.path, "wb")  # a bucket object is uploaded in parts and appears at close
         self.records = 0
 
     def write(self, data: bytes) -> None:
@@ -69,7 +71,8 @@ class TFRecordWriter:
     def close(self) -> None:
         if not self._file.closed:
             self._file.flush()
-            os.fsync(self._file.fileno())  # the caller renames after close: the data must be on disk first
+            if not paths.is_url(self.path):
+                os.fsync(self._file.fileno())  # the caller renames after close: the data must be on disk first
             self._file.close()
 
     def __enter__(self) -> "TFRecordWriter":
@@ -84,8 +87,8 @@ class TFRecordReader:
 
     def __init__(self, path: str | os.PathLike, verify: bool = True):
         self.path, self.verify = os.fspath(path), verify
-        self._file = open(self.path, "rb")
-        self.size = os.fstat(self._file.fileno()).st_size
+        self._file = paths.open(self.path, "rb")  # bucket objects stream with read-ahead and seek
+        self.size = paths.size(self.path)
         self.record_index, self.offset = 0, 0
 
     def seek(self, record_index: int, offset: int) -> None:

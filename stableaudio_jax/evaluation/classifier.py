@@ -12,10 +12,13 @@ not depend on the scikit-learn version.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Sequence
 
 import numpy as np
+
+from stableaudio_jax import paths
 
 FEATURE_RATE = 22050
 HIDDEN = 64
@@ -100,14 +103,16 @@ class InstrumentClassifier:
     def save(self, path: str | os.PathLike) -> str:
         path = os.fspath(path)
         arrays = {k: np.asarray(v) for k, v in dataclasses.asdict(self).items() if k != "labels"}
-        np.savez(path, labels=np.asarray(self.labels), **arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, labels=np.asarray(self.labels), **arrays)
+        paths.write_bytes_atomic(path, buffer.getvalue())
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InstrumentClassifier":
         path = os.fspath(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as data:
                 fields = {k: data[k] for k in ("mean", "scale", "hidden_w", "hidden_b", "out_w", "out_b")}
                 labels = [str(label) for label in data["labels"]]
         except (OSError, KeyError, ValueError) as e:

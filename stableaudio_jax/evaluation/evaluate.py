@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from stableaudio_jax import paths
 from stableaudio_jax.audio import metrics
 from stableaudio_jax.evaluation.classifier import InstrumentClassifier, clip_features
 
@@ -42,17 +43,17 @@ def load_split(demo_dir: str | os.PathLike, split: str, limit: int | None = None
     channel-matched to a model's format."""
     from stableaudio_jax.audio.io import load_audio
     demo_dir = os.fspath(demo_dir)
-    index = os.path.join(demo_dir, "captions.jsonl")
-    if not os.path.isfile(index):
+    index = paths.join(demo_dir, "captions.jsonl")
+    if not paths.isfile(index):
         raise FileNotFoundError(f"{demo_dir}: no captions.jsonl; expected a `stableaudio-jax demo-data` folder")
-    with open(index, encoding="utf-8") as f:
+    with paths.open(index, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     rows = [r for r in rows if r["split"] == split][:limit]
     if not rows:
         raise ValueError(f"{demo_dir}: the {split!r} split has no clips")
     clips = []
     for row in rows:
-        audio, rate = load_audio(os.path.join(demo_dir, row["path"]), sample_rate, channels)
+        audio, rate = load_audio(paths.join(demo_dir, row["path"]), sample_rate, channels)
         clips.append(Clip(row["path"], row["caption"], row["instrument"], int(row["bpm"]), audio, int(rate)))
     return clips
 
@@ -168,11 +169,10 @@ def _means(rows: Sequence[dict]) -> dict:
 
 def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> tuple[str, str]:
     """``evaluation.json`` and ``evaluation.md`` (a table per section: the model against its reference points)."""
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    json_path, md_path = os.path.join(out_dir, "evaluation.json"), os.path.join(out_dir, "evaluation.md")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
+    out_dir = paths.absolute(out_dir)
+    paths.makedirs(out_dir)
+    json_path, md_path = paths.join(out_dir, "evaluation.json"), paths.join(out_dir, "evaluation.md")
+    paths.write_json_atomic(json_path, result, indent=1, sort_keys=True)
     lines = [f"# Evaluation of {result.get('model') or result.get('vae')}", ""]
     for section, rows in result.get("sections", {}).items():
         columns = sorted({k for row in rows.values() for k in row})
@@ -181,8 +181,7 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> tuple[st
             lines.append(f"| {name} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
         lines.append("")
     lines += [f"- {note}" for note in result.get("notes", [])]
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    paths.write_text_atomic(md_path, "\n".join(lines) + "\n")
     return json_path, md_path
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from stableaudio_jax import paths
 from stableaudio_jax.evaluation import evaluate as E
 from stableaudio_jax.evaluation.classifier import InstrumentClassifier
 
@@ -44,12 +45,12 @@ def _untrained_pipeline(pipe, seed: int):
 
 def _classifier(path: str | None, data: str, notes: list[str], rate: int, channels: int
                 ) -> tuple[InstrumentClassifier, dict]:
-    if path and os.path.isfile(path):
+    if path and paths.isfile(path):
         notes.append(f"instrument classifier: {path}")
         return InstrumentClassifier.load(path), {"path": path}
     classifier, report = E.train_classifier(data, sample_rate=rate, channels=channels)
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        paths.makedirs(os.path.dirname(paths.absolute(path)))
         classifier.save(path)
     notes.append(f"instrument classifier trained on {report['train_clips']} clips of {data} (train split); "
                  f"{report['held_out_accuracy']:.1%} on {report['held_out_clips']} held-out real renders")
@@ -68,7 +69,7 @@ def run_evaluation(data: str, out_dir: str, model: str | None = None, vae: str |
     trained_vae = load_vae(vae or model)
     rate, channels = int(trained_vae.module.sample_rate), int(trained_vae.module.audio_channels)
     held = E.load_split(data, split, clips, rate, channels)  # in the model's audio format
-    result: dict[str, Any] = {"model": model, "vae": vae, "data": os.path.abspath(data), "split": split,
+    result: dict[str, Any] = {"model": model, "vae": vae, "data": paths.absolute(data), "split": split,
                               "seed": seed, "sample_rate": rate, "channels": channels, "sections": {},
                               "notes": notes}
     reconstructions = E.reconstruct(trained_vae, held)

@@ -11,9 +11,10 @@ The weights' content hash (sha256 over every tensor's name, dtype, shape and byt
 when a model is saved and checked when it is loaded, so a replaced or corrupted file is an error, and pre-encoded
 data, training runs and bundles can record exactly which weights they were made with.
 
-A directory is written under a temporary name and renamed into place when complete: a crash never leaves a
-half-written model that looks whole. Everything that does not fit (no manifest, a newer format version, a kind
-other than the one asked for, a missing or altered file, missing/extra/mis-shaped tensors) raises
+A directory is built under a temporary name and renamed into place when complete (in a bucket: uploaded with the
+manifest last): a crash never leaves a half-written model that looks whole. Everything that does not fit (no
+manifest, a newer format version, a kind other than the one asked for, a missing or altered file,
+missing/extra/mis-shaped tensors) raises
 :class:`StoreError` naming the file and what was expected.
 """
 from __future__ import annotations
@@ -22,14 +23,14 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 import jax
 import ml_collections
 import numpy as np
+
+from stableaudio_jax import paths
 
 FORMAT = "stableaudio-jax/model"
 VERSION = 2
@@ -58,7 +59,7 @@ class ModelInfo:
     provenance: dict = field(default_factory=dict)
 
     def path(self, name: str) -> str:
-        return os.path.join(self.directory, name)
+        return paths.join(self.directory, name)
 
 
 # ------------------------------------------------------------------------------------------------ hashing
@@ -119,7 +120,7 @@ def weights_sha256(params: Mapping) -> str:
 
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -134,28 +135,17 @@ def parameter_count(params: Mapping) -> int:
 
 @contextlib.contextmanager
 def staged_directory(directory: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
-    """Yields a temporary sibling directory to write into; on success it replaces ``directory`` in one rename
-    (an existing model only with ``overwrite``). On error the temporary directory is removed."""
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(os.path.join(directory, MANIFEST_FILE)) and not overwrite:
+    """Yields a local temporary directory to write into; on success it replaces ``directory`` (an existing model
+    only with ``overwrite``): locally in one rename, in a bucket by an upload with the manifest last. On error
+    the temporary directory is removed and ``directory`` is untouched."""
+    directory = paths.absolute(directory)
+    if paths.exists(paths.join(directory, MANIFEST_FILE)) and not overwrite:
         raise StoreError(f"{directory} already holds a stored model; pass overwrite=True (--overwrite) to replace it")
-    if os.path.exists(directory) and not os.path.exists(os.path.join(directory, MANIFEST_FILE)) \
-            and os.listdir(directory):
+    if paths.isdir(directory) and not paths.exists(paths.join(directory, MANIFEST_FILE)) \
+            and paths.listdir(directory):
         raise StoreError(f"{directory} exists and is not a stored model; refusing to replace its contents")
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    staging = f"{directory}.partial-{tag}"
-    os.makedirs(staging)
-    try:
+    with paths.staged_directory(directory, marker=MANIFEST_FILE) as staging:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = f"{directory}.old-{tag}"
-    if os.path.exists(directory):
-        os.rename(directory, old)
-    os.rename(staging, directory)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_model(directory: str, kind: str, config: Mapping | ml_collections.ConfigDict, params: Mapping | None = None,
@@ -178,7 +168,7 @@ def write_model(directory: str, kind: str, config: Mapping | ml_collections.Conf
                                "parameters": parameter_count(params)}
     manifest["files"] = {}
     for name, source in (files or {}).items():
-        shutil.copyfile(source, os.path.join(directory, name))
+        paths.copy_file(source, os.path.join(directory, name))
         manifest["files"][name] = file_sha256(os.path.join(directory, name))
     if components:
         manifest["components"] = dict(components)
@@ -213,19 +203,18 @@ def _plain(config: Any) -> Any:
 
 
 def is_stored_model(path: str | os.PathLike) -> bool:
-    return os.path.isfile(os.path.join(os.fspath(path), MANIFEST_FILE))
+    return paths.isfile(paths.join(os.fspath(path), MANIFEST_FILE))
 
 
 def read_info(directory: str | os.PathLike, kind: str | tuple[str, ...] | None = None) -> ModelInfo:
     """The checked manifest of a stored model (``kind``: the kind(s) the caller can use)."""
-    directory = os.path.abspath(os.fspath(directory))
-    path = os.path.join(directory, MANIFEST_FILE)
-    if not os.path.isfile(path):
+    directory = paths.absolute(directory)
+    path = paths.join(directory, MANIFEST_FILE)
+    if not paths.isfile(path):
         raise StoreError(f"{directory}: no {MANIFEST_FILE}; not a stableaudio-jax stored model (write one with "
                          "`stableaudio-jax convert` or `stableaudio-jax export`)")
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = paths.read_json(path)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{path}: unreadable manifest ({e})") from e
     _check_version(manifest, path)
@@ -237,8 +226,8 @@ def read_info(directory: str | os.PathLike, kind: str | tuple[str, ...] | None =
         raise StoreError(f"{path}: a stored {found!r} model; expected {' or '.join(map(repr, wanted))}")
     files = dict(manifest.get("files") or {})
     for name, expected in files.items():
-        file = os.path.join(directory, name)
-        if not os.path.isfile(file):
+        file = paths.join(directory, name)
+        if not paths.isfile(file):
             raise StoreError(f"{file}: missing; the manifest {path} lists it (sha256 {expected[:12]}...)")
         if file_sha256(file) != expected:
             raise StoreError(f"{file}: content differs from the manifest's sha256 {expected[:12]}...; the file was "
@@ -268,12 +257,12 @@ def read_weights(info: ModelInfo, abstract: Any, verify: bool = True) -> Any:
     every tensor present, none extra, shapes equal; values cast to the model's dtypes) and, with ``verify``,
     against the manifest's content hash."""
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load, load_file
     path = info.path(WEIGHTS_FILE)
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise StoreError(f"{path}: missing; the stored {info.kind} model has no weights")
     try:
-        flat = load_file(path)
+        flat = load(paths.read_bytes(path)) if paths.is_url(path) else load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise StoreError(f"{path}: unreadable weights file ({e}); it is truncated or corrupt") from e
     params = unflatten(flat)

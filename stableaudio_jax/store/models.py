@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from stableaudio_jax import paths
 from stableaudio_jax.models.conditioned import ConditionedDenoiser
 from stableaudio_jax.store import builders
 from stableaudio_jax.store.format import (StoreError, read_info, read_weights, staged_directory, weights_sha256,
@@ -98,7 +99,7 @@ def check_compatible(text: T5TextEncoder, diffusion: DiffusionModel, vae: VAE, w
 def save_vae(directory: str | os.PathLike, vae: VAE, overwrite: bool = False, provenance: dict | None = None) -> str:
     with staged_directory(directory, overwrite) as staging:
         _write_vae(staging, vae, provenance)
-    return os.path.abspath(os.fspath(directory))
+    return paths.absolute(directory)
 
 
 def _write_vae(directory: str, vae: VAE, provenance: dict | None = None) -> str:
@@ -123,7 +124,7 @@ def load_vae(path: str | os.PathLike, dtype: Any = jnp.float32, verify: bool = T
 def save_text_encoder(directory: str | os.PathLike, text: T5TextEncoder, overwrite: bool = False) -> str:
     with staged_directory(directory, overwrite) as staging:
         _write_text_encoder(staging, text)
-    return os.path.abspath(os.fspath(directory))
+    return paths.absolute(directory)
 
 
 def _write_text_encoder(directory: str, text: T5TextEncoder) -> str:
@@ -173,7 +174,7 @@ def save_diffusion(directory: str | os.PathLike, model: DiffusionModel, overwrit
                    provenance: dict | None = None) -> str:
     with staged_directory(directory, overwrite) as staging:
         write_model(staging, "diffusion", model.config, model.params, provenance=provenance)
-    return os.path.abspath(os.fspath(directory))
+    return paths.absolute(directory)
 
 
 def load_diffusion(path: str | os.PathLike, dtype: Any = jnp.float32, verify: bool = True) -> DiffusionModel:
@@ -201,7 +202,7 @@ def save_text_to_audio(directory: str | os.PathLike, bundle: TextToAudioModel, o
         _write_vae(os.path.join(staging, "vae"), bundle.vae)
         write_model(staging, "text-to-audio", bundle.config, components={p: p for p in BUNDLE_PARTS},
                     provenance=provenance)
-    return os.path.abspath(os.fspath(directory))
+    return paths.absolute(directory)
 
 
 def load_text_to_audio(path: str | os.PathLike, dtype: Any = jnp.float32, verify: bool = True) -> TextToAudioModel:

@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from stableaudio_jax import paths
+
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 SPIECE_FILE = "spiece.model"
 logger = logging.getLogger(__name__)
@@ -47,22 +49,22 @@ class T5Tokenizer:
 
     def __init__(self, model_file: str | os.PathLike, max_length: int = 128):
         model_file = os.fspath(model_file)
-        if not os.path.isfile(model_file):
+        if not paths.isfile(model_file):
             raise FileNotFoundError(f"sentencepiece model {model_file!r} does not exist; a T5 checkpoint directory "
                                     f"ships it as {SPIECE_FILE}")
         if max_length < 1:
             raise ValueError(f"T5Tokenizer: max_length is {max_length}; expected >= 1")
         self.model_file = model_file
         self.max_length = max_length
-        self.processor = spm.SentencePieceProcessor(model_file=model_file)
+        self.processor = spm.SentencePieceProcessor(model_proto=paths.read_bytes(model_file))
         if self.processor.piece_to_id("</s>") != EOS_ID or self.processor.pad_id() not in (PAD_ID, -1):
             raise ValueError(f"{model_file}: not a T5 sentencepiece model (expected <pad>=0, </s>=1; got "
                              f"</s>={self.processor.piece_to_id('</s>')}, pad={self.processor.pad_id()})")
 
     @classmethod
     def from_directory(cls, directory: str | os.PathLike, max_length: int = 128) -> "T5Tokenizer":
-        path = os.path.join(os.fspath(directory), SPIECE_FILE)
-        if not os.path.isfile(path):
+        path = paths.join(os.fspath(directory), SPIECE_FILE)
+        if not paths.isfile(path):
             raise FileNotFoundError(f"{os.fspath(directory)}: no {SPIECE_FILE}; a T5 checkpoint directory must "
                                     f"contain the sentencepiece model as {path}")
         return cls(path, max_length)
@@ -111,8 +113,7 @@ def train_sentencepiece(captions: Iterable[str], output_file: str | os.PathLike,
         pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, pad_piece="<pad>", eos_piece="</s>",
         unk_piece="<unk>", hard_vocab_limit=False, character_coverage=1.0, num_threads=1,
         minloglevel=2)
-    output_file = os.fspath(output_file)
-    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-    with open(output_file, "wb") as f:
-        f.write(model.getvalue())
+    output_file = paths.absolute(output_file)
+    paths.makedirs(os.path.dirname(output_file))
+    paths.write_bytes_atomic(output_file, model.getvalue())
     return output_file

@@ -19,6 +19,7 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
+from stableaudio_jax import paths
 from stableaudio_jax.store.format import StoreError
 
 # One error type for every unusable checkpoint or stored model (the CLI reports it as a clear error).
@@ -29,7 +30,7 @@ class TrainCheckpointer:
     """Training checkpoints: async save, keep-last-N, config and data position beside the state, sharded restore."""
 
     def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
+        self.directory = paths.join(paths.absolute(workdir), "checkpoints")  # orbax writes gs:// natively
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)

@@ -50,14 +50,14 @@ class DemoWriter:
         noise = jax.random.normal(jax.random.key(seed), (len(self.prompts), self.frames, self.run.latent_channels))
         latents = self._sample(params, self.batch, noise, jax.random.key(seed + 1), self.cfg_scale)
         audio = np.asarray(_decode(self.vae.module, self.vae.params, latents))
-        folder = os.path.join(self.workdir, "demos", f"step_{step}")
-        paths = []
+        folder = os.path.join(self.workdir, "demos", f"step_{step}")  # a local folder or a bucket URL
+        written = []
         for i, clip in enumerate(audio):
             base = os.path.join(folder, f"{i}")
-            paths.append(write_audio(base + ".wav", clip, self.sample_rate))
+            written.append(write_audio(base + ".wav", clip, self.sample_rate))
             write_spectrogram_png(base + ".png", clip, self.sample_rate)
         logger.info("demos for step %d: %s (peak %.3f)", step, folder, float(np.abs(audio).max()))
-        return paths
+        return written
 
 
 def _sample(run, objective, sampler, steps, params, batch, noise, rng, cfg_scale):

@@ -14,7 +14,6 @@ a text-to-audio model (EMA denoiser + its conditioners + the data's T5 and VAE) 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from stableaudio_jax import paths
 from stableaudio_jax.data.audio_folder import CheckpointableIterator
 from stableaudio_jax.diffusion.samplers import default_sampling
 from stableaudio_jax.parallel.distributed import initialize
@@ -141,28 +141,23 @@ def _record_data(workdir: str, data_dir: str, manifest: dict | None, config) -> 
     """``<workdir>/data.json``: what the run trains on (the manifest without its shard list), for exports."""
     if jax.process_index() != 0:
         return
-    summary = {"data": data_dir if data_dir == SYNTHETIC else os.path.abspath(data_dir)}
+    summary = {"data": data_dir if data_dir == SYNTHETIC else paths.absolute(data_dir)}
     if manifest is None:
         summary.update(text_length=int(config.training.data.get("synthetic_text_length", 128)),
                        text_dim=synthetic_text_width(config))
     else:
         summary["manifest"] = {k: v for k, v in manifest.items() if k != "shards"}
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, DATA_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(workdir, DATA_FILE))
+    paths.makedirs(workdir)
+    paths.write_json_atomic(paths.join(workdir, DATA_FILE), summary, indent=1, sort_keys=True)
 
 
 def export_from_workdir(workdir: str, out: str | None = None, step: int | None = None) -> str:
     """Exports checkpoint ``step`` (default: the latest) of a ``train`` run, finished or not, as
     :func:`export_model` does at the end of a run (default: ``<workdir>/model``)."""
-    workdir = os.path.abspath(workdir)
+    workdir = paths.absolute(workdir)
     try:
-        with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-            config = ml_collections.ConfigDict(json.load(f))
-        with open(os.path.join(workdir, DATA_FILE), encoding="utf-8") as f:
-            data = json.load(f)
+        config = ml_collections.ConfigDict(paths.read_json(paths.join(workdir, "config.json")))
+        data = paths.read_json(paths.join(workdir, DATA_FILE))
     except (OSError, ValueError) as e:
         raise StoreError(f"{workdir}: not a `stableaudio-jax train` workdir with its config.json and {DATA_FILE} "
                          f"({e})") from e
@@ -223,7 +218,7 @@ def export_model(run, state, config, manifest: dict | None, directory: str) -> s
     if jax.process_index() != 0:
         return directory
     model = diffusion_model(run.config, params, directory)
-    provenance = {"run": os.path.abspath(os.path.dirname(directory)), "step": int(state.step),
+    provenance = {"run": paths.absolute(os.path.dirname(paths.absolute(directory))), "step": int(state.step),
                   "data_encoder_config_hash": config.training.data.get("encoder_config_hash", "")}
     if not all(_sources(config, manifest)):
         path = save_diffusion(directory, model, overwrite=True, provenance=provenance)

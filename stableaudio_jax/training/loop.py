@@ -10,7 +10,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from typing import Any, Callable
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from stableaudio_jax import paths
 from stableaudio_jax.training.checkpoints import CheckpointError, TrainCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -113,9 +116,8 @@ def resume_or_start(checkpointer: TrainCheckpointer, abstract_state: Any, init: 
     """(state, data position, resumed?). Writes ``<workdir>/config.json`` on a fresh start."""
     current = json.loads(config.to_json_best_effort())
     if checkpointer.latest_step() is None:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+        paths.makedirs(workdir)
+        paths.write_text_atomic(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=1, sort_keys=True))
         return init(), {}, False
     mine, theirs = _model_sections(current), _model_sections(checkpointer.saved_config())
     if json.dumps(mine, sort_keys=True) != json.dumps(theirs, sort_keys=True):
@@ -144,7 +146,8 @@ class StepTimer:
 
 class StepProfiler:
     """A JAX profiler trace of ``steps`` steps, from the end of the run's first (compiling) step, into ``folder``.
-    Every process records its own host (``plugins/profile/<time>/<host>.xplane.pb``)."""
+    Every process records its own host (``plugins/profile/<time>/<host>.xplane.pb``); a bucket folder gets the
+    trace uploaded when it stops (the profiler writes local files)."""
 
     def __init__(self, steps: int, folder: str, start: int):
         self.steps, self.folder, self.first = int(steps), folder, start
@@ -155,7 +158,9 @@ class StepProfiler:
             return
         if step == self.first:
             jax.block_until_ready(state)  # the compile and the first step stay out of the trace
-            jax.profiler.start_trace(self.folder)
+            self.local = tempfile.mkdtemp(prefix="stableaudio_jax-profile-") if paths.is_url(self.folder) \
+                else self.folder
+            jax.profiler.start_trace(self.local)
             self.active = True
         elif self.active:
             self.done = step + 1
@@ -167,6 +172,9 @@ class StepProfiler:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
             self.active = False
+            if self.local != self.folder:
+                paths.upload_tree(self.local, self.folder)
+                shutil.rmtree(self.local, ignore_errors=True)
             logger.info("profile of steps %d-%d written to %s (TensorBoard's profile tab, xprof or Perfetto)",
                         self.first + 2, self.done, self.folder)
 
@@ -187,7 +195,7 @@ def run_loop(state: Any, step_fn: Callable, data, batch_sharding, *, start: int,
     guard, timer, last = FiniteGuard(), StepTimer(), {}
     bar = _progress_bar(progress, start, end, desc)
     profiler = StepProfiler(t.get("profile_steps", 0),
-                            os.path.join(os.path.dirname(checkpointer.directory), "profile"), start)
+                            paths.join(os.path.dirname(checkpointer.directory), "profile"), start)
     try:
         with StopSignal() as stop:
             for step in range(start, end):

@@ -4,28 +4,38 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
+from stableaudio_jax import paths
+
 
 class MetricsWriter:
     """``write(step, {name: scalar})`` → ``<workdir>/tensorboard/`` and ``<workdir>/metrics.jsonl``.
 
-    Only process 0 writes; the others accept the calls and do nothing.
+    Only process 0 writes; the others accept the calls and do nothing. With a bucket workdir (objects cannot be
+    appended to) the event files are written to a local temporary folder and uploaded, and the JSON lines kept and
+    rewritten, every ``sync_seconds`` and at close: a crash loses at most that much of the log.
     """
 
-    def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None):
+    def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None, sync_seconds: float = 30.0):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = os.path.join(os.fspath(workdir), "metrics.jsonl")
-        self._tb = None
+        workdir = os.fspath(workdir)
+        self.path = paths.join(workdir, "metrics.jsonl")
+        self.remote = paths.is_url(workdir)
+        self._tb, self._events, self._synced, self.sync_seconds = None, paths.join(workdir, "tensorboard"), 0.0, \
+            sync_seconds
         if self.enabled:
             from tensorboardX import SummaryWriter
-            os.makedirs(os.fspath(workdir), exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"))
-            self._jsonl = open(self.path, "a", encoding="utf-8")
+            paths.makedirs(workdir)
+            self._local_events = tempfile.mkdtemp(prefix="stableaudio_jax-events-") if self.remote else self._events
+            self._tb = SummaryWriter(self._local_events)
+            self._jsonl = _ObjectText(self.path) if self.remote else open(self.path, "a", encoding="utf-8")
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -37,20 +47,51 @@ class MetricsWriter:
                   **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        if self.remote and time.monotonic() - self._synced >= self.sync_seconds:
+            self._sync()
+
+    def _sync(self) -> None:
+        self._tb.flush()
+        paths.upload_tree(self._local_events, self._events)
+        self._jsonl.upload()
+        self._synced = time.monotonic()
 
     def write_audio(self, step: int, name: str, audio: np.ndarray, sample_rate: int) -> None:
         if self.enabled:
             self._tb.add_audio(name, np.clip(np.asarray(audio, np.float32), -1, 1).mean(-1), step, sample_rate)
 
     def close(self) -> None:
-        if self.enabled:
-            self._tb.flush()
-            self._tb.close()
+        if not self.enabled:
+            return
+        self._tb.flush()
+        self._tb.close()
+        if self.remote:
+            self._sync()
+            shutil.rmtree(self._local_events, ignore_errors=True)
+        else:
             self._jsonl.close()
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     """The JSON-lines records of a run (for tests and quick analysis)."""
-    path = os.path.join(os.fspath(workdir), "metrics.jsonl")
-    with open(path, encoding="utf-8") as f:
+    path = paths.join(os.fspath(workdir), "metrics.jsonl")
+    with paths.open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+class _ObjectText:
+    """The JSON lines of a bucket workdir: the existing object's text (a resumed run continues it) plus what is
+    written, uploaded whole by :meth:`upload`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._text = paths.read_text(path) if paths.isfile(path) else ""
+
+    def write(self, text: str) -> None:
+        self._text += text
+
+    def flush(self) -> None:
+        pass  # uploads are the writer's schedule
+
+    def upload(self) -> None:
+        paths.write_text_atomic(self.path, self._text)

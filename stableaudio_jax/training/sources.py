@@ -10,13 +10,13 @@ Every loaded model carries its content hash (``.sha256``), which pre-encoded dat
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
 
 import jax.numpy as jnp
 
+from stableaudio_jax import paths
 from stableaudio_jax.store import VAE, StoreError, T5TextEncoder, is_stored_model, load_text_encoder, load_vae
 
 logger = logging.getLogger(__name__)
@@ -24,15 +24,15 @@ EXPORT_DIR = "model"
 
 
 def is_train_workdir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isfile(os.path.join(path, "config.json"))
+    return paths.isdir(paths.join(path, "checkpoints")) and paths.isfile(paths.join(path, "config.json"))
 
 
 def resolve_vae(path: str | os.PathLike, dtype: Any = jnp.float32) -> VAE:
-    path = os.path.abspath(os.fspath(path))
+    path = paths.absolute(path)
     if is_stored_model(path):
         return load_vae(path, dtype)
     if is_train_workdir(path):
-        exported = os.path.join(path, EXPORT_DIR)
+        exported = paths.join(path, EXPORT_DIR)
         if is_stored_model(exported):
             vae = load_vae(exported, dtype)
             logger.info("VAE: %s (exported from the train-vae run at step %s)", exported,
@@ -50,22 +50,21 @@ def resolve_vae(path: str | os.PathLike, dtype: Any = jnp.float32) -> VAE:
 
 def vae_step(directory: str) -> int | str:
     try:
-        with open(os.path.join(directory, "stableaudio_jax.json"), encoding="utf-8") as f:
-            return json.load(f).get("provenance", {}).get("step", "?")
+        return paths.read_json(paths.join(directory, "stableaudio_jax.json")).get("provenance", {}).get("step", "?")
     except (OSError, ValueError):
         return "?"
 
 
 def resolve_text_encoder(path: str | os.PathLike, max_length: int | None = None,
                          dtype: Any = jnp.float32) -> T5TextEncoder:
-    path = os.path.abspath(os.fspath(path))
+    path = paths.absolute(path)
     if is_stored_model(path):
         text = load_text_encoder(path, max_length, dtype)
         if text.tokenizer is None:
             raise StoreError(f"{path}: the stored text encoder has no tokenizer file; cannot tokenize prompts")
         return text
-    if os.path.isfile(os.path.join(path, "config.json")):
-        from stableaudio_jax.convert import load_hf_t5
-        return load_hf_t5(path, max_length=max_length or 128, dtype=dtype)
+    if paths.isfile(paths.join(path, "config.json")):
+        from stableaudio_jax.convert import load_hf_t5  # reads local files: a bucket folder is mirrored
+        return load_hf_t5(paths.local_folder(path), max_length=max_length or 128, dtype=dtype)
     raise FileNotFoundError(f"text encoder {path!r}: expected a Hugging Face T5 directory (config.json, weights, "
                             "spiece.model) or a stored text encoder / text-to-audio model (stableaudio_jax.json)")

@@ -11,7 +11,6 @@ its EMA weights as a stored VAE in ``<workdir>/model`` (``encode --vae`` takes t
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from stableaudio_jax import paths
 from stableaudio_jax.data.audio_folder import (CheckpointableIterator, SilentCropCounter, audio_crop_dataset,
                                                scan_audio_source)
 from stableaudio_jax.parallel.distributed import initialize
@@ -91,7 +91,7 @@ def _export(config, ema_params, step: int, workdir: str, out: str) -> str:
     if jax.process_index() != 0:
         return out
     vae = VAE(vae_from_config(config.model), params, ml_collections.ConfigDict(config.model.to_dict()), out)
-    path = save_vae(out, vae, overwrite=True, provenance={"run": os.path.abspath(workdir), "step": step,
+    path = save_vae(out, vae, overwrite=True, provenance={"run": paths.absolute(workdir), "step": step,
                                                           "steps": int(config.training.steps)})
     logger.info("exported the VAE (EMA weights, step %d) to %s", step, path)
     return path
@@ -99,9 +99,8 @@ def _export(config, ema_params, step: int, workdir: str, out: str) -> str:
 
 def _restore(workdir: str, step: int | None = None):
     """(config, train state) of a train-vae run's checkpoint ``step`` (default: the latest), on the host."""
-    workdir = os.path.abspath(workdir)
-    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    workdir = paths.absolute(workdir)
+    config = ml_collections.ConfigDict(paths.read_json(paths.join(workdir, "config.json")))
     if config.get("model", {}).get("type") not in VAE_TYPES:
         raise CheckpointError(f"{workdir}/config.json: model.type {config.get('model', {}).get('type')!r}; "
                               f"expected one of {sorted(VAE_TYPES)} (a train-vae workdir)")
@@ -123,7 +122,7 @@ def load_vae_from_workdir(workdir: str, dtype=None, step: int | None = None) -> 
     config, state = _restore(workdir, step)
     module = vae_from_config(config.model, dtype=dtype or "float32")
     vae = VAE(module, jax.device_get(state.ema_params), ml_collections.ConfigDict(config.model.to_dict()),
-              os.path.abspath(workdir))
+              paths.absolute(workdir))
     return vae, int(state.step), int(config.training.steps)
 
 
