@@ -67,7 +67,8 @@ def filesystem(url: str):
         raise StoragePathError(f"{url}: no filesystem for {scheme}:// URLs{hint}: {e}") from e
     except Exception as e:  # credential libraries raise their own types
         raise StoragePathError(f"{url}: cannot open {scheme}:// storage ({type(e).__name__}: {e}); check the "
-                               "credentials (gcloud auth application-default login, or the VM's service account)") from e
+                               "credentials (gcloud auth application-default login, or the VM's service "
+                               "account)") from e
 
 
 # ------------------------------------------------------------------------------------------------ queries
@@ -127,7 +128,7 @@ def size(path: str | os.PathLike) -> int:
 # ------------------------------------------------------------------------------------------------ reading / writing
 
 
-def open(path: str | os.PathLike, mode: str = "r", encoding: str | None = None) -> IO:  # noqa: A001 (the builtin's name)
+def open(path: str | os.PathLike, mode: str = "r", encoding: str | None = None) -> IO:  # noqa: A001 (builtin name)
     path = os.fspath(path)
     if not is_url(path):
         return builtins.open(path, mode, encoding=encoding if "b" not in mode else None)
@@ -259,8 +260,10 @@ def staged_directory(directory: str | os.PathLike, marker: str | None = None, ta
     if remote:
         staging = tempfile.mkdtemp(prefix="stableaudio_jax-upload-")
     else:
-        os.makedirs(os.path.dirname(directory), exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.{tag}-", dir=os.path.dirname(directory))
+        # a sibling (same filesystem: the final rename is atomic), with the umask's permissions, unlike mkdtemp's 0700
+        name = f".{os.path.basename(directory)}.{tag}-{uuid.uuid4().hex[:8]}"
+        staging = os.path.join(os.path.dirname(directory), name)
+        os.makedirs(staging)
     try:
         yield staging
         if remote:

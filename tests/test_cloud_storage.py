@@ -1,7 +1,7 @@
 """Cloud storage paths (gs://) through every command, against a local GCS emulator (tests/conftest.py's
 ``gcs_bucket``): the path layer on its own, clear errors for a missing bucket or credentials, and the whole
-workflow (ingest → train-vae → encode → train with checkpoints → resume → generate) with every input and output
-in the bucket and nothing written locally except caches."""
+workflow (ingest → train-vae → encode → train with checkpoints → resume → generate) with every input and
+output in the bucket and nothing written locally except caches."""
 import io
 import json
 import os
@@ -154,4 +154,46 @@ def test_the_whole_workflow_lives_in_the_bucket(prefix, tmp_path, monkeypatch):
     assert any(p.startswith("dit/tensorboard/") for p in written)
     assert json.loads(paths.read_text(f"{prefix}/latents/manifest.json"))["sources"]["vae"] == f"{prefix}/vae/model"
     assert os.listdir(workdir) == [] and os.listdir(tmp) == []
-    assert os.listdir(cache) == ["mirror"]  # local copies of the bucket's audio, dataset and T5 (readers of local files)
+    assert os.listdir(cache) == ["mirror"]  # copies of the bucket's audio, dataset and T5 for local-file readers
+
+
+def test_audio_files_and_demo_data_in_the_bucket(prefix):
+    """write/read audio by URL, and `demo-data --output gs://...` read back by the evaluation's loader."""
+    from stableaudio_jax.audio.io import load_audio, write_audio
+    from stableaudio_jax.evaluation.evaluate import load_split
+    tone = np.stack([np.sin(np.linspace(0, 200, 4410))] * 2, 1).astype(np.float32) * 0.5
+    write_audio(f"{prefix}/x/tone.flac", tone, RATE)
+    audio, rate = load_audio(f"{prefix}/x/tone.flac")
+    assert rate == RATE and np.abs(audio - tone).max() < 1e-4
+    _cli("demo-data", "--output", f"{prefix}/demo", "--clips", 3, "--seconds", 1.0, "--no-progress")
+    assert paths.isfile(f"{prefix}/demo/demo_data_report.json") and paths.isfile(f"{prefix}/demo/captions.jsonl")
+    clips = load_split(f"{prefix}/demo", "train")
+    assert clips and all(c.audio.shape[0] > 0 and np.isfinite(c.audio).all() for c in clips)
+
+
+def test_convert_reads_and_writes_the_bucket(prefix, tmp_path, monkeypatch):
+    """A stable-audio-tools checkpoint, its config and T5 in the bucket → a stored model in the bucket, the same
+    weights as converting the local files."""
+    import shutil
+
+    from helpers import build_tiny_sao_diffusers, sat_model_config, write_sat_checkpoint
+
+    from stableaudio_jax.store import read_info
+    monkeypatch.setenv("STABLEAUDIO_JAX_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ref"
+    parts = build_tiny_sao_diffusers(root / "diffusers", 128, 32, ["a dog barking"])
+    write_sat_checkpoint(parts, root / "model.safetensors")
+    (root / "model_config.json").write_text(json.dumps(sat_model_config(128)))
+    shutil.copytree(root / "diffusers" / "text_encoder", root / "t5")
+    shutil.copy(root / "diffusers" / "tokenizer" / "spiece.model", root / "t5" / "spiece.model")
+    for name in ("model.safetensors", "model_config.json", "t5"):
+        if (root / name).is_dir():
+            paths.upload_tree(str(root / name), f"{prefix}/ref/{name}")
+        else:
+            paths.copy_file(str(root / name), f"{prefix}/ref/{name}")
+    _cli("convert", "--from", "stable-audio-tools", "--checkpoint", f"{prefix}/ref/model.safetensors",
+         "--model-config", f"{prefix}/ref/model_config.json", "--t5", f"{prefix}/ref/t5", "--out", f"{prefix}/ck")
+    _cli("convert", "--from", "stable-audio-tools", "--checkpoint", root / "model.safetensors",
+         "--model-config", root / "model_config.json", "--t5", root / "t5", "--out", tmp_path / "ck")
+    remote, local = read_info(f"{prefix}/ck"), read_info(tmp_path / "ck")
+    assert remote.kind == "text-to-audio" and remote.component_sha256 == local.component_sha256

@@ -147,8 +147,8 @@ def build_demo_data(output_dir: str | os.PathLike, clips: int = 240, seconds: fl
                     progress: bool = False, parser: ScoreParser | None = None, min_seconds: float | None = None
                     ) -> dict:
     """Writes ``clips`` clips (split by piece, ~80/10/10) into ``output_dir``; returns the report. Built in a
-    temporary folder and moved (or uploaded) into place when complete. ``parser``: how scores are parsed (default: two worker
-    processes with a time limit per score). ``min_seconds``: clip lengths drawn uniformly from [min_seconds,
+    temporary folder and moved (or uploaded) into place when complete. ``parser``: how scores are parsed (default:
+    two worker processes with a time limit per score). ``min_seconds``: clip lengths drawn uniformly from [min_seconds,
     seconds] (0.1 s steps) instead of all ``seconds`` long — clips shorter than a model's window are what teach
     timing conditioning (``seconds_total``) where the audio ends."""
     instruments = _check(clips, seconds, min_seconds, instruments)

@@ -117,7 +117,8 @@ def resume_or_start(checkpointer: TrainCheckpointer, abstract_state: Any, init: 
     current = json.loads(config.to_json_best_effort())
     if checkpointer.latest_step() is None:
         paths.makedirs(workdir)
-        paths.write_text_atomic(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=1, sort_keys=True))
+        paths.write_text_atomic(paths.join(workdir, "config.json"),
+                                config.to_json_best_effort(indent=1, sort_keys=True))
         return init(), {}, False
     mine, theirs = _model_sections(current), _model_sections(checkpointer.saved_config())
     if json.dumps(mine, sort_keys=True) != json.dumps(theirs, sort_keys=True):
