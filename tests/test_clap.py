@@ -11,7 +11,7 @@ from stableaudio_jax.convert.clap import (LAYOUTS, clap_config_from_hf, clap_con
                                           clap_from_config, clap_params_from_state_dict, detect_layout)
 from stableaudio_jax.convert.state_dict import CheckpointMismatchError
 
-SMALL = dict(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+SMALL = dict(vocab_size=320, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=40, type_vocab_size=1, pad_token_id=1)
 
 
@@ -114,3 +114,61 @@ def test_a_hidden_layer_outside_the_model_is_refused():
     ids, mask = _ids()
     with pytest.raises(ValueError, match="layer 5 is outside the 4 hidden states"):
         module.apply(params, jnp.asarray(ids), jnp.asarray(mask), layer=5)
+
+
+def _roberta_vocab(root):
+    """A byte-level BPE vocabulary in roberta-base's file layout (vocab.json + merges.txt), <s>=0 <pad>=1 </s>=2."""
+    from tokenizers import ByteLevelBPETokenizer
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator(["a dog barking", "rain on a tin roof", "soft piano chords"] * 10, vocab_size=300,
+                                min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    root.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(root))
+    return root
+
+
+def test_a_laion_checkpoint_loads_stores_and_reloads(tmp_path):
+    """``load_clap`` on a LAION ``.pt`` (+ a roberta tokenizer folder) → the bound conditioner; the model store keeps
+    it with its tokenizer files and gives back the same features."""
+    from stableaudio_jax.convert import load_clap
+    from stableaudio_jax.store import load_text_encoder, save_text_encoder
+    branch, projection = _laion_reference()
+    state = _state("module.text_branch.", "module.text_projection.", branch, projection)
+    torch.save({"epoch": 3, "state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}, tmp_path / "clap.pt")
+    vocab = _roberta_vocab(tmp_path / "roberta")
+    with pytest.raises(ValueError, match="carries no tokenizer"):
+        load_clap(tmp_path / "clap.pt", num_heads=4)
+    text = load_clap(tmp_path / "clap.pt", vocab, num_heads=4)
+    prompts = ["a dog barking", "rain on a tin roof, twice as loud"]
+    features, mask = text(prompts)
+    ids, _ = text.tokenize(prompts)
+    hidden, _ = _run_reference(branch, projection, ids, mask)
+    assert features.shape == (2, 77, 32) and text.width == 32 and text.output_length == 77
+    assert np.abs(np.asarray(features) - hidden[-2].numpy()).max() <= 1e-4
+    assert np.asarray(features)[1, ~mask[1]].std() > 0  # padded positions are passed on, not zeroed
+    save_text_encoder(tmp_path / "stored", text)
+    again = load_text_encoder(tmp_path / "stored")
+    assert sorted(p.name for p in (tmp_path / "stored").iterdir()) == ["merges.txt", "stableaudio_jax.json",
+                                                                        "vocab.json", "weights.safetensors"]
+    np.testing.assert_array_equal(np.asarray(again(prompts)[0]), np.asarray(features))
+    pooled = again.__class__(again.module, again.params, again.tokenizer, output="embedding")
+    embedding, pooled_mask = pooled(prompts)
+    assert embedding.shape == (2, 1, 16) and pooled_mask.shape == (2, 1) and pooled_mask.all()
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(embedding)[:, 0], axis=-1), 1.0, atol=1e-5)
+
+
+def test_a_hugging_face_clap_directory_is_a_text_encoder(tmp_path):
+    from transformers import ClapTextConfig, ClapTextModelWithProjection
+
+    from stableaudio_jax.training.sources import resolve_text_encoder
+    torch.manual_seed(2)
+    reference = ClapTextModelWithProjection(ClapTextConfig(**SMALL, projection_dim=16)).eval()
+    reference.save_pretrained(tmp_path / "hf")
+    _roberta_vocab(tmp_path / "hf")
+    text = resolve_text_encoder(tmp_path / "hf")
+    ids, mask = text.tokenize(["soft piano chords", ""])
+    with torch.no_grad():
+        out = reference(input_ids=torch.tensor(ids.astype(np.int64)),
+                        attention_mask=torch.tensor(mask.astype(np.int64)), output_hidden_states=True)
+    assert text.config["type"] == "clap" and text.config["layer"] == -2
+    assert np.abs(np.asarray(text.encode(ids, mask)) - out.hidden_states[-2].numpy()).max() <= 1e-4

@@ -1,4 +1,5 @@
 """Checkpoint converters: stable-audio-tools and diffusers → stableaudio-jax params."""
+from stableaudio_jax.convert.clap import clap_params_from_state_dict, load_clap
 from stableaudio_jax.convert.conditioning import (
     conditioning_config_from_stable_audio_tools,
     text_projection_params_from_state_dict,
@@ -23,6 +24,8 @@ from stableaudio_jax.convert.vae import (
 
 __all__ = [
     "CheckpointMismatchError",
+    "clap_params_from_state_dict",
+    "load_clap",
     "StableAudioBundle",
     "dit_config_from_diffusers",
     "dit_config_from_stable_audio_tools",

@@ -14,6 +14,7 @@ Torch linears are ``[out, in]``: kernels are transposed, q/k/v split into heads.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import jax
@@ -131,3 +132,41 @@ def clap_params_from_state_dict(state: Mapping[str, np.ndarray], module: ClapTex
 
 def clap_from_config(config: Any, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> ClapTextEncoder:
     return ClapTextEncoder(**dict(config), dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
+
+
+def load_clap(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, layer: int = -2,
+              output: str = "features", max_length: int = 77, num_heads: int = 12, dtype: Any = jnp.float32):
+    """A bound CLAP text encoder (:class:`stableaudio_jax.store.clap_text.ClapText`) from any of the layouts:
+
+    - a Hugging Face ``ClapModel`` / ``ClapTextModelWithProjection`` directory (``config.json`` + weights, its
+      tokenizer files unless ``tokenizer_dir`` says otherwise);
+    - a LAION CLAP checkpoint (``.pt``: ``module.text_branch.*``) or a fine-tuned stable-audio-tools checkpoint
+      (``.ckpt`` / ``.safetensors``: ``conditioner.conditioners.prompt.model.model.text_branch.*``); these carry no
+      tokenizer: ``tokenizer_dir`` is a ``roberta-base`` tokenizer directory (vocab.json + merges.txt).
+    Stable Audio 1.0 / 2.0 use ``layer=-2``, ``output="features"``.
+    """
+    from stableaudio_jax.convert.state_dict import load_json, read_state_dict
+    from stableaudio_jax.convert.t5 import _read_hf_weights
+    from stableaudio_jax.store.clap_text import ClapText
+    from stableaudio_jax.store.clap_tokenizer import ClapTokenizer
+    checkpoint = os.fspath(checkpoint)
+    if os.path.isdir(checkpoint):
+        config_path = os.path.join(checkpoint, "config.json")
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{checkpoint}: no config.json; expected a Hugging Face CLAP directory")
+        config = clap_config_from_hf(load_json(config_path, "CLAP config"), config_path)
+        state, source = _read_hf_weights(checkpoint)
+        tokenizer_dir = checkpoint if tokenizer_dir is None else tokenizer_dir
+    else:
+        state, source = read_state_dict(checkpoint), checkpoint
+        config = clap_config_from_state_dict(state, num_heads=num_heads)
+        if tokenizer_dir is None:
+            raise ValueError(f"{checkpoint}: a CLAP checkpoint carries no tokenizer; give the roberta-base tokenizer "
+                             "directory (vocab.json + merges.txt) as tokenizer_dir / --clap-tokenizer")
+    module = clap_from_config(config, dtype=dtype)
+    params = clap_params_from_state_dict(state, module, source)
+    tokenizer = ClapTokenizer.from_directory(tokenizer_dir, max_length)
+    if tokenizer.vocab_size > module.vocab_size:
+        raise ValueError(f"{tokenizer_dir}: {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                         f"{module.vocab_size}")
+    return ClapText(module, params, tokenizer, max_length, layer, output, source=source)

@@ -73,18 +73,15 @@ class _Encoder:
         self.batch, self.replicated = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
         self.vae_params = jax.device_put(vae.params, self.replicated)
         self.text_params = jax.device_put(text.params, self.replicated)
-        self.vae, self.text, self.sample_posterior = vae.module, text.module, sample_posterior
+        self.vae, self.sample_posterior = vae.module, sample_posterior
         self.key = jax.random.key(seed)
         self._latents = jax.jit(self._encode_audio, out_shardings=self.batch)
-        self._embed = jax.jit(self._encode_text, out_shardings=self.batch)
+        # the text encoder's own features: T5's masked hidden states, CLAP's layer features or pooled embedding
+        self._embed = jax.jit(text._features, out_shardings=self.batch)
 
     def _encode_audio(self, params, audio, key):
         return self.vae.apply(params, audio, self.sample_posterior, key, method=type(self.vae).encode).astype(
             jnp.float32)
-
-    def _encode_text(self, params, ids, mask):
-        hidden = self.text.apply(params, ids, mask).astype(jnp.float32)
-        return hidden * mask[..., None]
 
     def latents(self, audio: np.ndarray, shard: int, batch_index: int) -> np.ndarray:
         # a posterior sample depends on (shard, batch), not on the run's history: a resumed encode draws the same
@@ -150,6 +147,7 @@ def _encode_batch(pending, enc: _Encoder, text, batch_size: int, text_form: str,
     captions = [item["caption"] for item, _, _ in pending] + [""] * (batch_size - n)
     ids, mask = text.tokenize(captions)
     embeddings = enc.embeddings(ids, mask)[:n] if text_form == "embeddings" else None
+    mask = text.output_mask(mask) if text_form == "embeddings" else mask
     records = []
     for i, (item, _, valid) in enumerate(pending):
         rate = item["sample_rate"]
@@ -177,6 +175,9 @@ def encode_dataset(audio_dir: str, output_dir: str, vae, text, *, window_frames:
     from stableaudio_jax.data.ingest import load_audio_dataset
     if text_form not in ("embeddings", "ids"):
         raise ValueError(f"encode: text form {text_form!r}; expected 'embeddings' or 'ids'")
+    if text_form == "ids" and text.config.get("type", "t5") != "t5":
+        raise ValueError(f"encode: --text-form ids stores token ids for a T5 run inside training; the text encoder "
+                         f"{text.source} is {text.config.get('type')!r}: store its embeddings instead")
     if shards_per_host < 1 or window_frames < 1:
         raise ValueError(f"encode: shards_per_host={shards_per_host} and window_frames={window_frames} must be >= 1")
     dataset = load_audio_dataset(audio_dir)
@@ -237,7 +238,7 @@ def _finish(output_dir: str, cfg: dict, vae, text, hosts: int, per_host: int, au
     manifest = {"format": FORMAT, "version": VERSION, "encoder_config_hash": config_hash(cfg),
                 "latent_channels": int(vae.module.latent_dim), "latent_frames": cfg["window_frames"],
                 "sample_rate": int(vae.module.sample_rate), "downsampling_ratio": int(vae.module.downsampling_ratio),
-                "text": cfg["text"]["form"], "text_length": int(text.max_length),
+                "text": cfg["text"]["form"], "text_length": int(text.output_length),
                 "text_dim": int(text.d_model) if cfg["text"]["form"] == "embeddings" else None,
                 "shards": shards, "records": sum(s["records"] for s in shards), "encoder_config": cfg,
                 "sources": {"audio": paths.absolute(audio_dir), "vae": vae.source,

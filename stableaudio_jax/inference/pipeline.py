@@ -82,8 +82,7 @@ class TextToAudioPipeline:
         self.params = {"text": model.text.params, "diffusion": model.diffusion.params, "vae": model.vae.params}
         if mesh is not None:  # parameters replicated over the mesh; the batch is sharded in generate()
             self.params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
-        text = model.text
-        self.text = type(text)(text.module, self.params["text"], text.tokenizer, text.max_length, text.source)
+        self.text = model.text.with_params(self.params["text"])
         self._progress = ProgressHooks()  # this pipeline's own: callbacks reach the generate() call that passed them
 
     @property

@@ -53,7 +53,12 @@ def _t5(cfg, dtype, param_dtype):
 
 VAE_TYPES: dict[str, Callable] = {"oobleck_vae": _oobleck}
 DENOISER_TYPES: dict[str, Callable] = {"dit": _dit, "unet1d": _unet}
-TEXT_ENCODER_TYPES: dict[str, Callable] = {"t5": _t5}
+def _clap(cfg, dtype, param_dtype):
+    from stableaudio_jax.models.clap import ClapTextEncoder
+    return ClapTextEncoder(**dict(cfg), dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
+
+
+TEXT_ENCODER_TYPES: dict[str, Callable] = {"t5": _t5, "clap": _clap}
 
 
 def _build(table: dict, what: str, cfg: Any, dtype: Dtype, param_dtype: Dtype):
@@ -73,7 +78,7 @@ def denoiser_from_config(model_config: Any, dtype: Dtype = jnp.float32, param_dt
 
 def text_encoder_from_config(text_config: Any, dtype: Dtype = jnp.float32,
                              param_dtype: Dtype = jnp.float32) -> nn.Module:
-    """``{"type": "t5", "model": {...}}`` → the encoder module."""
+    """``{"type": "t5" | "clap", "model": {...}}`` → the encoder module."""
     kind = text_config.get("type", "t5")
     if kind not in TEXT_ENCODER_TYPES:
         raise ValueError(f"text encoder type {kind!r} is not known; expected one of {sorted(TEXT_ENCODER_TYPES)}")

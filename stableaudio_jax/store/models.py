@@ -3,6 +3,7 @@
   kind            config                                              params
   vae             the VAE's model section (``type``: oobleck_vae)      VAE variables
   text_encoder    ``{"type": "t5", "model": {...}, "max_length"}``    encoder variables (+ spiece.model)
+                  ``{"type": "clap", ..., "layer", "output"}``        (+ vocab.json, merges.txt / tokenizer.json)
   diffusion       ``model`` + ``conditioning`` + ``diffusion``         {"denoiser", "timing"[, "text_projection"]}
                   (+ ``guidance``), widths resolved
   text-to-audio   ``audio`` + ``sampling``                             none: components text_encoder/, diffusion/,
@@ -154,8 +155,16 @@ def _bind_t5(info, module, params, max_length: int) -> T5TextEncoder:
     return T5TextEncoder(module, params, tokenizer, max_length, source=info.directory)
 
 
+def _bind_clap(info, module, params, max_length: int):
+    from stableaudio_jax.store.clap_text import ClapText
+    from stableaudio_jax.store.clap_tokenizer import ClapTokenizer
+    tokenizer = ClapTokenizer.from_directory(info.directory, max_length) if info.files else None
+    return ClapText(module, params, tokenizer, max_length, int(info.config.get("layer", -2)),
+                    str(info.config.get("output", "features")), source=info.directory)
+
+
 # text encoder type → (stored info, module, params, max_length) → the bound encoder with its tokenizer
-TEXT_ENCODER_BINDERS = {"t5": _bind_t5}
+TEXT_ENCODER_BINDERS = {"t5": _bind_t5, "clap": _bind_clap}
 
 
 # ----------------------------------------------------------------------------------------- diffusion model

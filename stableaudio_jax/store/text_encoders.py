@@ -8,6 +8,7 @@ the reference feeds the denoiser. ``embed_prompts`` is the batch API for pre-enc
 """
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Sequence
 
@@ -22,35 +23,109 @@ from stableaudio_jax.models.t5 import T5Encoder
 BATCH_AXES = ("data", "fsdp")
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(module: T5Encoder, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
-    hidden = module.apply(params, ids, mask)
-    return hidden.astype(jnp.float32) * mask[..., None].astype(jnp.float32)
+class BoundTextEncoder:
+    """A text encoder with its weights and tokenizer bound: ``tokenize(prompts) -> (ids, mask)``,
+    ``encode(ids, mask) -> features [B, L, width]`` float32, ``embed_prompts`` for datasets. Subclasses give
+    ``width``, ``config``, ``tokenizer_files`` and ``_features(params, ids, mask)`` (jitted)."""
 
-
-class T5TextEncoder:
-    """``tokenize(prompts) -> (ids, mask)``; ``encode(ids, mask) -> embeddings`` (padded positions zero)."""
-
-    def __init__(self, module: T5Encoder, params: Any, tokenizer: T5Tokenizer | None = None, max_length: int = 128,
-                 source: str = "T5 text encoder"):
+    def __init__(self, module: Any, params: Any, tokenizer: Any = None, max_length: int = 128,
+                 source: str = "text encoder"):
         self.module, self.params, self.tokenizer = module, params, tokenizer
         self.max_length = tokenizer.max_length if tokenizer is not None else max_length
         self.source = source
 
     @property
     def d_model(self) -> int:
-        return self.module.d_model
+        """The width of the features (the name the pre-encoder and manifests use)."""
+        return self.width
+
+    def with_params(self, params: Any) -> "BoundTextEncoder":
+        """The same encoder with other (e.g. device-placed) copies of its weights."""
+        bound = copy.copy(self)
+        bound.params = params  # the same values: a cached content hash stays valid
+        return bound
 
     @property
-    def width(self) -> int:
-        """The width of the features :meth:`encode` returns."""
-        return self.module.d_model
+    def output_length(self) -> int:
+        """Tokens per prompt in what ``encode`` returns."""
+        return self.max_length
 
     @functools.cached_property
     def sha256(self) -> str:
         """The content hash of the encoder's weights (``store.format.weights_sha256``)."""
         from stableaudio_jax.store.format import weights_sha256
         return weights_sha256(self.params)
+
+    def tokenize(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.tokenizer is None:
+            raise FileNotFoundError(f"{self.source}: no tokenizer; tokenize() needs the tokenizer files")
+        return self.tokenizer(prompts)
+
+    def encode(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(f"encode: ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be "
+                             "[batch, length]")
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"encode: ids have dtype {ids.dtype}; expected integer token ids")
+        return self._features(self.params, ids.astype(jnp.int32), mask.astype(bool))
+
+    def __call__(self, prompts: str | Sequence[str]) -> tuple[jax.Array, np.ndarray]:
+        """prompts → (features [B, L, width] float32, mask [B, L] bool)."""
+        ids, mask = self.tokenize(prompts)
+        return self.encode(ids, mask), self.output_mask(mask)
+
+    def embed_prompts(self, prompts: Sequence[str], batch_size: int = 256, mesh: Mesh | None = None,
+                      out_dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """Embeds many prompts in fixed-size batches (the last one padded, so one compile serves all), each batch
+        sharded over the mesh's ('data', 'fsdp') axes with the params replicated. Returns host arrays
+        (features [N, L, width] in ``out_dtype``, mask [N, L])."""
+        ids, mask = self.tokenize(prompts)
+        count = len(ids)
+        encode = self._sharded_encode(batch_size, mesh)
+        params = self.params if mesh is None else jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
+        out = None
+        for start in range(0, count, batch_size):
+            stop = min(start + batch_size, count)
+            batch_ids = np.zeros((batch_size, ids.shape[1]), np.int32)
+            batch_mask = np.zeros((batch_size, ids.shape[1]), bool)
+            batch_ids[: stop - start], batch_mask[: stop - start] = ids[start:stop], mask[start:stop]
+            batch_mask[stop - start:, 0] = True  # padding rows: one real position keeps softmax well defined
+            emb = np.asarray(jax.device_get(encode(params, batch_ids, batch_mask)))
+            if out is None:
+                out = np.empty((count,) + emb.shape[1:], out_dtype)
+            out[start:stop] = emb[: stop - start].astype(out_dtype)
+        return out, self.output_mask(mask)
+
+    def _sharded_encode(self, batch_size: int, mesh: Mesh | None):
+        if mesh is None:
+            return self._features
+        shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
+        if batch_size % shards:
+            raise ValueError(f"embed_prompts: batch_size {batch_size} is not divisible by the mesh's data axes "
+                             f"{BATCH_AXES} ({shards} devices)")
+        batch = NamedSharding(mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape)))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return jax.jit(self._features, in_shardings=(replicated, batch, batch), out_shardings=batch)
+
+    def _features(self, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def output_mask(self, mask: np.ndarray) -> np.ndarray:
+        """The mask of what ``encode`` returns (the token mask, unless an encoder pools)."""
+        return mask
+
+
+class T5TextEncoder(BoundTextEncoder):
+    """The T5 conditioner: ``encode`` returns ``last_hidden_state * mask`` (padded positions exactly zero)."""
+
+    def __init__(self, module: T5Encoder, params: Any, tokenizer: T5Tokenizer | None = None, max_length: int = 128,
+                 source: str = "T5 text encoder"):
+        super().__init__(module, params, tokenizer, max_length, source)
+
+    @property
+    def width(self) -> int:
+        return self.module.d_model
 
     @property
     def config(self) -> dict:
@@ -69,57 +144,14 @@ class T5TextEncoder:
         tokenizer = None if self.tokenizer is None else T5Tokenizer(self.tokenizer.model_file, max_length)
         return T5TextEncoder(self.module, self.params, tokenizer, max_length, self.source)
 
-    def tokenize(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self.tokenizer is None:
-            raise FileNotFoundError(f"{self.source}: no tokenizer; tokenize() needs the T5 directory's {SPIECE_FILE}")
-        return self.tokenizer(prompts)
+    def _features(self, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        return _t5_features(self.module, params, ids, mask)
 
-    def encode(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
-        ids, mask = jnp.asarray(ids), jnp.asarray(mask)
-        if ids.ndim != 2 or ids.shape != mask.shape:
-            raise ValueError(f"encode: ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be "
-                             "[batch, length]")
-        if not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise ValueError(f"encode: ids have dtype {ids.dtype}; expected integer token ids")
-        return _encode(self.module, self.params, ids.astype(jnp.int32), mask.astype(bool))
 
-    def __call__(self, prompts: str | Sequence[str]) -> tuple[jax.Array, np.ndarray]:
-        """prompts → (embeddings [B, L, d_model] float32, mask [B, L] bool)."""
-        ids, mask = self.tokenize(prompts)
-        return self.encode(ids, mask), mask
-
-    def embed_prompts(self, prompts: Sequence[str], batch_size: int = 256, mesh: Mesh | None = None,
-                      out_dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
-        """Embeds many prompts in fixed-size batches (the last one padded, so one compile serves all), each batch
-        sharded over the mesh's ('data', 'fsdp') axes with the params replicated. Returns host arrays
-        (embeddings [N, L, d_model] in ``out_dtype``, mask [N, L])."""
-        ids, mask = self.tokenize(prompts)
-        count = len(ids)
-        encode = self._sharded_encode(batch_size, mesh)
-        params = self.params if mesh is None else jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
-        out = np.empty((count, self.max_length, self.d_model), out_dtype)
-        for start in range(0, count, batch_size):
-            stop = min(start + batch_size, count)
-            batch_ids = np.zeros((batch_size, self.max_length), np.int32)
-            batch_mask = np.zeros((batch_size, self.max_length), bool)
-            batch_ids[: stop - start], batch_mask[: stop - start] = ids[start:stop], mask[start:stop]
-            batch_mask[stop - start:, 0] = True  # padding rows: a lone </s>-position keeps softmax well defined
-            emb = encode(params, batch_ids, batch_mask)
-            out[start:stop] = np.asarray(jax.device_get(emb))[: stop - start].astype(out_dtype)
-        return out, mask
-
-    def _sharded_encode(self, batch_size: int, mesh: Mesh | None):
-        if mesh is None:
-            return lambda p, i, m: _encode(self.module, p, i, m)
-        shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
-        if batch_size % shards:
-            raise ValueError(f"embed_prompts: batch_size {batch_size} is not divisible by the mesh's data axes "
-                             f"{BATCH_AXES} ({shards} devices)")
-        batch = NamedSharding(mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape)))
-        replicated = NamedSharding(mesh, PartitionSpec())
-        fn = jax.jit(lambda p, i, m: _encode(self.module, p, i, m), in_shardings=(replicated, batch, batch),
-                     out_shardings=batch)
-        return fn
+@functools.partial(jax.jit, static_argnums=0)
+def _t5_features(module: T5Encoder, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    hidden = module.apply(params, ids, mask)
+    return hidden.astype(jnp.float32) * mask[..., None].astype(jnp.float32)
 
 
 def t5_model_config(text: T5TextEncoder) -> dict:

@@ -63,8 +63,13 @@ def resolve_text_encoder(path: str | os.PathLike, max_length: int | None = None,
         if text.tokenizer is None:
             raise StoreError(f"{path}: the stored text encoder has no tokenizer file; cannot tokenize prompts")
         return text
-    if paths.isfile(paths.join(path, "config.json")):
-        from stableaudio_jax.convert import load_hf_t5  # reads local files: a bucket folder is mirrored
-        return load_hf_t5(paths.local_folder(path), max_length=max_length or 128, dtype=dtype)
+    if paths.isfile(paths.join(path, "config.json")):  # a Hugging Face directory: T5 or CLAP
+        local = paths.local_folder(path)  # the converters read local files: a bucket folder is mirrored
+        if paths.read_json(os.path.join(local, "config.json")).get("model_type", "t5").startswith("clap"):
+            from stableaudio_jax.convert import load_clap
+            return load_clap(local, max_length=max_length or 77, dtype=dtype)
+        from stableaudio_jax.convert import load_hf_t5
+        return load_hf_t5(local, max_length=max_length or 128, dtype=dtype)
     raise FileNotFoundError(f"text encoder {path!r}: expected a Hugging Face T5 directory (config.json, weights, "
-                            "spiece.model) or a stored text encoder / text-to-audio model (stableaudio_jax.json)")
+                            "spiece.model), a Hugging Face CLAP directory (config.json, weights, vocab.json + "
+                            "merges.txt) or a stored text encoder / text-to-audio model (stableaudio_jax.json)")
