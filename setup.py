@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "google-crc32c>=1.5",  # TFRecord checksums (masked CRC32C), written and verified without TensorFlow
     # gs:// paths for every command (stableaudio_jax/paths.py via fsspec; orbax's epath uses the same gcsfs)
     "gcsfs>=2024.2.0",
+    "tokenizers>=0.15",  # CLAP's RoBERTa byte-level BPE (Stable Audio 1.0 / 2.0 text conditioning)
     # the offline demo data set (`demo-data`, `quickstart`): scores, a General MIDI soundfont and a synthesiser
     "music21>=9.1",
     "pretty_midi>=0.2.10",  # ships TimGM6mb.sf2
@@ -47,6 +48,10 @@ TEST_REQUIRES = [
     "transformers>=4.46.0",
     "auraloss>=0.4.0",  # the reference's spectral losses, for parity of ours
     "gcp-storage-emulator>=2024.1.0",  # a local Cloud Storage server: gs:// paths are tested without the cloud
+    # what the reference DAC encoder/decoder (descript-audio-codec, Stable Audio 1.0's VAE) imports; the package
+    # itself is installed with --no-deps (README): its own requirements pull torchaudio, a CUDA build here
+    "einops>=0.7",
+    "argbind>=0.3.7",
     # the notebooks run top to bottom in the suite, on a real kernel
     "nbclient>=0.10",
     "nbformat>=5.10",

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--text-encoder", required=True,
                    help="a Hugging Face T5 directory (config.json, weights, spiece.model) or a stored text encoder / "
                         "text-to-audio model")
-    p.add_argument("--max-length", type=int, default=128, help="T5 tokens per caption (SAO: 128)")
+    p.add_argument("--max-length", type=int, default=128,
+                   help="text tokens per caption (T5 for SAO: 128; CLAP for Stable Audio 1.0 / 2.0: 77)")
     p.add_argument("--window-frames", type=int, default=1024,
                    help="latent frames per record (SAO: 1024 = 47.55 s); the last window of a file is padded")
     p.add_argument("--batch-size", type=int, default=8, help="windows per encoder call on this host")

@@ -19,7 +19,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from stableaudio_jax.models.layers import SnakeBeta, WNConv1d, WNConvTranspose1d
+from stableaudio_jax.models.layers import Snake1d, SnakeBeta, WNConv1d, WNConvTranspose1d
 from stableaudio_jax.parallel.sharding import constrain
 
 Dtype = Any
@@ -28,15 +28,18 @@ RESIDUAL_DILATIONS = (1, 3, 9)
 
 
 def activation(kind: str, name: str, param_dtype: Dtype):
-    """SnakeBeta (the Stable Audio default) or ELU (``use_snake: false`` in stable-audio-tools).
+    """SnakeBeta (the Stable Audio default), DAC's alpha-only Snake (``snake1d``, Stable Audio 1.0's VAE) or ELU
+    (``use_snake: false`` in stable-audio-tools).
 
     Call from inside a compact method: the SnakeBeta module binds to the calling module under ``name``.
     """
     if kind == "snake":
         return SnakeBeta(param_dtype=param_dtype, name=name)
+    if kind == "snake1d":
+        return Snake1d(param_dtype=param_dtype, name=name)
     if kind == "elu":
         return nn.elu
-    raise ValueError(f"activation is {kind!r}; expected 'snake' or 'elu' (config.model.activation)")
+    raise ValueError(f"activation is {kind!r}; expected 'snake', 'snake1d' or 'elu' (config.model.activation)")
 
 
 class ResidualUnit(nn.Module):
@@ -136,6 +139,7 @@ class OobleckDecoder(nn.Module):
     out_features: int
     activation: str = "snake"
     final_tanh: bool = False
+    out_bias: bool = False  # stable-audio-tools' Oobleck has none; DAC's decoder has one
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -150,7 +154,7 @@ class OobleckDecoder(nn.Module):
             x = DecoderBlock(widths[-2 - i], stride, self.activation, self.remat, name=f"blocks_{i}", **kw)(x)
             x = constrain(x, ACTIVATION_AXES)
         x = activation(self.activation, "act_out", self.param_dtype)(x)
-        x = WNConv1d(self.out_features, 7, use_bias=False, name="conv_out", **kw)(x)
+        x = WNConv1d(self.out_features, 7, use_bias=self.out_bias, name="conv_out", **kw)(x)
         return jnp.tanh(x) if self.final_tanh else x
 
 
@@ -183,7 +187,59 @@ class VAEOutput:
     posterior: DiagonalGaussian
 
 
-class OobleckVAE(nn.Module):
+class BottleneckVAE:
+    """What every VAE here shares (mixed into a Linen module that defines ``encoder`` and ``decoder`` in ``setup``
+    and the fields ``strides``, ``audio_channels``, ``latent_dim``): the VAE bottleneck, the checks and the
+    methods the trainers, the pre-encoder and the pipeline call (``apply(..., method=...)``): ``encode_moments``,
+    ``encode_posterior``, ``encode``, ``decode``; ``__call__`` runs the full training forward."""
+
+    @property
+    def downsampling_ratio(self) -> int:
+        return math.prod(self.strides)
+
+    def _check_audio(self, audio: jax.Array) -> None:
+        if audio.ndim != 3 or audio.shape[-1] != self.audio_channels:
+            raise ValueError(f"{type(self).__name__}.encode: audio has shape {tuple(audio.shape)}; expected "
+                             f"[batch, samples, {self.audio_channels}] (channels-last, "
+                             f"model.audio_channels={self.audio_channels})")
+        if audio.shape[1] % self.downsampling_ratio:
+            raise ValueError(f"{type(self).__name__}.encode: audio length {audio.shape[1]} is not a multiple of the "
+                             f"downsampling ratio {self.downsampling_ratio}; pad it first "
+                             "(stableaudio_jax.models.autoencoder.pad_to_multiple)")
+
+    def encode_moments(self, audio: jax.Array) -> jax.Array:
+        """Raw encoder output ``[B, frames, 2 * latent_dim]`` (mean | scale)."""
+        self._check_audio(audio)
+        return self.encoder(audio)
+
+    def encode_posterior(self, audio: jax.Array) -> DiagonalGaussian:
+        return posterior_from_moments(self.encode_moments(audio))
+
+    def encode(self, audio: jax.Array, sample: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        """Latents: the posterior mean, or a sample from it (as stable-audio-tools always does) when ``sample``."""
+        posterior = self.encode_posterior(audio)
+        if not sample:
+            return posterior.mean
+        if rng is None:
+            raise ValueError(f"{type(self).__name__}.encode(sample=True) needs an rng key")
+        return posterior.sample(rng)
+
+    def decode(self, latents: jax.Array) -> jax.Array:
+        if latents.ndim != 3 or latents.shape[-1] != self.latent_dim:
+            raise ValueError(f"{type(self).__name__}.decode: latents have shape {tuple(latents.shape)}; expected "
+                             f"[batch, frames, {self.latent_dim}] (model.latent_dim={self.latent_dim})")
+        return self.decoder(latents)
+
+    def __call__(self, audio: jax.Array, rng: jax.Array | None = None, sample: bool = True) -> VAEOutput:
+        posterior = self.encode_posterior(audio)
+        if sample and rng is None:
+            raise ValueError(f"{type(self).__name__}.__call__(sample=True) needs an rng key (or pass sample=False)")
+        latents = posterior.sample(rng) if sample else posterior.mean
+        return VAEOutput(reconstruction=self.decode(latents), latents=latents, posterior=posterior)
+
+
+
+class OobleckVAE(BottleneckVAE, nn.Module):
     """Oobleck encoder + VAE bottleneck + Oobleck decoder.
 
     Methods (use with ``apply(..., method=...)``): ``encode_moments``, ``encode_posterior``, ``encode``, ``decode``;
@@ -210,49 +266,6 @@ class OobleckVAE(nn.Module):
                   activation=self.activation, remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
         self.encoder = OobleckEncoder(out_features=2 * self.latent_dim, **kw)
         self.decoder = OobleckDecoder(out_features=self.audio_channels, final_tanh=self.final_tanh, **kw)
-
-    @property
-    def downsampling_ratio(self) -> int:
-        return math.prod(self.strides)
-
-    def _check_audio(self, audio: jax.Array) -> None:
-        if audio.ndim != 3 or audio.shape[-1] != self.audio_channels:
-            raise ValueError(f"OobleckVAE.encode: audio has shape {tuple(audio.shape)}; expected [batch, samples, "
-                             f"{self.audio_channels}] (channels-last, model.audio_channels={self.audio_channels})")
-        if audio.shape[1] % self.downsampling_ratio:
-            raise ValueError(f"OobleckVAE.encode: audio length {audio.shape[1]} is not a multiple of the "
-                             f"downsampling ratio {self.downsampling_ratio}; pad it first "
-                             "(stableaudio_jax.models.autoencoder.pad_to_multiple)")
-
-    def encode_moments(self, audio: jax.Array) -> jax.Array:
-        """Raw encoder output ``[B, frames, 2 * latent_dim]`` (mean | scale)."""
-        self._check_audio(audio)
-        return self.encoder(audio)
-
-    def encode_posterior(self, audio: jax.Array) -> DiagonalGaussian:
-        return posterior_from_moments(self.encode_moments(audio))
-
-    def encode(self, audio: jax.Array, sample: bool = False, rng: jax.Array | None = None) -> jax.Array:
-        """Latents: the posterior mean, or a sample from it (as stable-audio-tools always does) when ``sample``."""
-        posterior = self.encode_posterior(audio)
-        if not sample:
-            return posterior.mean
-        if rng is None:
-            raise ValueError("OobleckVAE.encode(sample=True) needs an rng key")
-        return posterior.sample(rng)
-
-    def decode(self, latents: jax.Array) -> jax.Array:
-        if latents.ndim != 3 or latents.shape[-1] != self.latent_dim:
-            raise ValueError(f"OobleckVAE.decode: latents have shape {tuple(latents.shape)}; expected "
-                             f"[batch, frames, {self.latent_dim}] (model.latent_dim={self.latent_dim})")
-        return self.decoder(latents)
-
-    def __call__(self, audio: jax.Array, rng: jax.Array | None = None, sample: bool = True) -> VAEOutput:
-        posterior = self.encode_posterior(audio)
-        if sample and rng is None:
-            raise ValueError("OobleckVAE.__call__(sample=True) needs an rng key (or pass sample=False)")
-        latents = posterior.sample(rng) if sample else posterior.mean
-        return VAEOutput(reconstruction=self.decode(latents), latents=latents, posterior=posterior)
 
 
 def vae_from_config(model_config: Any, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> OobleckVAE:

@@ -158,6 +158,20 @@ class SnakeBeta(nn.Module):
         return snake_beta(x, log_alpha, log_beta)
 
 
+class Snake1d(nn.Module):
+    """DAC's Snake (Stable Audio 1.0's VAE): x + 1/(alpha + 1e-9) * sin^2(alpha * x), alpha per channel in linear
+    scale, initialised to 1; computed in float32."""
+
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.with_logical_partitioning(nn.initializers.ones_init(), (CHANNELS,))
+        alpha = self.param("alpha", init, (x.shape[-1],), self.param_dtype).astype(jnp.float32)
+        x32 = x.astype(jnp.float32)
+        return (x32 + jnp.square(jnp.sin(alpha * x32)) / (alpha + 1e-9)).astype(x.dtype)
+
+
 def _merged_sizes(shape: tuple[int, ...], axes: tuple[str, ...]) -> list[int]:
     """``shape`` with runs of adjacent axes merged where that keeps the kernel's sharding: an axis whose logical
     name the active rules do not map to a mesh axis joins the axis before it. Without rules (one device) the

@@ -37,6 +37,11 @@ def _oobleck(cfg, dtype, param_dtype):
     return vae_from_config(cfg, dtype=dtype, param_dtype=param_dtype)
 
 
+def _dac(cfg, dtype, param_dtype):
+    from stableaudio_jax.models.dac_vae import dac_vae_from_config
+    return dac_vae_from_config(cfg, dtype=dtype, param_dtype=param_dtype)
+
+
 def _dit(cfg, dtype, param_dtype):
     from stableaudio_jax.models.dit import dit_from_config
     return dit_from_config(cfg, dtype=dtype, param_dtype=param_dtype)
@@ -51,7 +56,7 @@ def _t5(cfg, dtype, param_dtype):
     return T5Encoder(**dict(cfg), dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
 
 
-VAE_TYPES: dict[str, Callable] = {"oobleck_vae": _oobleck}
+VAE_TYPES: dict[str, Callable] = {"oobleck_vae": _oobleck, "dac_vae": _dac}
 DENOISER_TYPES: dict[str, Callable] = {"dit": _dit, "unet1d": _unet}
 def _clap(cfg, dtype, param_dtype):
     from stableaudio_jax.models.clap import ClapTextEncoder
