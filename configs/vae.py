@@ -1,9 +1,13 @@
-"""Oobleck VAE configs.
+"""VAE configs: the Oobleck VAE (Stable Audio Open / 2.0) and the DAC-based VAE (Stable Audio 1.0).
 
 Variants:
-  sao   the exact Stable Audio Open 1.0 VAE: 44.1 kHz stereo, channels 128, c_mults [1,2,4,8,16],
-        strides [2,4,4,8,8] (2048x), latent 64; 156,112,514 parameters. bfloat16 compute.
-  tiny  a few-thousand-parameter VAE with the same structure (8x), float32, for tests.
+  sao       the exact Stable Audio Open 1.0 VAE: 44.1 kHz stereo, channels 128, c_mults [1,2,4,8,16],
+            strides [2,4,4,8,8] (2048x), latent 64; 156,112,514 parameters. bfloat16 compute.
+  tiny      a few-thousand-parameter VAE with the same structure (8x), float32, for tests.
+  sa1       Stable Audio 1.0's VAE (stable-audio-tools' stable_audio_1_0_vae.json): DAC encoder d_model 128,
+            strides [4,4,8,8], DAC decoder channels 1536, rates [8,8,4,4], latent 64 (1024x); 133,431,300
+            parameters. bfloat16 compute.
+  dac-tiny  the DAC VAE at toy size (8x), float32, for tests.
 """
 import ml_collections
 
@@ -13,7 +17,13 @@ MODELS = {
     "sao": dict(sample_rate=44100, audio_channels=2, channels=128, c_mults=(1, 2, 4, 8, 16),
                 strides=(2, 4, 4, 8, 8), latent_dim=64),
     "tiny": dict(sample_rate=44100, audio_channels=2, channels=8, c_mults=(1, 2), strides=(2, 4), latent_dim=4),
+    "sa1": dict(type="dac_vae", sample_rate=44100, audio_channels=2, channels=128, strides=(4, 4, 8, 8),
+                latent_dim=64, decoder_channels=1536, decoder_rates=(8, 8, 4, 4)),
+    "dac-tiny": dict(type="dac_vae", sample_rate=44100, audio_channels=2, channels=4, strides=(2, 4), latent_dim=4,
+                     decoder_channels=16, decoder_rates=(4, 2)),
 }
+OOBLECK = dict(type="oobleck_vae", activation="snake", final_tanh=False)
+FULL_SIZE = ("sao", "sa1")
 
 
 def get_config(arg=None):
@@ -23,10 +33,10 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.variant = variant
 
-    config.model = ml_collections.ConfigDict(dict(
-        type="oobleck_vae", activation="snake", final_tanh=False, remat=False, **MODELS[variant]))
+    model = MODELS[variant]
+    config.model = ml_collections.ConfigDict(dict(**({} if "type" in model else OOBLECK), remat=False, **model))
 
-    config.dtype = "float32" if variant == "tiny" else "bfloat16"  # compute dtype; params stay float32
+    config.dtype = "bfloat16" if variant in FULL_SIZE else "float32"  # compute dtype; params stay float32
     config.param_dtype = "float32"
 
     # Long-audio encode/decode, in latent frames (stable-audio-tools' defaults).
@@ -44,7 +54,7 @@ def get_config(arg=None):
 
 def training_config(variant):
     """stable-audio-tools' SAO VAE recipe (``stable_audio_2_0_vae.json``); ``tiny`` keeps its shape at toy size."""
-    sao = variant == "sao"
+    sao = variant in FULL_SIZE  # Stable Audio 1.0's VAE recipe is not published: SAO's is used for it
 
     def optimizer(lr):
         # tiny: a short warm-up so that a test run of a few hundred steps actually learns

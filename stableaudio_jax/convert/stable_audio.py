@@ -48,7 +48,7 @@ SAO_GLOBAL_IDS = ["seconds_start", "seconds_total"]
 
 @functools.partial(jax.jit, static_argnames=("vae", "method"))
 def _vae_call(vae, params, x, method):
-    return vae.apply(params, x, method=getattr(OobleckVAE, method))
+    return vae.apply(params, x, method=getattr(type(vae), method))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,10 @@ def _residual_radius() -> int:
 def decoder_receptive_field(vae: OobleckVAE) -> int:
     """Latent frames on each side that can influence one output sample (a conservative upper bound)."""
     r = 3.0  # conv_out, k7, at the audio rate
-    for stride in vae.strides:  # decoder blocks from the last (audio rate) back to the first
+    # decoder blocks from the last (audio rate) back to the first: Oobleck mirrors the encoder strides, DAC has
+    # its own rates (listed from the latent end)
+    rates = getattr(vae, "decoder_rates", None)
+    for stride in (vae.strides if rates is None else tuple(reversed(rates))):
         r += _residual_radius()
         k, p = 2 * stride, math.ceil(stride / 2)
         r = (r + max(p, k - 1 - p)) / stride + 1  # transposed conv back to its input rate
@@ -85,7 +88,7 @@ def chunked_decode(vae: OobleckVAE, params: Any, latents: jax.Array, *, chunk_si
                    overlap: int = DEFAULT_OVERLAP) -> jax.Array:
     """``vae.decode`` in windows of latent frames; equal to the whole-signal decode. Traceable (jit it)."""
     _check_overlap(overlap, decoder_receptive_field(vae), "decode")
-    decode = lambda z: vae.apply(params, z, method=OobleckVAE.decode)  # noqa: E731
+    decode = lambda z: vae.apply(params, z, method=type(vae).decode)  # noqa: E731
     frames = latents.shape[1]
     if frames <= chunk_size + 2 * overlap:
         return decode(latents)
@@ -99,7 +102,7 @@ def chunked_encode_moments(vae: OobleckVAE, params: Any, audio: jax.Array, *,
     """``vae.encode_moments`` in windows; windows start on multiples of the downsampling ratio."""
     _check_overlap(overlap, encoder_receptive_field(vae), "encode")
     ratio = vae.downsampling_ratio
-    moments = lambda a: vae.apply(params, a, method=OobleckVAE.encode_moments)  # noqa: E731
+    moments = lambda a: vae.apply(params, a, method=type(vae).encode_moments)  # noqa: E731
     if audio.ndim != 3 or audio.shape[1] % ratio:
         return moments(audio)  # raises the model's own shape error
     frames = audio.shape[1] // ratio

@@ -27,7 +27,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from stableaudio_jax.audio.losses import vae_reconstruction_loss
-from stableaudio_jax.models.autoencoder import OobleckVAE
+from stableaudio_jax.models.autoencoder import BottleneckVAE
 from stableaudio_jax.models.discriminator import (MultiScaleSTFTDiscriminator, discriminator_loss,
                                                   feature_matching_loss, generator_adversarial_loss)
 from stableaudio_jax.parallel.sharding import in_mesh, normalize_rules, param_shardings
@@ -52,7 +52,7 @@ class VAETrainState(flax.struct.PyTreeNode):
 class VAETraining:
     """Everything static about the run: modules, optimisers, loss weights."""
 
-    vae: OobleckVAE = flax.struct.field(pytree_node=False)
+    vae: BottleneckVAE = flax.struct.field(pytree_node=False)
     disc: MultiScaleSTFTDiscriminator = flax.struct.field(pytree_node=False)
     gen_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     disc_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
@@ -60,7 +60,7 @@ class VAETraining:
 
 
 def build(config) -> VAETraining:
-    from stableaudio_jax.models.autoencoder import vae_from_config
+    from stableaudio_jax.store.builders import vae_from_config  # Oobleck or DAC
     t = config.training
     vae = vae_from_config(config.model, dtype=config.dtype, param_dtype=config.param_dtype)
     d = t.discriminator
