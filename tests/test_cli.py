@@ -79,7 +79,7 @@ def test_inpainting_and_audio_to_audio_from_files(converted, monkeypatch):
     (["generate", "x", "--seconds", "5"], "seconds_total=5.0 exceeds the model's window"),
     (["generate", "x", "--sampler", "heun"], "sampler 'heun' is not available"),
     (["generate", "x", "--inpaint-audio", "nope.wav"], "cannot read audio file 'nope.wav'"),
-    (["convert", "--from", "stable-audio-tools", "--checkpoint", "x", "--out", "y"], "needs --model-config and --t5"),
+    (["convert", "--from", "stable-audio-tools", "--checkpoint", "x", "--out", "y"], "needs --model-config"),
 ])
 def test_bad_arguments_exit_2_with_a_message(converted, args, message):
     if args[0] == "generate":

@@ -197,7 +197,7 @@ def _tiny_clap(root):
     return save_text_encoder(root / "clap", text)
 
 
-def test_clap_conditioned_unet_round_trip(pipeline_run, tmp_path):
+def test_clap_conditioned_unet_round_trip(pipeline_run, tmp_path, capsys):
     """Stable Audio 1.0's conditioning path: encode with CLAP layer features (unmasked, -2) → train the U-Net →
     export → generate."""
     clap = _tiny_clap(tmp_path)
@@ -206,8 +206,11 @@ def test_clap_conditioned_unet_round_trip(pipeline_run, tmp_path):
          "--text-encoder", clap, "--max-length", 24, "--window-frames", 128, "--batch-size", 16, "--no-progress")
     manifest = read_manifest(latents)
     assert manifest["encoder_config"]["text"]["model"]["width"] == 32 and manifest["text_length"] == 24
-    _cli("train", "--config", "configs/unet.py:tiny", "--data", latents, "--workdir", workdir,
-         "--config.training.steps=4", "--config.training.log_every=2", "--no-progress", *UNET)
+    train = ["train", "--config", "configs/unet.py:tiny", "--data", latents, "--workdir", workdir,
+             "--config.training.steps=4", "--config.training.log_every=2", "--no-progress", *UNET]
+    assert main([str(a) for a in train]) == 2  # a T5 conditioner on CLAP features: refused, with the fix
+    assert "encoded by a 'clap' text encoder but this model's conditioner is" in capsys.readouterr().err
+    _cli(*train, "--config.conditioning.text.type=clap")
     bundle = read_info(workdir / "model" / "text_encoder")
     assert bundle.config.type == "clap" and sorted(bundle.files) == ["merges.txt", "vocab.json"]
     out = tmp_path / "clap.wav"

@@ -51,16 +51,16 @@ def detect_layout(state: Mapping[str, np.ndarray]) -> str:
     return found[0]
 
 
-def clap_config_from_state_dict(state: Mapping[str, np.ndarray], num_heads: int = 12, layer_norm_eps: float = 1e-5,
-                                layout: str | None = None) -> ml_collections.ConfigDict:
+def clap_config_from_state_dict(state: Mapping[str, np.ndarray], num_heads: int | None = None,
+                                layer_norm_eps: float = 1e-5, layout: str | None = None) -> ml_collections.ConfigDict:
     """The text encoder's config, read off the tensors' shapes. The head count and LayerNorm epsilon are not in
-    them: LAION CLAP's text branch is ``roberta-base`` (12 heads, eps 1e-5); a Hugging Face directory's
-    ``config.json`` says (:func:`clap_config_from_hf`)."""
+    them: every RoBERTa size has 64-wide heads (``num_heads`` default: width / 64; roberta-base: 12), LAION CLAP's
+    text branch uses eps 1e-5; a Hugging Face directory's ``config.json`` says (:func:`clap_config_from_hf`)."""
     branch, projection, (first, _) = LAYOUTS[layout or detect_layout(state)]
     vocab, width = state[f"{branch}embeddings.word_embeddings.weight"].shape
     layers = 1 + max(int(k[len(branch):].split(".")[2]) for k in state if k.startswith(f"{branch}encoder.layer."))
     return ml_collections.ConfigDict(dict(
-        vocab_size=int(vocab), width=int(width), num_layers=layers, num_heads=num_heads,
+        vocab_size=int(vocab), width=int(width), num_layers=layers, num_heads=num_heads or max(1, int(width) // 64),
         intermediate_size=int(state[f"{branch}encoder.layer.0.intermediate.dense.weight"].shape[0]),
         max_positions=int(state[f"{branch}embeddings.position_embeddings.weight"].shape[0]),
         type_vocab_size=int(state[f"{branch}embeddings.token_type_embeddings.weight"].shape[0]),
@@ -134,8 +134,8 @@ def clap_from_config(config: Any, dtype: Any = jnp.float32, param_dtype: Any = j
     return ClapTextEncoder(**dict(config), dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
 
 
-def load_clap(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, layer: int = -2,
-              output: str = "features", max_length: int = 77, num_heads: int = 12, dtype: Any = jnp.float32):
+def load_clap(checkpoint: str | os.PathLike | Mapping, tokenizer_dir: str | os.PathLike | None = None, layer: int = -2,
+              output: str = "features", max_length: int = 77, num_heads: int | None = None, dtype: Any = jnp.float32):
     """A bound CLAP text encoder (:class:`stableaudio_jax.store.clap_text.ClapText`) from any of the layouts:
 
     - a Hugging Face ``ClapModel`` / ``ClapTextModelWithProjection`` directory (``config.json`` + weights, its
@@ -149,8 +149,10 @@ def load_clap(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike | 
     from stableaudio_jax.convert.t5 import _read_hf_weights
     from stableaudio_jax.store.clap_text import ClapText
     from stableaudio_jax.store.clap_tokenizer import ClapTokenizer
-    checkpoint = os.fspath(checkpoint)
-    if os.path.isdir(checkpoint):
+    if isinstance(checkpoint, Mapping):  # a state dict already read (a fine-tuned CLAP inside a model checkpoint)
+        state, source, checkpoint = dict(checkpoint), "the model checkpoint's CLAP", ""
+        config = clap_config_from_state_dict(state, num_heads=num_heads)
+    elif os.path.isdir(checkpoint := os.fspath(checkpoint)):
         config_path = os.path.join(checkpoint, "config.json")
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"{checkpoint}: no config.json; expected a Hugging Face CLAP directory")
@@ -160,9 +162,9 @@ def load_clap(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike | 
     else:
         state, source = read_state_dict(checkpoint), checkpoint
         config = clap_config_from_state_dict(state, num_heads=num_heads)
-        if tokenizer_dir is None:
-            raise ValueError(f"{checkpoint}: a CLAP checkpoint carries no tokenizer; give the roberta-base tokenizer "
-                             "directory (vocab.json + merges.txt) as tokenizer_dir / --clap-tokenizer")
+    if tokenizer_dir is None:
+        raise ValueError(f"{source}: a CLAP checkpoint carries no tokenizer; give the roberta-base tokenizer "
+                         "directory (vocab.json + merges.txt) as tokenizer_dir / --clap-tokenizer")
     module = clap_from_config(config, dtype=dtype)
     params = clap_params_from_state_dict(state, module, source)
     tokenizer = ClapTokenizer.from_directory(tokenizer_dir, max_length)

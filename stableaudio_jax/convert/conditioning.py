@@ -27,7 +27,8 @@ from stableaudio_jax.convert.state_dict import CheckpointMismatchError, Path, fi
 from stableaudio_jax.models.conditioning import TimingConditioner
 
 SAT_PREFIX = "conditioner.conditioners."
-TEXT_CONDITIONERS = ("t5",)  # prompt conditioner types we convert (CLAP: the Stable Audio 1.0 / 2.0 issue)
+TEXT_CONDITIONERS = ("t5", "clap_text")  # prompt conditioner types we convert
+CLAP_PREFIX = "prompt.model."  # a fine-tuned CLAP's weights (``finetune: true``) inside the model checkpoint
 PROJECTION_KEYS = {"stable-audio-tools": ("prompt.proj_out.weight", "prompt.proj_out.bias"),
                    "diffusers": ("text_projection.weight", "text_projection.bias")}
 _DIFFUSERS_NAMES = {"seconds_start": "start_number_conditioner", "seconds_total": "end_number_conditioner"}
@@ -80,9 +81,17 @@ def text_projection_params_from_state_dict(state: Mapping[str, np.ndarray], layo
 
 
 def split_conditioner_state(state: Mapping[str, np.ndarray], layout: str) -> tuple[dict, dict]:
-    """(timing tensors, text-projection tensors) of a conditioner state dict."""
+    """(timing tensors, text-projection tensors) of a conditioner state dict (a fine-tuned CLAP's own weights,
+    ``prompt.model.*``, are neither: :func:`split_text_encoder_state` takes them out first)."""
     keys = set(PROJECTION_KEYS[layout])
     return ({k: v for k, v in state.items() if k not in keys}, {k: v for k, v in state.items() if k in keys})
+
+
+def split_text_encoder_state(state: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    """(the rest, the text encoder's own tensors under their full stable-audio-tools names) of a conditioner state
+    dict with ``conditioner.conditioners.`` removed."""
+    text = {SAT_PREFIX + k: v for k, v in state.items() if k.startswith(CLAP_PREFIX)}
+    return {k: v for k, v in state.items() if not k.startswith(CLAP_PREFIX)}, text
 
 
 def conditioning_config_from_stable_audio_tools(model_config: Mapping[str, Any],
@@ -106,13 +115,23 @@ def conditioning_config_from_stable_audio_tools(model_config: Mapping[str, Any],
         raise ValueError(f"{source}: the 'prompt' conditioner is of type {prompt.get('type')!r}; this converter "
                          f"knows {list(TEXT_CONDITIONERS)}")
     diffusion = model.get("diffusion", {})
-    name = prompt.get("config", {}).get("t5_model_name", "t5-base")
     return ml_collections.ConfigDict(dict(
-        cond_dim=int(section.get("cond_dim", 768)),
-        text=dict(type=prompt["type"], model_name=name, width=None,
-                  max_length=int(prompt.get("config", {}).get("max_length", 128)),
-                  project_out=bool(prompt.get("config", {}).get("project_out", False))),
+        cond_dim=int(section.get("cond_dim", 768)), text=_text_section(prompt),
         timing=dict(style=styles.pop() if styles else "number", features=int(section.get("cond_dim", 768)),
                     min_val=float(min_val), max_val=float(max_val), ids=[c["id"] for c in timing]),
         cross_attention_ids=list(diffusion.get("cross_attention_cond_ids", [])),
         global_ids=list(diffusion.get("global_cond_ids", []))))
+
+
+def _text_section(prompt: Mapping[str, Any]) -> dict:
+    """Our ``conditioning.text`` for the reference's prompt conditioner (T5, or CLAP: its text branch's
+    ``feature_layer_ix`` hidden states, 77 tokens, or its pooled 512-d embedding, one token)."""
+    cfg = prompt.get("config", {})
+    if prompt["type"] == "t5":
+        return dict(type="t5", model_name=cfg.get("t5_model_name", "t5-base"), width=None,
+                    max_length=int(cfg.get("max_length", 128)), project_out=bool(cfg.get("project_out", False)))
+    features = bool(cfg.get("use_text_features", False))
+    return dict(type="clap", model_name=cfg.get("audio_model_type", "HTSAT-base"), width=None,
+                max_length=77, project_out=bool(cfg.get("project_out", False)),
+                layer=int(cfg.get("feature_layer_ix", -1)), output="features" if features else "embedding",
+                finetune=bool(cfg.get("finetune", False)))

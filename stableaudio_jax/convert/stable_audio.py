@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from stableaudio_jax.convert.conditioning import (SAT_PREFIX, conditioning_config_from_stable_audio_tools,
-                                                  split_conditioner_state, text_projection_params_from_state_dict,
+                                                  split_conditioner_state, split_text_encoder_state,
+                                                  text_projection_params_from_state_dict,
                                                   timing_params_from_state_dict)
 from stableaudio_jax.convert.dit import (dit_config_from_diffusers, dit_config_from_stable_audio_tools,
                                          dit_params_from_state_dict, has_nonzero_norm_bias)
@@ -130,10 +131,11 @@ class StableAudioBundle:
     config: ml_collections.ConfigDict
     params: dict
     text_projection: BoundTextProjection | None = None
+    text_state: dict | None = None  # a fine-tuned CLAP's weights carried by the checkpoint (full key names)
 
 
 def _bundle(config, vae_mod, vae_params, timing_mod, timing_params, dit_mod, dit_params,
-            projection_params=None) -> StableAudioBundle:
+            projection_params=None, text_state=None) -> StableAudioBundle:
     params = {"vae": vae_params, "timing": timing_params, "dit": dit_params}
     projection = None
     if projection_params is not None:
@@ -141,7 +143,7 @@ def _bundle(config, vae_mod, vae_params, timing_mod, timing_params, dit_mod, dit
         projection = BoundTextProjection(TextProjection(int(config.conditioning.cond_dim)), projection_params)
     return StableAudioBundle(vae=BoundVAE(vae_mod, vae_params), timing=BoundTiming(timing_mod, timing_params),
                              dit=BoundDiT(dit_mod, dit_params), config=config, params=params,
-                             text_projection=projection)
+                             text_projection=projection, text_state=text_state or None)
 
 
 def _text_width(config, projection_params, source: str) -> int:
@@ -172,7 +174,7 @@ def diffusion_config(config, text_width: int) -> ml_collections.ConfigDict:
 def text_to_audio_model(bundle: StableAudioBundle, text: T5TextEncoder, source: str = "") -> TextToAudioModel:
     """The model store's text-to-audio model: a converted bundle with its T5 (widths checked against each other)."""
     config = diffusion_config(bundle.config, int(bundle.config.conditioning.text.width))
-    config.conditioning.text.max_length = int(text.max_length)
+    config.conditioning.text.max_length = int(text.output_length)  # CLAP's pooled embedding: one token
     params = {"denoiser": bundle.dit.params, "timing": bundle.timing.params}
     if bundle.text_projection is not None:
         params["text_projection"] = bundle.text_projection.params
@@ -225,6 +227,7 @@ def load_stable_audio_tools(checkpoint_path: str | os.PathLike, model_config: st
     source = os.fspath(checkpoint_path)
     config = bundle_config_from_stable_audio_tools(_load_json(model_config))
     vae_state, dit_state, cond_state = _split_sat_state(read_state_dict(checkpoint_path), source)
+    cond_state, text_state = split_text_encoder_state(cond_state)
     timing_state, projection_state = split_conditioner_state(cond_state, "stable-audio-tools")
     projection = text_projection_params_from_state_dict(projection_state, "stable-audio-tools", source)
     config.conditioning.text.width = _text_width(config, projection, source)
@@ -234,7 +237,8 @@ def load_stable_audio_tools(checkpoint_path: str | os.PathLike, model_config: st
                                max_val=config.conditioning.timing.max_val, style=config.conditioning.timing.style)
     return _bundle(config, vae, vae_params_from_state_dict(vae_state, vae, "stable-audio-tools", source), timing,
                    timing_params_from_state_dict(timing_state, timing, "stable-audio-tools", source), dit,
-                   dit_params_from_state_dict(dit_state, dit, "stable-audio-tools", source), projection)
+                   dit_params_from_state_dict(dit_state, dit, "stable-audio-tools", source), projection,
+                   text_state)
 
 
 def load_diffusers(directory: str | os.PathLike, dtype: Any = jnp.float32) -> StableAudioBundle:

@@ -44,7 +44,10 @@ def encoder_config(vae, text, *, window_frames: int, sample_posterior: bool, tex
     return {"vae": vae.config.to_dict(), "vae_sha256": vae.sha256, "window_frames": int(window_frames),
             "sample_posterior": bool(sample_posterior), "latent_dtype": latent_dtype,
             "text": {"form": text_form, "model": text.config["model"], "max_length": int(text.max_length),
-                     "sha256": text.sha256, "dtype": text_dtype if text_form == "embeddings" else "int64"}}
+                     "sha256": text.sha256, "dtype": text_dtype if text_form == "embeddings" else "int64",
+                     # T5 manifests keep their earlier hash; other encoders say what they are and how they were read
+                     **({} if text.config.get("type", "t5") == "t5" else
+                        {k: text.config[k] for k in ("type", "layer", "output") if k in text.config})}}
 
 
 def shard_name(host: int, shard: int, hosts: int, per_host: int) -> str:

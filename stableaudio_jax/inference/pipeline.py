@@ -103,13 +103,28 @@ class TextToAudioPipeline:
 
     @classmethod
     def from_pretrained_stable_audio(cls, checkpoint: str | os.PathLike, model_config: Any,
-                                     t5_directory: str | os.PathLike, dtype: Any = jnp.float32,
-                                     mesh: Mesh | None = None) -> "TextToAudioPipeline":
-        """A stable-audio-tools checkpoint (SAO ``model.safetensors`` + ``model_config.json``) + a T5 directory."""
-        from stableaudio_jax.convert import load_hf_t5, load_stable_audio_tools, text_to_audio_model
+                                     t5_directory: str | os.PathLike | None = None, dtype: Any = jnp.float32,
+                                     mesh: Mesh | None = None, clap_tokenizer: str | os.PathLike | None = None
+                                     ) -> "TextToAudioPipeline":
+        """A stable-audio-tools checkpoint (``model.safetensors`` / ``.ckpt`` + ``model_config.json``) and its text
+        encoder: for T5 models (SAO) ``t5_directory``; for CLAP models (Stable Audio 1.0 / 2.0) ``t5_directory`` is
+        the CLAP checkpoint (LAION ``.pt`` or a Hugging Face CLAP folder; not needed when the model was trained
+        with ``finetune: true`` and carries it) and ``clap_tokenizer`` a roberta-base tokenizer folder."""
+        from stableaudio_jax.convert import load_clap, load_hf_t5, load_stable_audio_tools, text_to_audio_model
         bundle = load_stable_audio_tools(checkpoint, model_config, dtype=dtype)
-        max_length = int(bundle.config.conditioning.text.max_length)
-        text = load_hf_t5(t5_directory, max_length=max_length, dtype=dtype)
+        text_config = bundle.config.conditioning.text
+        max_length = int(text_config.max_length)
+        if text_config.type == "clap":
+            source = bundle.text_state or t5_directory
+            if source is None:
+                raise ValueError(f"{os.fspath(checkpoint)}: a CLAP-conditioned model whose checkpoint does not carry "
+                                 "CLAP's weights: give the CLAP checkpoint (--clap)")
+            text = load_clap(source, clap_tokenizer, int(text_config.layer), str(text_config.output), max_length,
+                             dtype=dtype)
+        elif t5_directory is None:
+            raise ValueError(f"{os.fspath(checkpoint)}: a T5-conditioned model: give the T5 directory (--t5)")
+        else:
+            text = load_hf_t5(t5_directory, max_length=max_length, dtype=dtype)
         return cls(text_to_audio_model(bundle, text, os.fspath(checkpoint)), mesh)
 
     @classmethod

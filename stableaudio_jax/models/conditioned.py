@@ -37,6 +37,8 @@ class ConditionedDenoiser:
     text_projection: TextProjection | None
     cross_ids: tuple[str, ...] = ("prompt", "seconds_start", "seconds_total")
     global_ids: tuple[str, ...] = ("seconds_start", "seconds_total")
+    # T5's conditioner zeroes padded text positions after its projection; CLAP's passes them on unchanged
+    zero_padded_text: bool = True
 
     def __post_init__(self):
         unknown = sorted((set(self.cross_ids) | set(self.global_ids)) - {"prompt", *TIMING_IDS})
@@ -75,11 +77,12 @@ class ConditionedDenoiser:
     # ---------------------------------------------------------------------------------------- conditioning
 
     def project_text(self, params: dict, text: jax.Array, text_mask: jax.Array) -> jax.Array:
-        """Text features → conditioning width, padded positions zero (the reference projects, then masks)."""
+        """Text features → conditioning width; padded positions zero unless ``zero_padded_text`` is off (the
+        reference's T5 conditioner projects, then masks; its CLAP conditioner only projects)."""
         text = text.astype(jnp.float32)
         if self.text_projection is not None:
             text = self.text_projection.apply(params["text_projection"], text).astype(jnp.float32)
-        return jnp.where(text_mask[..., None].astype(bool), text, 0.0)
+        return jnp.where(text_mask[..., None].astype(bool), text, 0.0) if self.zero_padded_text else text
 
     def condition(self, params: dict, text: jax.Array, text_mask: jax.Array, seconds_start: jax.Array,
                   seconds_total: jax.Array) -> dict:

@@ -192,7 +192,8 @@ def diffusion_model_from_config(config: Any, dtype: Dtype | None = None,
                   if has_text_projection(config) else None)
     return ConditionedDenoiser(denoiser_from_config(config.model, dtype, param_dtype),
                                timing_from_config(cond.timing, dtype, param_dtype), projection,
-                               tuple(cond.cross_attention_ids), tuple(cond.global_ids))
+                               tuple(cond.cross_attention_ids), tuple(cond.global_ids),
+                               zero_padded_text=cond.text.get("type", "t5") != "clap")
 
 
 # ------------------------------------------------------------------------------------------ parameter counts

@@ -61,6 +61,12 @@ def check_data_fits(manifest: dict, config, data_dir: str) -> None:
     if width is not None and int(width) != manifest["text_dim"]:
         raise ValueError(f"{path}: text embeddings are {manifest['text_dim']} wide but config.conditioning.text.width "
                          f"is {width} (leave it unset to take the data's width)")
+    encoded_by = manifest.get("encoder_config", {}).get("text", {}).get("type", "t5")
+    conditioner = (config.conditioning.get("text") or {}).get("type", "t5")
+    if encoded_by != conditioner:
+        raise ValueError(f"{path}: the text features were encoded by a {encoded_by!r} text encoder but this model's "
+                         f"conditioner is config.conditioning.text.type={conditioner!r}; pass "
+                         f"--config.conditioning.text.type={encoded_by} or encode with a {conditioner} text encoder")
     vae = manifest.get("encoder_config", {}).get("vae")
     if "vae" in config and vae is not None and config_hash(vae) != config_hash(config.vae):
         raise ValueError(f"{path}: the latents were encoded by a VAE config ({vae}) other than this model's "

@@ -1,0 +1,63 @@
+"""A stable-audio-tools checkpoint of the Stable Audio 2.0 layout (CLAP + DiT + Oobleck VAE), with random weights
+under the reference's key names (the real one is not public): the CLAP text branch fine-tuned inside the checkpoint
+(``finetune: true``), layer -2 features, cond_dim equal to CLAP's width (no proj_out). `convert` → `generate`."""
+import json
+
+import numpy as np
+import soundfile as sf
+import torch
+from helpers import build_tiny_sao_diffusers, sat_model_config, write_sat_checkpoint
+
+from stableaudio_jax.cli import main
+from stableaudio_jax.store import load_diffusion, read_info
+
+COND = 128  # CLAP width = cond_dim: 2 heads of 64
+
+
+def _clap_state():
+    """conditioner.conditioners.prompt.model.model.{text_branch, text_projection}.* of a random tiny CLAP."""
+    from transformers import RobertaConfig, RobertaModel
+    torch.manual_seed(3)
+    branch = RobertaModel(RobertaConfig(vocab_size=320, hidden_size=COND, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=256, max_position_embeddings=90, type_vocab_size=1,
+                                        pad_token_id=1, layer_norm_eps=1e-5))
+    projection = torch.nn.Sequential(torch.nn.Linear(COND, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    prefix = "conditioner.conditioners.prompt.model.model."
+    state = {f"{prefix}text_branch.{k}": v.numpy() for k, v in branch.state_dict().items()}
+    state.update({f"{prefix}text_projection.{k}": v.numpy() for k, v in projection.state_dict().items()})
+    return state
+
+
+def _vocab(root):
+    from tokenizers import ByteLevelBPETokenizer
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator(["a dog barking", "rain on a tin roof"] * 10, vocab_size=300, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    root.mkdir()
+    trainer.save_model(str(root))
+    return root
+
+
+def test_a_stable_audio_2_layout_converts_and_generates(tmp_path):
+    parts = build_tiny_sao_diffusers(tmp_path / "diffusers", COND, 32, ["a dog barking"])
+    write_sat_checkpoint(parts, tmp_path / "model.safetensors", extra=_clap_state())
+    config = sat_model_config(COND)
+    config["model"]["conditioning"]["configs"][0] = {"id": "prompt", "type": "clap_text", "config": {
+        "audio_model_type": "HTSAT-base", "enable_fusion": True, "use_text_features": True, "feature_layer_ix": -2,
+        "finetune": True, "clap_ckpt_path": "unused: finetuned"}}
+    (tmp_path / "model_config.json").write_text(json.dumps(config))
+    vocab = _vocab(tmp_path / "roberta")
+    out = tmp_path / "sa2"
+    assert main(["convert", "--from", "stable-audio-tools", "--checkpoint", str(tmp_path / "model.safetensors"),
+                 "--model-config", str(tmp_path / "model_config.json"), "--clap-tokenizer", str(vocab),
+                 "--out", str(out)]) == 0
+    text = read_info(out / "text_encoder")
+    assert text.config.type == "clap" and text.config.layer == -2 and text.config.output == "features"
+    diffusion = load_diffusion(out)
+    assert diffusion.config.conditioning.text.type == "clap" and diffusion.config.conditioning.text.max_length == 77
+    assert not diffusion.model.zero_padded_text  # CLAP features reach the DiT as the reference passes them
+    wav = tmp_path / "gen.wav"
+    assert main(["generate", "rain on a tin roof", "--checkpoint", str(out), "--out", str(wav), "--steps", "3",
+                 "--seconds", "0.01", "--no-progress"]) == 0
+    audio, rate = sf.read(wav)
+    assert rate == 44100 and audio.shape == (441, 2) and np.isfinite(audio).all()
