@@ -152,8 +152,8 @@ def test_projection_errors(parts, projected, tmp_path):
         load_stable_audio_tools(tmp_path / "half.safetensors", sat_model_config(COND))
     # a conditioner kind the converter does not know
     config = sat_model_config(COND)
-    config["model"]["conditioning"]["configs"][0]["type"] = "clap_text"
-    with pytest.raises(ValueError, match=r"model_config.json: the 'prompt' conditioner is of type 'clap_text'"):
+    config["model"]["conditioning"]["configs"][0]["type"] = "phoneme"
+    with pytest.raises(ValueError, match=r"model_config.json: the 'prompt' conditioner is of type 'phoneme'"):
         load_stable_audio_tools(plain, config)
 
 

@@ -156,12 +156,13 @@ def test_format_versions_and_kinds_are_checked(parts, tmp_path):
     with pytest.raises(StoreError, match=r"model kind 'banana' is unknown"):
         load_vae(vae)
     _edit_manifest(vae, kind="vae", config=dict(json.loads((vae / "stableaudio_jax.json").read_text())["config"],
-                                                type="dac_vae"))
-    with pytest.raises(StoreError, match=r"vae: cannot build the stored vae model .*VAE type 'dac_vae' is not known"):
+                                                type="encodec_vae"))
+    with pytest.raises(StoreError, match=r"vae: cannot build the stored vae model .*VAE type 'encodec_vae' is not "
+                                         r"known"):
         load_vae(vae)
     text = path / "text_encoder"
-    _edit_manifest(text, config=dict(json.loads((text / "stableaudio_jax.json").read_text())["config"], type="clap"))
-    with pytest.raises(StoreError, match=r"text_encoder: text encoder type 'clap' is not known"):
+    _edit_manifest(text, config=dict(json.loads((text / "stableaudio_jax.json").read_text())["config"], type="bert"))
+    with pytest.raises(StoreError, match=r"text_encoder: text encoder type 'bert' is not known"):
         load_text_encoder(text)
     with pytest.raises(StoreError, match=r"a stored 'diffusion' model; expected 'vae' or 'text-to-audio'"):
         load_vae(path / "diffusion")
