@@ -127,6 +127,9 @@ def test_parameter_counts_of_every_config(capsys):
     assert count_parameters(load_config("configs/vae.py:sao")) == {"vae": 156_112_514}
     assert count_parameters(load_config("configs/t5.py:t5-base")) == {"text": 109_628_544}
     assert count_parameters(load_config("configs/unet.py:sa1"))["denoiser"] == 906_679_744
+    assert count_parameters(load_config("configs/vae.py:sa1")) == {"vae": 133_431_300}  # SA 1.0's DAC VAE
+    sa2 = load_config("configs/dit.py:sa2")  # SA 2.0: SAO's DiT on CLAP features, 285 s windows
+    assert count_parameters(sa2)["denoiser"] == 1_056_828_544 and sa2.audio.sample_size // 2048 == 6144
     assert main(["show-config", "configs/dit.py:sao", "--params"]) == 0
     out = capsys.readouterr().out
     assert "parameters (denoiser): 1,056,828,544" in out and "parameters (conditioners): " in out
