@@ -15,7 +15,11 @@ def _stand_in_modules():
 
     def module(name):
         mod = types.ModuleType(name)
-        mod.__getattr__ = lambda attr: StandIn  # AudioSignal, STFTParams, BaseModel, util functions...
+        def stand_in(attr):  # AudioSignal, STFTParams, BaseModel, util functions...; never module metadata
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return StandIn
+        mod.__getattr__ = stand_in
         mod.__path__ = []
         return mod
 

@@ -95,8 +95,8 @@ def dac_vae_params_from_state_dict(state: Mapping[str, np.ndarray], vae: DACVAE,
 
 
 def load_dac_vae_stable_audio_tools(state: Mapping[str, np.ndarray], model_config: Mapping[str, Any],
-                                    dtype: Any = jnp.float32, source: str = "state dict") -> tuple[DACVAE, dict,
-                                                                                                  ml_collections.ConfigDict]:
+                                    dtype: Any = jnp.float32, source: str = "state dict"
+                                    ) -> tuple[DACVAE, dict, ml_collections.ConfigDict]:
     """(module, params, our config) of Stable Audio 1.0's VAE from a state dict and its autoencoder config."""
     config = dac_vae_config_from_stable_audio_tools(model_config)
     vae = dac_vae_from_config(config, dtype=dtype)

@@ -33,14 +33,16 @@ from stableaudio_jax.convert.conditioning import (SAT_PREFIX, conditioning_confi
                                                   timing_params_from_state_dict)
 from stableaudio_jax.convert.dit import (dit_config_from_diffusers, dit_config_from_stable_audio_tools,
                                          dit_params_from_state_dict, has_nonzero_norm_bias)
+from stableaudio_jax.convert.dac_vae import dac_vae_config_from_stable_audio_tools, dac_vae_params_from_state_dict
 from stableaudio_jax.convert.state_dict import CheckpointMismatchError, load_json, read_state_dict, strip_prefix
+from stableaudio_jax.convert.unet import unet_config_from_stable_audio_tools, unet_params_from_state_dict
 from stableaudio_jax.convert.vae import (load_vae_diffusers, vae_config_from_stable_audio_tools,
                                          vae_params_from_state_dict)
 from stableaudio_jax.diffusion.samplers import default_sampling
-from stableaudio_jax.models.autoencoder import OobleckVAE, vae_from_config
+from stableaudio_jax.models.autoencoder import BottleneckVAE, vae_from_config
 from stableaudio_jax.models.conditioning import TextProjection, TimingConditioner
 from stableaudio_jax.models.dit import DiT, dit_from_config, guided
-from stableaudio_jax.store import VAE, T5TextEncoder, TextToAudioModel, diffusion_model
+from stableaudio_jax.store import VAE, T5TextEncoder, TextToAudioModel, builders, diffusion_model
 
 VAE_PREFIX, DIT_PREFIX = "pretransform.model.", "model.model."
 SAO_CROSS_IDS = ["prompt", "seconds_start", "seconds_total"]
@@ -54,7 +56,7 @@ def _vae_call(vae, params, x, method):
 
 @dataclass(frozen=True)
 class BoundVAE:
-    module: OobleckVAE
+    module: BottleneckVAE
     params: Any
 
     def encode(self, audio, sample: bool = False, rng: jax.Array | None = None) -> jax.Array:
@@ -102,7 +104,11 @@ class BoundDiT:
     params: Any
 
     def __call__(self, x, t, cross_attn_cond, global_cond, cfg_scale=None, scale_phi: float = 0.0) -> jax.Array:
-        """v-prediction; with ``cfg_scale`` the reference's batched guidance against an all-zero cross null."""
+        """v-prediction; with ``cfg_scale`` the reference's batched guidance against an all-zero cross null.
+        (A Stable Audio 1.0 bundle holds its U-Net here for conversion; use it through ``text_to_audio_model``.)"""
+        if not isinstance(self.module, DiT):
+            raise TypeError(f"bundle.dit holds a {type(self.module).__name__}: call it through the stored model "
+                            "(text_to_audio_model / TextToAudioPipeline), not the DiT interface")
         args = [jnp.asarray(a, jnp.float32) for a in (x, t, cross_attn_cond, global_cond)]
         scale = jnp.asarray(1.0 if cfg_scale is None else cfg_scale, jnp.float32)
         return _dit_call(self.module, self.params, *args, scale, jnp.asarray(scale_phi, jnp.float32),
@@ -196,17 +202,20 @@ def bundle_config_from_stable_audio_tools(model_config: Mapping[str, Any],
     if model_config.get("model_type") != "diffusion_cond":
         raise ValueError(f"{source}: model_type is {model_config.get('model_type')!r}; expected 'diffusion_cond'")
     conditioning = conditioning_config_from_stable_audio_tools(model_config, source)
-    if list(conditioning.cross_attention_ids) != SAO_CROSS_IDS or list(conditioning.global_ids) != SAO_GLOBAL_IDS:
+    diffusion = model_config["model"]["diffusion"]
+    unet = diffusion.get("type") == "adp_cfg_1d"  # Stable Audio 1.0; else the DiT (Open, 2.0)
+    ids = (SAO_CROSS_IDS, []) if unet else (SAO_CROSS_IDS, SAO_GLOBAL_IDS)
+    if (list(conditioning.cross_attention_ids), list(conditioning.global_ids)) != ids:
         raise ValueError(f"{source}: model.diffusion.cross_attention_cond_ids {list(conditioning.cross_attention_ids)}"
                          f" / global_cond_ids {list(conditioning.global_ids)} are not supported; expected "
-                         f"{SAO_CROSS_IDS} / {SAO_GLOBAL_IDS} (Stable Audio Open)")
-    diffusion = model_config["model"]["diffusion"]
+                         f"{ids[0]} / {ids[1]} ({'Stable Audio 1.0' if unet else 'Stable Audio Open / 2.0'})")
     objective = diffusion.get("diffusion_objective", "v")
     if objective not in ("v", "rectified_flow"):
         raise ValueError(f"{source}: model.diffusion.diffusion_objective={objective!r} is not supported")
+    denoiser = (unet_config_from_stable_audio_tools if unet else dit_config_from_stable_audio_tools)(model_config,
+                                                                                                      source)
     return ml_collections.ConfigDict(dict(
-        vae=vae_config_from_stable_audio_tools(model_config, source),
-        dit=dit_config_from_stable_audio_tools(model_config, source), conditioning=conditioning,
+        vae=_sat_vae_config(model_config, source), dit=denoiser, conditioning=conditioning,
         diffusion=dict(objective=objective),
         audio=dict(sample_rate=int(model_config.get("sample_rate", 44100)),
                    sample_size=int(model_config.get("sample_size", 2097152)),
@@ -231,14 +240,29 @@ def load_stable_audio_tools(checkpoint_path: str | os.PathLike, model_config: st
     timing_state, projection_state = split_conditioner_state(cond_state, "stable-audio-tools")
     projection = text_projection_params_from_state_dict(projection_state, "stable-audio-tools", source)
     config.conditioning.text.width = _text_width(config, projection, source)
-    vae = vae_from_config(config.vae, dtype=dtype)
-    dit = dit_from_config(config.dit, dtype=dtype)
+    vae = builders.vae_from_config(config.vae, dtype=dtype)
+    denoiser = builders.denoiser_from_config(config.dit, dtype=dtype)
     timing = TimingConditioner(features=config.conditioning.timing.features, min_val=config.conditioning.timing.min_val,
                                max_val=config.conditioning.timing.max_val, style=config.conditioning.timing.style)
-    return _bundle(config, vae, vae_params_from_state_dict(vae_state, vae, "stable-audio-tools", source), timing,
-                   timing_params_from_state_dict(timing_state, timing, "stable-audio-tools", source), dit,
-                   dit_params_from_state_dict(dit_state, dit, "stable-audio-tools", source), projection,
-                   text_state)
+    if config.vae.type == "dac_vae":
+        vae_params = dac_vae_params_from_state_dict({VAE_PREFIX + k: v for k, v in vae_state.items()}, vae, source)
+    else:
+        vae_params = vae_params_from_state_dict(vae_state, vae, "stable-audio-tools", source)
+    if config.dit.type == "unet1d":
+        denoiser_params = unet_params_from_state_dict(dit_state, denoiser, source)
+    else:
+        denoiser_params = dit_params_from_state_dict(dit_state, denoiser, "stable-audio-tools", source)
+    return _bundle(config, vae, vae_params, timing,
+                   timing_params_from_state_dict(timing_state, timing, "stable-audio-tools", source), denoiser,
+                   denoiser_params, projection, text_state)
+
+
+def _sat_vae_config(model_config: Mapping[str, Any], source: str) -> ml_collections.ConfigDict:
+    """The pretransform's config: the Oobleck VAE (Open, 2.0) or the DAC-based VAE (1.0)."""
+    pretransform = model_config.get("model", {}).get("pretransform", {}).get("config", {})
+    if pretransform.get("encoder", {}).get("type") == "dac":
+        return dac_vae_config_from_stable_audio_tools(pretransform)
+    return vae_config_from_stable_audio_tools(model_config, source)
 
 
 def load_diffusers(directory: str | os.PathLike, dtype: Any = jnp.float32) -> StableAudioBundle:
