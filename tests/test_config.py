@@ -12,8 +12,11 @@ def test_variants():
     assert sao.dtype == "bfloat16" and sao.param_dtype == "float32"
     assert load_config("configs/vae.py").model.channels == 128  # default variant: sao
     assert load_config("configs/vae.py:tiny").dtype == "float32"
-    with pytest.raises(ValueError, match=r"unknown variant 'huge'; expected one of \['sao', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"unknown variant 'huge'; expected one of \['dac-tiny', 'sa1', 'sao', "
+                                         r"'tiny'\]"):
         load_config("configs/vae.py:huge")
+    sa1 = load_config("configs/vae.py:sa1")  # Stable Audio 1.0's DAC VAE: no Oobleck-only keys
+    assert sa1.model.type == "dac_vae" and "c_mults" not in sa1.model and sa1.dtype == "bfloat16"
 
 
 def test_overrides_are_typed():
