@@ -244,3 +244,15 @@ class FlakyScoreParse:
         if piece.path == self.slow:
             time.sleep(self.sleep)
         return parse_notes(piece)
+
+
+def roberta_vocab(root):
+    """A byte-level BPE vocabulary in roberta-base's file layout (vocab.json + merges.txt; <s>=0, <pad>=1, </s>=2)
+    under ``root``: CLAP's tokenizer files, made here because roberta-base's own are not downloadable offline."""
+    from tokenizers import ByteLevelBPETokenizer
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator(["a dog barking", "rain on a tin roof"] * 10, vocab_size=300, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    root.mkdir()
+    trainer.save_model(str(root))
+    return root

@@ -7,8 +7,7 @@ import numpy as np
 import soundfile as sf
 import torch
 from dac_reference import dac_model
-from helpers import synthetic_state_dict
-from test_stable_audio_2_layout import _vocab
+from helpers import roberta_vocab, synthetic_state_dict
 
 from stableaudio_jax.cli import main
 from stableaudio_jax.store import load_diffusion, read_info
@@ -68,7 +67,7 @@ def _state_and_config(tmp_path):
 
 def test_a_stable_audio_1_layout_converts_and_generates(tmp_path):
     _state_and_config(tmp_path)
-    vocab = _vocab(tmp_path / "roberta")
+    vocab = roberta_vocab(tmp_path / "roberta")
     out = tmp_path / "sa1"
     assert main(["convert", "--from", "stable-audio-tools", "--checkpoint", str(tmp_path / "model.safetensors"),
                  "--model-config", str(tmp_path / "model_config.json"), "--clap-tokenizer", str(vocab),

@@ -4,9 +4,10 @@ under the reference's key names (the real one is not public): the CLAP text bran
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
-from helpers import build_tiny_sao_diffusers, sat_model_config, write_sat_checkpoint
+from helpers import build_tiny_sao_diffusers, roberta_vocab, sat_model_config, write_sat_checkpoint
 
 from stableaudio_jax.cli import main
 from stableaudio_jax.store import load_diffusion, read_info
@@ -28,29 +29,30 @@ def _clap_state():
     return state
 
 
-def _vocab(root):
-    from tokenizers import ByteLevelBPETokenizer
-    trainer = ByteLevelBPETokenizer()
-    trainer.train_from_iterator(["a dog barking", "rain on a tin roof"] * 10, vocab_size=300, min_frequency=1,
-                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    root.mkdir()
-    trainer.save_model(str(root))
-    return root
-
-
-def test_a_stable_audio_2_layout_converts_and_generates(tmp_path):
+@pytest.mark.parametrize("finetune", [True, False])
+def test_a_stable_audio_2_layout_converts_and_generates(tmp_path, finetune, capsys):
+    """``finetune: true`` models carry CLAP's weights; the others read LAION's checkpoint given as ``--clap``."""
     parts = build_tiny_sao_diffusers(tmp_path / "diffusers", COND, 32, ["a dog barking"])
-    write_sat_checkpoint(parts, tmp_path / "model.safetensors", extra=_clap_state())
+    clap = _clap_state()
+    write_sat_checkpoint(parts, tmp_path / "model.safetensors", extra=clap if finetune else None)
     config = sat_model_config(COND)
     config["model"]["conditioning"]["configs"][0] = {"id": "prompt", "type": "clap_text", "config": {
         "audio_model_type": "HTSAT-base", "enable_fusion": True, "use_text_features": True, "feature_layer_ix": -2,
-        "finetune": True, "clap_ckpt_path": "unused: finetuned"}}
+        "finetune": finetune, "clap_ckpt_path": "630k-audioset-best.pt"}}
     (tmp_path / "model_config.json").write_text(json.dumps(config))
-    vocab = _vocab(tmp_path / "roberta")
+    vocab = roberta_vocab(tmp_path / "roberta")
     out = tmp_path / "sa2"
-    assert main(["convert", "--from", "stable-audio-tools", "--checkpoint", str(tmp_path / "model.safetensors"),
-                 "--model-config", str(tmp_path / "model_config.json"), "--clap-tokenizer", str(vocab),
-                 "--out", str(out)]) == 0
+    convert = ["convert", "--from", "stable-audio-tools", "--checkpoint", str(tmp_path / "model.safetensors"),
+               "--model-config", str(tmp_path / "model_config.json"), "--clap-tokenizer", str(vocab),
+               "--out", str(out)]
+    if not finetune:  # LAION's own layout: module.text_branch.* / module.text_projection.*, in a torch pickle
+        assert main(convert) == 2 and "does not carry CLAP's weights: give the CLAP checkpoint (--clap)" in \
+            capsys.readouterr().err
+        laion = {k.replace("conditioner.conditioners.prompt.model.model.", "module."): torch.from_numpy(v)
+                 for k, v in clap.items()}
+        torch.save({"epoch": 45, "state_dict": laion}, tmp_path / "630k-audioset-best.pt")
+        convert += ["--clap", str(tmp_path / "630k-audioset-best.pt")]
+    assert main(convert) == 0
     text = read_info(out / "text_encoder")
     assert text.config.type == "clap" and text.config.layer == -2 and text.config.output == "features"
     diffusion = load_diffusion(out)
