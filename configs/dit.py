@@ -9,6 +9,9 @@ Variants:
         CLAP text features (layer -2 of its RoBERTa branch, 77 x 768: models/clap.py) + timing; 285 s windows
         (12,582,912 samples, 6,144 latent frames). Stability never released its weights.
   tiny  the same structure at toy size (GQA x2 and partial rotary kept), float32, for tests.
+  <variant>+clap  T5 and CLAP together (sao+clap, tiny+clap): two text conditioners, each with its own proj_out,
+        their tokens one after the other in cross-attention ([t5 | clap | start | total]); encode with
+        ``--text-encoder t5=DIR --text-encoder clap=DIR``. CLAP's sizes come from the data when unset (tiny).
 ``config.training`` is the diffusion trainer's (configs/diffusion_training.py).
 """
 import math
@@ -32,11 +35,13 @@ FULL_SIZE = ("sao", "sa2")  # the width of every conditioning token (stable-audi
 
 
 def get_config(arg=None):
-    variant = arg or "sao"
+    variant, plus, extra = (arg or "sao").partition("+")
+    if plus and extra != "clap":
+        raise ValueError(f"configs/dit.py: {arg!r}: the only addition is '+clap' (T5 and CLAP together)")
     if variant not in MODELS:
         raise ValueError(f"configs/dit.py: unknown variant {variant!r}; expected one of {sorted(MODELS)}")
     config = ml_collections.ConfigDict()
-    config.variant = variant
+    config.variant = arg or variant
     config.model = ml_collections.ConfigDict(dict(
         type="dit", rotary_dim=None, norm_bias=False, attention_impl="auto", scan_layers=variant == "sao",
         remat="none", cond_token_dim=None, global_cond_dim=None,  # None: derived from conditioning.cond_dim
@@ -46,7 +51,7 @@ def get_config(arg=None):
     # encoder of another width gets a projection (project_out: one even when the widths agree).
     config.conditioning = ml_collections.ConfigDict(dict(
         cond_dim=COND_DIM[variant],
-        text=_text(variant),
+        text=_text_with_clap(variant) if plus else _text(variant),
         timing=dict(style="number", features=None, min_val=0.0, max_val=512.0),
         cross_attention_ids=["prompt", "seconds_start", "seconds_total"],
         global_ids=["seconds_start", "seconds_total"]))
@@ -61,6 +66,14 @@ def get_config(arg=None):
     config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300, heartbeat_timeout=100))
     config.seed = 0
     return config
+
+
+def _text_with_clap(variant: str) -> dict:
+    """T5 then CLAP's layer features (77 tokens; 768 wide at full size, the data's width for tiny)."""
+    clap = dict(type="clap", max_length=77, width=None if variant == "tiny" else 768, layer=-2, output="features",
+                project_out=False)
+    return dict(type="multi", order=["t5", "clap"], parts=dict(t5=_text(variant), clap=clap), width=None,
+                max_length=None)
 
 
 def _text(variant: str) -> dict:

@@ -218,3 +218,93 @@ def test_clap_conditioned_unet_round_trip(pipeline_run, tmp_path, capsys):
          "--seconds", 0.002, "--no-progress")
     audio, rate = sf.read(out)
     assert rate == RATE and audio.shape == (round(0.002 * RATE), 2) and np.isfinite(audio).all()
+
+
+def test_t5_and_clap_together_round_trip(pipeline_run, tmp_path):
+    """Two text conditioners: encode with T5 and CLAP (their features one after the other) → train the tiny DiT
+    configured for both (configs/dit.py:tiny+clap) → the exported model stores both → generate."""
+    clap = _tiny_clap(tmp_path)
+    latents, workdir = tmp_path / "latents", tmp_path / "dit"
+    _cli("encode", "--audio", pipeline_run / "ingested", "--output", latents, "--vae", pipeline_run / "vae",
+         "--text-encoder", f"t5={pipeline_run / 't5'}", "--text-encoder", f"clap={clap}", "--max-length", 24, 16,
+         "--window-frames", 128, "--batch-size", 16, "--no-progress")
+    manifest = read_manifest(latents)
+    assert manifest["text_length"] == 24 + 16 and manifest["text_dim"] == 32
+    assert manifest["encoder_config"]["text"]["model"]["order"] == ["t5", "clap"]
+    _cli("train", "--config", "configs/dit.py:tiny+clap", "--data", latents, "--workdir", workdir,
+         "--config.training.steps=4", "--config.training.log_every=2", "--no-progress")
+    text = read_info(workdir / "model" / "text_encoder")
+    assert text.config.type == "multi" and sorted(text.components) == ["clap", "t5"]
+    diffusion = read_info(workdir / "model" / "diffusion")
+    assert list(diffusion.config.conditioning.text.order) == ["t5", "clap"]
+    assert diffusion.config.conditioning.text.parts.clap.model.width == 32  # the data's CLAP sizes were adopted
+    out = tmp_path / "both.wav"
+    _cli("generate", "a bright bell melody", "--checkpoint", workdir / "model", "--out", out, "--steps", 3,
+         "--seconds", 0.002, "--no-progress")
+    audio, rate = sf.read(out)
+    assert rate == RATE and audio.shape == (round(0.002 * RATE), 2) and np.isfinite(audio).all()
+
+
+def _first_step_loss(config, data_dir, params):
+    """The loss of a fresh run's first step, computed by hand: the run's first batch and noise, ``params``."""
+    import jax
+
+    from stableaudio_jax.parallel.distributed import global_batch
+    from stableaudio_jax.parallel.mesh import make_mesh
+    from stableaudio_jax.training import diffusion_steps
+    from stableaudio_jax.training.diffusion_train import _data, _model_batch
+    mesh = make_mesh(config.mesh)
+    _, data = _data(config, str(data_dir), config.training.batch_size, 4)
+    batch = global_batch(_model_batch(next(data)), diffusion_steps.batch_sharding(mesh))
+    compiled = diffusion_steps.compiled(config, mesh, 24, 32)
+    run = compiled.run
+    state = diffusion_steps.DiffusionTrainState(
+        step=np.zeros((), np.int32), params=params, opt=run.tx.init(params), ema=params["denoiser"],
+        rng=jax.random.split(jax.random.key(config.seed))[1])
+    _, metrics = compiled.step(jax.device_put(state, compiled.shardings), batch)
+    return float(metrics["loss"])
+
+
+def test_init_from_an_exported_model_starts_from_its_weights_exactly(pipeline_run, tmp_path, capsys):
+    """`train --init-from MODEL` takes the model's config and weights: its first loss is the loss of the stored
+    weights on the same batch; an override that changes shapes is refused with the weights it breaks."""
+    from stableaudio_jax.config_loader import load_config
+    from stableaudio_jax.store import load_diffusion
+    from stableaudio_jax.training.init_from import diffusion_config_from_model
+    source, workdir = pipeline_run / "dit" / "model", tmp_path / "finetune"
+    args = ["train", "--config", "configs/dit.py:tiny", "--data", pipeline_run / "latents", "--workdir", workdir,
+            "--init-from", source, "--config.training.steps=2", "--config.training.log_every=1", "--no-progress"]
+    _cli(*args)
+    first = [m["train/loss"] for m in read_metrics(workdir) if "train/loss" in m][0]
+    config = diffusion_config_from_model(load_config("configs/dit.py:tiny"), str(source))
+    expected = _first_step_loss(config, pipeline_run / "latents", load_diffusion(source).params)
+    assert first == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["training"]["init_from"] == str(source)
+    capsys.readouterr()
+    assert main([str(a) for a in args[:-3]] + ["--workdir", str(tmp_path / "deeper"),
+                                              "--config.model.depth=3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match the stored weights" in err and "denoiser/params/" in err
+
+
+def test_train_vae_init_from_loads_the_vae_and_a_fresh_discriminator(pipeline_run, tmp_path):
+    import jax
+
+    from stableaudio_jax.config_loader import load_config
+    from stableaudio_jax.parallel.mesh import make_mesh
+    from stableaudio_jax.store import load_vae
+    from stableaudio_jax.training import vae_steps
+    from stableaudio_jax.training.init_from import start_vae_from_model, vae_config_from_model
+    source = pipeline_run / "vae" / "model"
+    config = vae_config_from_model(load_config("configs/vae.py:tiny", VAE_CONFIG), str(source))
+    compiled = vae_steps.compiled(config, make_mesh(config.mesh))
+    state = start_vae_from_model(compiled, str(source), config.seed)()
+    stored = load_vae(source).params
+    for ours, theirs in ((state.gen_params, stored), (state.ema_params, stored)):
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(ours),
+                                                        jax.tree_util.tree_leaves(theirs)))
+    assert not any(np.asarray(m).any() for m in jax.tree_util.tree_leaves(state.gen_opt) if np.ndim(m))
+    _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", pipeline_run / "ingested", "--workdir",
+         tmp_path / "vae", "--init-from", source, "--config.training.steps=2", "--no-progress", *VAE_CONFIG)
+    assert read_info(tmp_path / "vae" / "model").kind == "vae"

@@ -18,6 +18,10 @@ def add_training_args(p, default_config: str, config_example: str, data_help: st
     p.add_argument("--workdir", required=True, help=workdir_help)
     p.add_argument("--max-steps", type=int, help="stop after this many more steps (default: config.training.steps)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from a stored model's weights (exported by a run or converted from stable-audio-tools "
+                        "/ diffusers) with its own model config and a fresh optimiser; --config overrides of its "
+                        "sections apply on top (e.g. --config.diffusion.objective=rf) unless they change shapes")
     p.add_argument("--profile", type=int, metavar="N",
                    help="capture a JAX profiler trace of N steps after the first (compiled) one into <workdir>/profile "
                         "(TensorBoard's profile tab, xprof or Perfetto); same as --config.training.profile_steps=N")

@@ -16,11 +16,13 @@ def add_parser(sub) -> None:
     p.add_argument("--vae", required=True,
                    help="a stored VAE or text-to-audio model (export / convert), or a train-vae workdir (its "
                         "exported model/, else its latest checkpoint, named in the log)")
-    p.add_argument("--text-encoder", required=True,
-                   help="a Hugging Face T5 directory (config.json, weights, spiece.model) or a stored text encoder / "
-                        "text-to-audio model")
-    p.add_argument("--max-length", type=int, default=128,
-                   help="text tokens per caption (T5 for SAO: 128; CLAP for Stable Audio 1.0 / 2.0: 77)")
+    p.add_argument("--text-encoder", required=True, action="append",
+                   help="a Hugging Face T5 or CLAP directory or a stored text encoder / text-to-audio model; repeat "
+                        "it (ID=PATH, e.g. t5=DIR clap=DIR) for several text conditioners whose features are "
+                        "stored one after the other (a config's conditioning.text of type 'multi')")
+    p.add_argument("--max-length", type=int, nargs="+", default=[128],
+                   help="text tokens per caption (T5 for SAO: 128; CLAP for Stable Audio 1.0 / 2.0: 77); with several "
+                        "--text-encoder, one value for all or one each")
     p.add_argument("--window-frames", type=int, default=1024,
                    help="latent frames per record (SAO: 1024 = 47.55 s); the last window of a file is padded")
     p.add_argument("--batch-size", type=int, default=8, help="windows per encoder call on this host")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
                               batch_size=args.batch_size, sample_posterior=args.sample_posterior,
                               text_form=args.text, latent_dtype=args.latent_dtype, text_dtype=args.text_dtype,
                               shards_per_host=args.shards_per_host, seed=args.seed, progress=not args.no_progress,
-                              text_source=text.source)
+                              text_source=getattr(text, "locators", None) or text.source)
     if manifest:
         print(f"encoded {manifest['records']} records ({manifest['latent_frames']} x {manifest['latent_channels']} "
               f"latents, text {manifest['text']}) into {len(manifest['shards'])} shards in {args.output}")

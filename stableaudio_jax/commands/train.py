@@ -24,6 +24,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     setup_logging()
     config = load_config(args.config, training_overrides(args, overrides))
+    if args.init_from:
+        from stableaudio_jax.training.init_from import diffusion_config_from_model
+        config = diffusion_config_from_model(config, args.init_from, overrides)
     metrics = train_diffusion(config, args.workdir, args.data, progress=not args.no_progress,
                               max_steps=args.max_steps)
     shown = {k: round(v, 4) for k, v in metrics.items() if k in ("train/loss", "train/grad_norm")}

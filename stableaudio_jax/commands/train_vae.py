@@ -23,6 +23,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     setup_logging()
     config = load_config(args.config, training_overrides(args, overrides))
+    if args.init_from:
+        from stableaudio_jax.training.init_from import vae_config_from_model
+        config = vae_config_from_model(config, args.init_from, overrides)
     metrics = train_vae(config, args.workdir, args.data, progress=not args.no_progress, max_steps=args.max_steps)
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("train/loss", "train/spectral"))}
     print(f"done: {shown}; checkpoints in {args.workdir}/checkpoints")

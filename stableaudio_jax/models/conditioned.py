@@ -9,9 +9,15 @@ denoiser, with the rules that turn (text features, timing) into the denoiser's i
   U-Net  one cross-attention ``embedding`` of the ``cross_ids`` with its mask; guidance's null is the U-Net's
          learned null sequence (Stable Audio 1.0)
 
+Several text conditioners (T5 and CLAP together, as stable-audio-tools' multi-conditioner allows) arrive as one
+sequence: each part's features one after the other along the tokens ([t5 | clap]), zero-padded to the widest
+part. ``text_parts`` says where each part lies; each is cut back to its own width, projected by its own
+``proj_out`` and masked by its own rule, which is the reference's ``[proj(t5) | proj(clap) | start | total]``.
+
 Training, demos during training, and the inference pipeline all go through :meth:`condition` and
 :meth:`predict` / :meth:`guided`, so the three cannot disagree. Parameters are a dict
-``{"denoiser": variables, "timing": variables[, "text_projection": variables]}``.
+``{"denoiser": variables, "timing": variables[, "text_projection": variables]}``; with ``text_parts`` the text
+projections are ``{"text_projection": {part name: variables}}`` (parts without one are absent).
 """
 from __future__ import annotations
 
@@ -31,6 +37,16 @@ TIMING_IDS = ("seconds_start", "seconds_total")
 
 
 @dataclass(frozen=True)
+class TextPart:
+    """One text conditioner's slice of a multi-conditioner text sequence."""
+    name: str                              # the conditioner's id ("t5", "clap")
+    length: int                            # its tokens in the sequence
+    width: int                             # its own feature width (the sequence is padded to the widest)
+    projection: TextProjection | None      # its proj_out (None: the features already have cond_dim)
+    zero_padded: bool = True               # zero the padded positions after projecting (T5) or not (CLAP)
+
+
+@dataclass(frozen=True)
 class ConditionedDenoiser:
     denoiser: nn.Module                 # DiT or UNet1d
     timing: TimingConditioner
@@ -39,8 +55,11 @@ class ConditionedDenoiser:
     global_ids: tuple[str, ...] = ("seconds_start", "seconds_total")
     # T5's conditioner zeroes padded text positions after its projection; CLAP's passes them on unchanged
     zero_padded_text: bool = True
+    text_parts: tuple[TextPart, ...] = ()  # several text conditioners (then text_projection is None)
 
     def __post_init__(self):
+        if self.text_parts and self.text_projection is not None:
+            raise ValueError("a multi-conditioner model projects each text part itself: text_projection must be None")
         unknown = sorted((set(self.cross_ids) | set(self.global_ids)) - {"prompt", *TIMING_IDS})
         if unknown or "prompt" in self.global_ids:
             raise ValueError(f"conditioning ids {unknown or ['prompt']} are not supported: cross-attention takes "
@@ -70,6 +89,11 @@ class ConditionedDenoiser:
         params = {"timing": self.timing.init(t_key, seconds, seconds)}
         if self.text_projection is not None:
             params["text_projection"] = self.text_projection.init(p_key, text.astype(jnp.float32))
+        projected = [p for p in self.text_parts if p.projection is not None]
+        if projected:
+            keys = jax.random.split(p_key, len(projected))
+            params["text_projection"] = {p.name: p.projection.init(k, jnp.zeros(text.shape[:1] + (1, p.width)))
+                                         for p, k in zip(projected, keys)}
         cond = self.condition(nn.unbox(params), text, text_mask, seconds, seconds)
         params["denoiser"] = self.denoiser.init(d_key, latents, jnp.zeros(latents.shape[:1]), **cond)
         return params
@@ -80,9 +104,25 @@ class ConditionedDenoiser:
         """Text features → conditioning width; padded positions zero unless ``zero_padded_text`` is off (the
         reference's T5 conditioner projects, then masks; its CLAP conditioner only projects)."""
         text = text.astype(jnp.float32)
+        if self.text_parts:
+            return self._project_parts(params, text, text_mask)
         if self.text_projection is not None:
             text = self.text_projection.apply(params["text_projection"], text).astype(jnp.float32)
         return jnp.where(text_mask[..., None].astype(bool), text, 0.0) if self.zero_padded_text else text
+
+    def _project_parts(self, params: dict, text: jax.Array, text_mask: jax.Array) -> jax.Array:
+        expected = sum(p.length for p in self.text_parts)
+        if text.shape[1] != expected:
+            raise ValueError(f"text features have {text.shape[1]} tokens; the text parts "
+                             f"{[(p.name, p.length) for p in self.text_parts]} make {expected}")
+        pieces, start = [], 0
+        for part in self.text_parts:
+            piece, mask = text[:, start:start + part.length, :part.width], text_mask[:, start:start + part.length]
+            if part.projection is not None:
+                piece = part.projection.apply(params["text_projection"][part.name], piece).astype(jnp.float32)
+            pieces.append(jnp.where(mask[..., None].astype(bool), piece, 0.0) if part.zero_padded else piece)
+            start += part.length
+        return jnp.concatenate(pieces, axis=1)
 
     def condition(self, params: dict, text: jax.Array, text_mask: jax.Array, seconds_start: jax.Array,
                   seconds_total: jax.Array) -> dict:

@@ -5,6 +5,7 @@ Kinds and the config section that builds them (``type`` picks the architecture):
   vae          ``{"type": "oobleck_vae", ...}``                 configs/vae.py ``model``
   denoiser     ``{"type": "dit" | "unet1d", ...}``              configs/dit.py, configs/unet.py ``model``
   text encoder ``{"type": "t5", "model": {...}, "max_length"}`` configs/t5.py
+               ``{"type": "multi", "order": [ids], "parts": {id: ...}}``: several, their features in sequence
   diffusion    the denoiser + its conditioners: ``model``, ``conditioning`` and ``diffusion`` sections
 
 New architectures (Stable Audio 1.0's DAC VAE, the CLAP text encoder) register a builder in the tables below.
@@ -25,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from stableaudio_jax.models.conditioned import ConditionedDenoiser, abstract_params
+from stableaudio_jax.models.conditioned import ConditionedDenoiser, TextPart, abstract_params
 from stableaudio_jax.models.conditioning import TextProjection, TimingConditioner
 from stableaudio_jax.models.t5 import T5Encoder
+from stableaudio_jax.store.multi_text import MULTI_TEXT, ordered_parts  # conditioning.text of several encoders
 
 Dtype = Any
 
@@ -134,6 +136,8 @@ def resolve_conditioning(config: Any, text_width: int | None = None,
     cond, model = config.conditioning, config.model
     text = cond.get("text") or ml_collections.ConfigDict()
     cond.text = text
+    if text.get("type") == MULTI_TEXT:
+        text_width, text_length = _resolve_text_parts(text, text_width, text_length)
     width = text_width or text.get("width") or (text.get("model") or {}).get("d_model")
     if width is None:
         raise ValueError("the text encoder's width is unknown: set config.conditioning.text.width (or give the "
@@ -168,9 +172,51 @@ def resolve_conditioning(config: Any, text_width: int | None = None,
     return config
 
 
+def _resolve_text_parts(text: ml_collections.ConfigDict, width: int | None,
+                        length: int | None) -> tuple[int, int]:
+    """Each part's width (its own, its encoder model's) and token count; the sequence is as wide as the widest
+    part and as long as all of them together."""
+    named = ordered_parts(text)
+    for name, part in named:
+        model = part.get("model") or {}
+        own = model.get("d_model") or (model.get("projection_dim") if part.get("output") == "embedding"
+                                       else model.get("width"))
+        where = f"conditioning.text.parts.{name}"
+        if own is not None:
+            _derive(part, "width", int(own), where, f"the {name!r} encoder's width")
+        elif part.get("width") is None:
+            raise ValueError(f"config.{where}: its width is unknown: set its width (or give the pre-encoded data "
+                             "it comes from)")
+        if part.get("max_length") is None:
+            raise ValueError(f"config.{where}.max_length (its tokens) is unset")
+    widest = max(int(p["width"]) for _, p in named)
+    total = sum(text_part_length(p) for _, p in named)
+    if width is not None and int(width) != widest or length is not None and int(length) != total:
+        raise ValueError(f"config.conditioning.text.parts give {total} tokens x {widest} (the widest part); the text "
+                         f"encoder / data gives {length} x {width}")
+    return widest, total
+
+
+def text_part_length(part: Any) -> int:
+    """Tokens a text conditioner contributes: its max_length, or one for CLAP's pooled embedding."""
+    return 1 if part.get("output") == "embedding" else int(part["max_length"])
+
+
 def has_text_projection(config: Any) -> bool:
-    cond = config.conditioning
-    return int(cond.text.width) != int(cond.cond_dim) or bool(cond.text.get("project_out", False))
+    return _needs_projection(config.conditioning.text, config.conditioning.cond_dim)
+
+
+def _needs_projection(text: Any, cond_dim: int) -> bool:
+    return int(text["width"]) != int(cond_dim) or bool(text.get("project_out", False))
+
+
+def _text_parts(cond: Any, dtype: Dtype, param_dtype: Dtype) -> tuple[TextPart, ...]:
+    if cond.text.get("type") != MULTI_TEXT:
+        return ()
+    return tuple(TextPart(name, text_part_length(p), int(p["width"]),
+                          TextProjection(int(cond.cond_dim), jnp.dtype(dtype), jnp.dtype(param_dtype))
+                          if _needs_projection(p, cond.cond_dim) else None,
+                          zero_padded=p.get("type", "t5") != "clap") for name, p in ordered_parts(cond.text))
 
 
 def timing_from_config(timing_config: Any, dtype: Dtype = jnp.float32,
@@ -188,12 +234,13 @@ def diffusion_model_from_config(config: Any, dtype: Dtype | None = None,
     cond = config.conditioning
     if cond.get("cond_dim") is None or cond.get("text", {}).get("width") is None:
         raise ValueError("diffusion_model_from_config needs a resolved config (store.resolve_conditioning)")
+    parts = _text_parts(cond, dtype, param_dtype)
     projection = (TextProjection(int(cond.cond_dim), jnp.dtype(dtype), jnp.dtype(param_dtype))
-                  if has_text_projection(config) else None)
+                  if not parts and has_text_projection(config) else None)
     return ConditionedDenoiser(denoiser_from_config(config.model, dtype, param_dtype),
                                timing_from_config(cond.timing, dtype, param_dtype), projection,
                                tuple(cond.cross_attention_ids), tuple(cond.global_ids),
-                               zero_padded_text=cond.text.get("type", "t5") != "clap")
+                               zero_padded_text=cond.text.get("type", "t5") != "clap", text_parts=parts)
 
 
 # ------------------------------------------------------------------------------------------ parameter counts

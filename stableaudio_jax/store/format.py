@@ -118,6 +118,11 @@ def weights_sha256(params: Mapping) -> str:
     return digest.hexdigest()
 
 
+def components_sha256(hashes: Mapping[str, str]) -> str:
+    """The content hash of a model made of components: the hash of their hashes."""
+    return hashlib.sha256(json.dumps(dict(hashes), sort_keys=True).encode()).hexdigest()
+
+
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with paths.open(path, "rb") as f:
@@ -173,8 +178,7 @@ def write_model(directory: str, kind: str, config: Mapping | ml_collections.Conf
     if components:
         manifest["components"] = dict(components)
         hashes = {name: read_info(os.path.join(directory, sub)).weights_sha256 for name, sub in components.items()}
-        manifest["weights"] = {"sha256": hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest(),
-                               "components": hashes}
+        manifest["weights"] = {"sha256": components_sha256(hashes), "components": hashes}
     manifest["provenance"] = _plain(provenance or {})
     from stableaudio_jax import __version__
     manifest["created_by"] = f"stableaudio-jax {__version__}"

@@ -4,6 +4,7 @@
   vae             the VAE's model section (``type``: oobleck_vae)      VAE variables
   text_encoder    ``{"type": "t5", "model": {...}, "max_length"}``    encoder variables (+ spiece.model)
                   ``{"type": "clap", ..., "layer", "output"}``        (+ vocab.json, merges.txt / tokenizer.json)
+                  ``{"type": "multi", "model": {"order", "parts"}}``  none: each part a component (its id)
   diffusion       ``model`` + ``conditioning`` + ``diffusion``         {"denoiser", "timing"[, "text_projection"]}
                   (+ ``guidance``), widths resolved
   text-to-audio   ``audio`` + ``sampling``                             none: components text_encoder/, diffusion/,
@@ -28,6 +29,7 @@ from stableaudio_jax.models.conditioned import ConditionedDenoiser
 from stableaudio_jax.store import builders
 from stableaudio_jax.store.format import (StoreError, read_info, read_weights, staged_directory, weights_sha256,
                                           write_model)
+from stableaudio_jax.store.multi_text import MULTI_TEXT, MultiText
 from stableaudio_jax.store.text_encoders import T5TextEncoder
 from stableaudio_jax.store.tokenizers import SPIECE_FILE, T5Tokenizer
 
@@ -129,6 +131,10 @@ def save_text_encoder(directory: str | os.PathLike, text: T5TextEncoder, overwri
 
 
 def _write_text_encoder(directory: str, text: T5TextEncoder) -> str:
+    if isinstance(text, MultiText):  # each part a stored text encoder of its own, in a sub-directory
+        for name, part in text.parts:
+            _write_text_encoder(os.path.join(directory, name), part)
+        return write_model(directory, "text_encoder", text.config, components={name: name for name, _ in text.parts})
     return write_model(directory, "text_encoder", text.config, text.params, files=text.tokenizer_files)
 
 
@@ -140,6 +146,8 @@ def load_text_encoder(path: str | os.PathLike, max_length: int | None = None, dt
     if info.kind == "text-to-audio":
         return load_text_encoder(_component(info, "text_encoder"), max_length, dtype, verify)
     kind = info.config.get("type", "t5")
+    if kind == MULTI_TEXT:
+        return _load_multi_text(info, max_length, dtype, verify)
     if kind not in TEXT_ENCODER_BINDERS:
         raise StoreError(f"{info.directory}: text encoder type {kind!r} is not known; expected one of "
                          f"{sorted(TEXT_ENCODER_BINDERS)}")
@@ -147,6 +155,19 @@ def load_text_encoder(path: str | os.PathLike, max_length: int | None = None, dt
     params = read_weights(info, builders.abstract_text_encoder_params(module), verify)
     text = TEXT_ENCODER_BINDERS[kind](info, module, params, int(max_length or info.config.max_length))
     text.__dict__["sha256"] = info.weights_sha256
+    return text
+
+
+def _load_multi_text(info, max_length: int | None, dtype: Any, verify: bool) -> MultiText:
+    names = list(info.config.model.order)
+    if sorted(names) != sorted(info.components):
+        raise StoreError(f"{info.directory}: the multi-conditioner text encoder lists parts {names} but its "
+                         f"components are {sorted(info.components)}")
+    text = MultiText([(name, load_text_encoder(_component(info, name), dtype=dtype, verify=verify))
+                      for name in names], source=info.directory)
+    if max_length is not None and int(max_length) not in (text.max_length, text.output_length):
+        raise StoreError(f"{info.directory}: a multi-conditioner text encoder keeps its parts' token counts "
+                         f"({text.max_length} tokens); max_length={max_length} cannot be applied")
     return text
 
 

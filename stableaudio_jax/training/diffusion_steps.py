@@ -101,6 +101,11 @@ def _boxed_state(run: DiffusionTraining, rng: jax.Array) -> DiffusionTrainState:
                                ema=params["denoiser"], rng=state_key)
 
 
+def from_weights(run: DiffusionTraining, state: DiffusionTrainState, params: Any) -> DiffusionTrainState:
+    """A fresh run's state around given weights (``--init-from``): new optimiser moments, the EMA starts at them."""
+    return state.replace(params=params, opt=run.tx.init(params), ema=params["denoiser"])
+
+
 def abstract_state(run: DiffusionTraining) -> Any:
     return nn.unbox(jax.eval_shape(lambda k: _boxed_state(run, k), jax.random.key(0)))
 
@@ -148,9 +153,10 @@ class CompiledDiffusionTraining:
     init: Any
     step: Any
     lower: Any  # lower(global_batch) -> the step lowered for abstract inputs (ahead-of-time analysis, benchmarks)
+    start_from: Any  # start_from(fresh state, params) -> the state of a run initialised from those weights
 
 
-_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "demo", "data")
+_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "demo", "data", "init_from")
 
 
 def compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusionTraining:
@@ -174,6 +180,8 @@ def _compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusio
 
     step = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
                    donate_argnums=0)
+    start_from = jax.jit(functools.partial(from_weights, run), in_shardings=(shardings, shardings.params),
+                         out_shardings=shardings, donate_argnums=0)
     abstract = abstract_state(run)
 
     def lower(global_batch: int):
@@ -182,4 +190,4 @@ def _compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusio
         return step.lower(abstract_with_shardings(abstract, shardings), batch)
 
     return CompiledDiffusionTraining(run, abstract, shardings, in_mesh(init, mesh, rules), in_mesh(step, mesh, rules),
-                                     in_mesh(lower, mesh, rules))
+                                     in_mesh(lower, mesh, rules), in_mesh(start_from, mesh, rules))

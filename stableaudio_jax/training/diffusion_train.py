@@ -28,9 +28,11 @@ from stableaudio_jax.parallel.distributed import initialize
 from stableaudio_jax.parallel.mesh import make_mesh
 from stableaudio_jax.store import StoreError, TextToAudioModel, diffusion_model, save_diffusion, save_text_to_audio
 from stableaudio_jax.store.format import host_arrays
+from stableaudio_jax.store.multi_text import MULTI_TEXT, ordered_parts
 from stableaudio_jax.training import diffusion_steps
 from stableaudio_jax.training.checkpoints import TrainCheckpointer
 from stableaudio_jax.training.flops import train_step_flops
+from stableaudio_jax.training.init_from import check_data_text, start_diffusion_from_model
 from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.metrics import MetricsWriter
 from stableaudio_jax.training.sources import EXPORT_DIR, resolve_text_encoder, resolve_vae
@@ -51,7 +53,8 @@ def latent_channels(config) -> int:
 
 
 def check_data_fits(manifest: dict, config, data_dir: str) -> None:
-    """Raises ValueError naming the manifest when its latents or text cannot feed this model."""
+    """Raises ValueError naming the manifest when its latents or text cannot feed this model (a multi-conditioner
+    config's unset part sizes are filled in from the data)."""
     from stableaudio_jax.data.latent_records import config_hash, manifest_path
     path = manifest_path(data_dir)
     if manifest["text"] != "embeddings":
@@ -67,10 +70,31 @@ def check_data_fits(manifest: dict, config, data_dir: str) -> None:
         raise ValueError(f"{path}: the text features were encoded by a {encoded_by!r} text encoder but this model's "
                          f"conditioner is config.conditioning.text.type={conditioner!r}; pass "
                          f"--config.conditioning.text.type={encoded_by} or encode with a {conditioner} text encoder")
+    if conditioner == MULTI_TEXT:
+        _fit_text_parts(config.conditioning.text, manifest["encoder_config"]["text"]["model"], path)
     vae = manifest.get("encoder_config", {}).get("vae")
     if "vae" in config and vae is not None and config_hash(vae) != config_hash(config.vae):
         raise ValueError(f"{path}: the latents were encoded by a VAE config ({vae}) other than this model's "
                          f"config.vae ({config.vae.to_dict()})")
+
+
+def _fit_text_parts(text, encoded: dict, path: str) -> None:
+    """The config's text parts must be the data's (ids and types, in order, CLAP's ``layer`` / ``output``); each
+    part's encoder ``model`` and ``max_length`` are the data's (as a single encoder's length is)."""
+    ours = [(name, p.get("type", "t5")) for name, p in ordered_parts(text)]
+    theirs = [(name, p.get("type", "t5")) for name, p in ordered_parts(encoded, f"{path}: the data's text parts")]
+    if ours != theirs:
+        raise ValueError(f"{path}: the text features were encoded by the parts {theirs} (id, type) but "
+                         f"config.conditioning.text.parts are {ours}; encode with one --text-encoder ID=PATH per part, "
+                         "in the config's order")
+    for (name, part), (_, data) in zip(ordered_parts(text), ordered_parts(encoded)):
+        part["model"], part["max_length"] = data["model"], int(data["max_length"])  # as for one encoder: the data's
+        for key in ("layer", "output"):
+            if key in data and part.get(key) not in (None, data[key]):
+                raise ValueError(f"{path}: text part {name!r}: the data has {key}={data[key]!r}, "
+                                 f"config.conditioning.text.parts has {part[key]!r}")
+            elif key in data:
+                part[key] = data[key]
 
 
 def _data(config, data_dir: str, per_host: int, run_channels: int):
@@ -113,13 +137,16 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
     manifest, data = _data(config, data_dir, t.batch_size // jax.process_count(), latent_channels(config))
     if manifest is not None:
         t.data.encoder_config_hash = manifest["encoder_config_hash"]
+        if t.get("init_from"):
+            check_data_text(config, manifest, data_dir)
     _record_data(workdir, data_dir, manifest, config)
     text_length = manifest["text_length"] if manifest else int(t.data.get("synthetic_text_length", 128))
     text_width = manifest["text_dim"] if manifest else synthetic_text_width(config)
     compiled = diffusion_steps.compiled(config, mesh, text_length, text_width)
+    init = (start_diffusion_from_model(compiled, t.init_from) if t.get("init_from")
+            else lambda: compiled.init(jax.random.key(config.seed)))
     state, data_state, _ = resume_or_start(
-        checkpointer, abstract_with_shardings(compiled.abstract, compiled.shardings),
-        lambda: compiled.init(jax.random.key(config.seed)), config, workdir)
+        checkpointer, abstract_with_shardings(compiled.abstract, compiled.shardings), init, config, workdir)
     data.restore(data_state)
     writer = MetricsWriter(workdir)
     start = int(state.step)
@@ -196,8 +223,11 @@ def _load_sources(config, manifest: dict | None):
     """The data's VAE and text encoder, checked against the weights the manifest says encoded the data."""
     vae_path, text_path = _sources(config, manifest)
     vae = resolve_vae(vae_path)
-    text = resolve_text_encoder(text_path, max_length=manifest["text_length"] if manifest else None)
     encoder = (manifest or {}).get("encoder_config", {})
+    length = manifest["text_length"] if manifest else None
+    if not isinstance(text_path, str):  # several text encoders, each tokenizing to the length it encoded with
+        length = [int(p["max_length"]) for _, p in ordered_parts(encoder["text"]["model"])]
+    text = resolve_text_encoder(text_path, max_length=length)
     for what, model, recorded in (("VAE", vae, encoder.get("vae_sha256")),
                                   ("text encoder", text, encoder.get("text", {}).get("sha256"))):
         if recorded and model.sha256 != recorded:

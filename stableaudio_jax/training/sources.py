@@ -3,8 +3,8 @@
   VAE            a stored VAE or text-to-audio model (``stableaudio-jax export`` / ``convert``), or a ``train-vae``
                  workdir: its exported ``model/`` when the run finished (or was exported), else the latest
                  checkpoint's EMA weights, with a warning naming the step (an unfinished run)
-  text encoder   a stored text encoder or text-to-audio model, or a Hugging Face T5 directory (config.json,
-                 weights, spiece.model)
+  text encoder   a stored text encoder or text-to-audio model, or a Hugging Face T5 / CLAP directory; several
+                 (``ID=PATH`` each) make one multi-conditioner encoder (T5 and CLAP together)
 
 Every loaded model carries its content hash (``.sha256``), which pre-encoded data and training runs record.
 """
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import jax.numpy as jnp
 
 from stableaudio_jax import paths
 from stableaudio_jax.store import VAE, StoreError, T5TextEncoder, is_stored_model, load_text_encoder, load_vae
+from stableaudio_jax.store.multi_text import MultiText
 
 logger = logging.getLogger(__name__)
 EXPORT_DIR = "model"
@@ -48,6 +50,28 @@ def resolve_vae(path: str | os.PathLike, dtype: Any = jnp.float32) -> VAE:
                             "a `stableaudio-jax train-vae` workdir (checkpoints/ + config.json)")
 
 
+def _resolve_text_parts(specs: list[str], max_length, dtype: Any) -> MultiText:
+    if len(specs) == 1:
+        return resolve_text_encoder(specs[0], max_length, dtype)
+    lengths = list(max_length) if isinstance(max_length, (list, tuple)) else [max_length] * len(specs)
+    if len(lengths) == 1:
+        lengths = lengths * len(specs)
+    if len(lengths) != len(specs):
+        raise ValueError(f"--max-length {lengths}: give one value for all text encoders or one per --text-encoder "
+                         f"({len(specs)})")
+    parts, locators = [], []
+    for spec, length in zip(specs, lengths):
+        named = re.fullmatch(r"([A-Za-z_][\w-]*)=(.+)", str(spec))
+        name, where = named.groups() if named else ("", str(spec))
+        text = resolve_text_encoder(where, length, dtype)
+        name = name or text.config.get("type", "t5")
+        parts.append((name, text))
+        locators.append(f"{name}={paths.absolute(where)}")
+    text = MultiText(parts)
+    text.locators = locators  # where the parts came from: what pre-encoded data records, to load them again
+    return text
+
+
 def vae_step(directory: str) -> int | str:
     try:
         return paths.read_json(paths.join(directory, "stableaudio_jax.json")).get("provenance", {}).get("step", "?")
@@ -55,8 +79,17 @@ def vae_step(directory: str) -> int | str:
         return "?"
 
 
-def resolve_text_encoder(path: str | os.PathLike, max_length: int | None = None,
+def resolve_text_encoder(path: str | os.PathLike | Sequence[str], max_length: int | Sequence[int] | None = None,
                          dtype: Any = jnp.float32) -> T5TextEncoder:
+    """One text encoder (``path``), or several used together (a list of ``ID=PATH`` or ``PATH``; the id defaults
+    to the part's type: ``t5``, ``clap``), each tokenizing to ``max_length`` tokens (one value for all, or one
+    per part)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return _resolve_text_parts(list(path), max_length, dtype)
+    if not isinstance(max_length, (int, type(None))):
+        if len(max_length) != 1:
+            raise ValueError(f"--max-length {list(max_length)}: one value per --text-encoder (1 given)")
+        max_length = max_length[0]
     path = paths.absolute(path)
     if is_stored_model(path):
         text = load_text_encoder(path, max_length, dtype)

@@ -79,6 +79,12 @@ def _boxed_state(run: VAETraining, rng: jax.Array, crop: int, channels: int) -> 
                          ema_params=gen, disc_params=disc, disc_opt=run.disc_tx.init(disc), rng=state_key)
 
 
+def from_weights(run: VAETraining, state: VAETrainState, gen_params: Any) -> VAETrainState:
+    """A fresh run's state around given VAE weights (``--init-from``): new generator optimiser moments, the EMA
+    starts at them; the discriminator stays freshly initialised."""
+    return state.replace(gen_params=gen_params, gen_opt=run.gen_tx.init(gen_params), ema_params=gen_params)
+
+
 def abstract_state(run: VAETraining, crop: int, channels: int) -> Any:
     """Shapes and dtypes of the train state (nothing allocated)."""
     return nn.unbox(jax.eval_shape(lambda k: _boxed_state(run, k, crop, channels), jax.random.key(0)))
@@ -201,6 +207,7 @@ class CompiledVAETraining:
     generator_step: Any
     discriminator_step: Any
     warmup_step: Any
+    start_from: Any  # start_from(fresh state, VAE params) -> the state of a run initialised from those weights
 
     def step_for(self, step: int, warmup_steps: int = 0):
         kind = step_kind(step, warmup_steps)
@@ -208,7 +215,7 @@ class CompiledVAETraining:
                 "discriminator": self.discriminator_step}[kind]
 
 
-_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "warmup_steps")
+_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "warmup_steps", "init_from")
 
 
 def compiled(config, mesh) -> CompiledVAETraining:
@@ -227,5 +234,7 @@ def _compiled(config, mesh) -> CompiledVAETraining:
     abstract = abstract_state(run, t.crop_samples, channels)
     with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
         init = jax.jit(lambda k: nn.unbox(_boxed_state(run, k, t.crop_samples, channels)), out_shardings=shardings)
-    return CompiledVAETraining(run, abstract, shardings, in_mesh(init, mesh, rules), *make_steps(run, shardings, mesh,
-                                                                                               rules))
+    start_from = jax.jit(functools.partial(from_weights, run), in_shardings=(shardings, shardings.gen_params),
+                         out_shardings=shardings, donate_argnums=0)
+    return CompiledVAETraining(run, abstract, shardings, in_mesh(init, mesh, rules),
+                               *make_steps(run, shardings, mesh, rules), in_mesh(start_from, mesh, rules))

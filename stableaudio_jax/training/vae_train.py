@@ -28,6 +28,7 @@ from stableaudio_jax.store.builders import VAE_TYPES
 from stableaudio_jax.store.format import host_arrays
 from stableaudio_jax.training import vae_steps
 from stableaudio_jax.training.checkpoints import CheckpointError, TrainCheckpointer
+from stableaudio_jax.training.init_from import start_vae_from_model
 from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.metrics import MetricsWriter
 from stableaudio_jax.training.sources import EXPORT_DIR
@@ -58,9 +59,10 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     scan, data = _data(config, data_dir, per_host)
     compiled = vae_steps.compiled(config, mesh)
     checkpointer = TrainCheckpointer(workdir, keep=t.keep_checkpoints)
+    init = (start_vae_from_model(compiled, t.init_from, config.seed) if t.get("init_from")
+            else lambda: compiled.init(jax.random.key(config.seed)))
     state, data_state, _ = resume_or_start(
-        checkpointer, abstract_with_shardings(compiled.abstract, compiled.shardings),
-        lambda: compiled.init(jax.random.key(config.seed)), config, workdir)
+        checkpointer, abstract_with_shardings(compiled.abstract, compiled.shardings), init, config, workdir)
     data.restore(data_state)
     writer = MetricsWriter(workdir)
     start = int(state.step)
