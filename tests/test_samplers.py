@@ -131,3 +131,20 @@ def test_bad_sampler_names():
         sample(exact_v_model, NOISE, jax.random.key(0), objective="v", sampler="euler", steps=2)
     with pytest.raises(ValueError, match=r"objective 'x0'"):
         sample(exact_v_model, NOISE, jax.random.key(0), objective="x0", sampler="euler", steps=2)
+
+
+def test_pingpong_is_the_hand_computed_two_step_result():
+    """Denoise in one jump (x0 = x - t v), re-noise to the next time with fresh noise, and return x0 at the end."""
+    def model(x, t):
+        return 0.5 * x + t[:, None, None]
+    ts = np.asarray(rectified_flow_timesteps(2))
+    got = _run(model, "rectified_flow", "pingpong", 2)
+    x, key = NOISE, jax.random.key(1)
+    for i in range(2):
+        key, k_key = jax.random.split(key)
+        x0 = x - ts[i] * (0.5 * x + ts[i])
+        x = (1 - ts[i + 1]) * x0 + ts[i + 1] * jax.random.normal(jax.random.fold_in(k_key, 1), x.shape)
+    np.testing.assert_allclose(got, x, atol=1e-5)
+    np.testing.assert_allclose(got, x0, atol=1e-5)  # the last step returns the denoised estimate itself
+    # one step from pure noise is the posterior mean of x0: the data mean, for the exact flow of N(MU, S^2)
+    np.testing.assert_allclose(_run(exact_flow_model, "rectified_flow", "pingpong", 1), MU, atol=1e-5)

@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
                         "cond - w uncond form; 1 = no guidance (default: the model's, 7)")
     p.add_argument("--cfg-rescale", type=float, help="CFG rescale phi in [0, 1] (default: the model's)")
     p.add_argument("--sampler", help="default: the model's (v: dpmpp-3m-sde, eps: ddim, rectified flow: euler); "
-                                     "v: dpmpp-3m-sde, dpmpp-2m-sde, dpmpp-2m, ddim; eps: ddpm, ddim")
+                                     "v: dpmpp-3m-sde, dpmpp-2m-sde, dpmpp-2m, ddim; eps: ddpm, ddim; rectified flow: "
+                                     "euler, pingpong (few-step models: 1-8 steps with --cfg-scale 1)")
     p.add_argument("--sigma-min", type=float, help="v models: smallest noise level (default: the model's, 0.3)")
     p.add_argument("--sigma-max", type=float, help="v models: largest noise level (default: the model's, 500)")
     p.add_argument("--negative-prompt")

@@ -17,7 +17,10 @@ The SDE samplers draw Gaussian increments from a JAX key per step (the reference
 distribution, not the same numbers).
 
 eps-objective (DDPM, discrete schedule): ``ddpm`` (ancestral, posterior variance) and ``ddim`` (eta 0) over
-``steps`` respaced steps. Rectified flow: ``euler`` on stable-audio-tools' logSNR-spaced grid.
+``steps`` respaced steps. Rectified flow, on stable-audio-tools' logSNR-spaced grid: ``euler`` (the ODE), or
+``pingpong`` (few-step models after adversarial post-training, stable-audio-tools' ``sample_flow_pingpong``): each
+step denoises in one jump, x0 = x - t v(x, t), then re-noises to the next time with fresh noise,
+x' = (1 - t') x0 + t' z; the last step returns x0. 1-8 steps, no CFG.
 
 Audio-to-audio starts from the encoded init latents noised to ``init_noise_level`` (a VE sigma for v, a flow time
 <= 1 for rectified flow). Inpainting re-noises the known latents to the current noise level after every step and
@@ -34,7 +37,7 @@ from stableaudio_jax.diffusion.objectives import ddpm_alphas_cumprod
 from stableaudio_jax.diffusion.schedules import loglinear_sigmas, rectified_flow_timesteps, sigma_to_t
 
 SAMPLERS = {"v": ("dpmpp-3m-sde", "dpmpp-2m-sde", "dpmpp-2m", "ddim"), "eps": ("ddpm", "ddim"),
-            "rectified_flow": ("euler",)}
+            "rectified_flow": ("euler", "pingpong")}
 DEFAULT_SAMPLERS = {"v": "dpmpp-3m-sde", "eps": "ddim", "rectified_flow": "euler"}
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -168,8 +171,10 @@ def sample_eps(model_fn, noise, rng, sampler, steps, alphas_cumprod, start_level
     return _scan(step, (x_start, rng), (abar, abar_prev, ks.astype(jnp.float32), jnp.arange(steps)), on_step)[0]
 
 
-def sample_rectified_flow(model_fn, noise, rng, steps, t_max, init=None, inpaint=None, on_step=None):
-    """Euler on the flow ODE dx/dt = v(x, t) from t_max to 0 (stable-audio-tools' ``sample_rf``, 'euler')."""
+def sample_rectified_flow(model_fn, noise, rng, steps, t_max, init=None, inpaint=None, on_step=None,
+                          sampler: str = "euler"):
+    """Euler on the flow ODE dx/dt = v(x, t) from t_max to 0 (stable-audio-tools' ``sample_rf``, 'euler'), or
+    ping-pong: denoise to x0 in one jump, re-noise to the next time (``sample_flow_pingpong``)."""
     ts = rectified_flow_timesteps(steps, t_max)
     x_start = noise if init is None else init * (1 - ts[0]) + noise * ts[0]
 
@@ -177,7 +182,12 @@ def sample_rectified_flow(model_fn, noise, rng, steps, t_max, init=None, inpaint
         x, key = carry
         t, t_next, i = inputs
         key, k_key = jax.random.split(key)
-        x_new = x + (t_next - t) * model_fn(x, jnp.full((x.shape[0],), t, jnp.float32))
+        v = model_fn(x, jnp.full((x.shape[0],), t, jnp.float32))
+        if sampler == "pingpong":
+            z = jax.random.normal(jax.random.fold_in(k_key, 1), x.shape, x.dtype)
+            x_new = (1 - t_next) * (x - t * v) + t_next * z
+        else:
+            x_new = x + (t_next - t) * v
         if inpaint is not None:
             known, mask = inpaint
             noisy = (1 - t_next) * known + t_next * jax.random.normal(k_key, x.shape, x.dtype)
@@ -224,4 +234,4 @@ def sample(model_fn: ModelFn, noise: jax.Array, rng: jax.Array, *, objective: st
         level = jnp.inf if init_noise_level is None else init_noise_level
         return sample_eps(model_fn, noise, rng, sampler, steps, abar, level, init_latents, inpaint, on_step)
     t_max = 1.0 if init_noise_level is None else init_noise_level
-    return sample_rectified_flow(model_fn, noise, rng, steps, t_max, init_latents, inpaint, on_step)
+    return sample_rectified_flow(model_fn, noise, rng, steps, t_max, init_latents, inpaint, on_step, sampler)

@@ -34,11 +34,13 @@ from stableaudio_jax.store import TextToAudioModel, load_text_to_audio, save_tex
 BATCH_AXES = ("data", "fsdp")
 
 
-@functools.partial(jax.jit, static_argnames=("model", "objective", "sampler", "steps", "hooks"))
+@functools.partial(jax.jit, static_argnames=("model", "objective", "sampler", "steps", "hooks", "guidance"))
 def _sample_latents(model: ConditionedDenoiser, params, noise, rng, cond, negative, cfg_scale, cfg_rescale,
                     sigma_min, sigma_max, init_latents, init_level, inpaint_latents, inpaint_mask, call_id, *,
-                    objective, sampler, steps, hooks):
+                    objective, sampler, steps, hooks, guidance=True):
     def model_fn(x, t):
+        if not guidance:  # cfg_scale 1 without a negative prompt is the conditional prediction: one pass, not two
+            return model.predict(params, x, t, cond)
         return model.guided(params, x, t, cond, cfg_scale, cfg_rescale, negative)
 
     on_step = None if hooks is None else (lambda step: jax.debug.callback(hooks, call_id, step))
@@ -199,7 +201,8 @@ class TextToAudioPipeline:
                 None if init is None else put(init), None if init is None else jnp.float32(req.init_noise_level),
                 None if inpaint is None else put(inpaint[0]), None if inpaint is None else put(inpaint[1]),
                 jnp.int32(call_id), objective=self.objective, sampler=req.sampler, steps=req.steps,
-                hooks=self._progress if progress is not None else None)
+                hooks=self._progress if progress is not None else None,
+                guidance=negative is not None or float(req.cfg_scale) != 1.0)
             latents = clock.lap("sampling_s", latents)
         audio = clock.lap("decode_s", self.decode(latents))[:batch]
         audio = self._crop(audio, req.seconds_total)
