@@ -13,6 +13,7 @@ sao="--config configs/dit.py:sao"
 big="--config configs/dit.py:sao --config.model.embed_dim=2304 --config.model.num_heads=36 --config.model.depth=32"
 # Generation plans serve bfloat16 weights: with float32 ones, the cost fitted from small unrolled sampler twins
 # depends on whether XLA shares one weight cast between the twin's two steps, and the curve zigzags.
+lean="$sao --target gpu:l4x1 --mesh 1x1x1 --remat none,full --opt-dtype float32,bfloat16"
 declare -A plans=(
   [sao_v5e-8]="$sao --target tpu:v5e-8 --find"
   [sao_v5p-8]="$sao --target tpu:v5p-8 --find"
@@ -23,6 +24,12 @@ declare -A plans=(
   [sao_h100x8]="$sao --target gpu:h100x8 --find"
   [sao_finetune_l4x1]="$sao --target gpu:l4x1 --find --remat none,full --opt-dtype float32,bfloat16 --param-dtype float32,bfloat16"
   [sao_finetune_l4x8]="$sao --target gpu:l4x8 --find --remat none,dots,full"
+  # full fine-tune on one 24 GB card, each EMA placement compiled in full (no estimates); then LoRA rank 16 / 64
+  [sao_finetune_ema_device_l4x1]="$lean"
+  [sao_finetune_ema_host_l4x1]="$lean --config.training.ema.place=host"
+  [sao_finetune_ema_off_l4x1]="$lean --config.training.ema.place=off"
+  [sao_lora16_l4x1]="$sao --target gpu:l4x1 --mesh 1x1x1 --remat none,full --config.training.lora.rank=16"
+  [sao_lora64_l4x1]="$sao --target gpu:l4x1 --mesh 1x1x1 --remat none,full --config.training.lora.rank=64"
   [sao_batch256_v5p]="$sao --target tpu:v5p --find --global-batch 256"
   [dit3b_v5p-64]="$big --target tpu:v5p-64 --find"
   [dit3b_v6e-64]="$big --target tpu:v6e-64 --find"
@@ -34,7 +41,8 @@ declare -A plans=(
   [sao_generate_length_v5p-8]="$sao --target tpu:v5p-8 --workload generate --param-dtype bfloat16 --mesh 4x1x1 --seconds 10,30,47.55,95,190,285"
   [vae_h100x8]="--config configs/vae.py:sao --workload vae-train --target gpu:h100x8 --mesh 8x1x1,4x2x1,1x8x1"
 )
-order=(sao_v5p-8 sao_v5e-8 sao_v5p-64 sao_v6e-64 sao_h100x8 sao_finetune_l4x1 sao_finetune_l4x8 dit3b_v5p-64
+order=(sao_v5p-8 sao_v5e-8 sao_v5p-64 sao_v6e-64 sao_h100x8 sao_finetune_l4x1 sao_finetune_l4x8 sao_finetune_ema_device_l4x1
+       sao_finetune_ema_host_l4x1 sao_finetune_ema_off_l4x1 sao_lora16_l4x1 sao_lora64_l4x1 dit3b_v5p-64
        dit3b_v6e-64 sao_attention_v5e-8 vae_h100x8 sao_generate_tp_v5p-8 sao_generate_dp_v5p-8 sao_generate_length_v5p-8 sao_v5p-64_batch sao_v6e-64_batch
        sao_v6e-256_fsdp sao_v6e-256 sao_batch256_v5p)
 for name in "${@:-${order[@]}}"; do

@@ -21,7 +21,11 @@ def training_config(full_size: bool, crop_frames: int, lr: float | None = None):
         accumulation=1,
         optimizer=dict(lr=lr or (5e-5 if full_size else 1e-3), betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-3,
                        grad_clip=0.0, schedule=schedule, mu_dtype=None),
-        ema=dict(beta=0.9999, power=0.75, inv_gamma=1.0, update_after_step=1),
+        ema=dict(beta=0.9999, power=0.75, inv_gamma=1.0, update_after_step=1,
+                 place="device"),  # "host": in pinned host memory; "off": none (training/optim.py)
+        # LoRA (rank > 0, with --init-from): adapters on the attention (or "attention+mlp", or regexes of layer
+        # paths) of a frozen base; alpha / rank scales them (models/lora.py)
+        lora=dict(rank=0, alpha=16.0, targets="attention", dropout=0.0, base_sha256=""),
         timestep_sampler="low_discrepancy",    # stratified uniform: the role of the reference's scrambled Sobol
         cfg_dropout=0.1,
         mask_padding=False,                    # the reference trains the model to output the padding silence

@@ -76,7 +76,8 @@ def training_config(variant):
         loss_weights=dict(adversarial=0.1, feature_matching=5.0, spectral=1.0, kl=1e-4),
         warmup_steps=0,                       # batches of spectral-only generator updates before the GAN starts
         sample_posterior=True,                # decode a posterior sample (the reference); False: the mean
-        ema=dict(beta=0.9999, power=0.75, inv_gamma=1.0, update_after_step=1),
+        ema=dict(beta=0.9999, power=0.75, inv_gamma=1.0, update_after_step=1,
+                 place="device"),  # "host": in pinned host memory; "off": none (training/optim.py)
         data=dict(silence_db=-60.0, max_redraws=50, phase_flip=0.5),
         log_every=100 if sao else 10,
         checkpoint_every=10_000 if sao else 100,

@@ -153,3 +153,29 @@ def test_resuming_on_re_encoded_data_raises(latents, tmp_path):
     write_manifest(other, data)
     with pytest.raises(ValueError, match=r"differs from this run's 0123456789abcdef"):
         train_diffusion(_config("training.steps=10"), str(tmp_path / "run"), other)
+
+
+def test_an_ema_in_host_memory_trains_and_resumes_as_on_the_device_and_none_exports_the_weights(latents, tmp_path):
+    """training.ema.place: 'host' keeps the EMA in pinned host memory (sharded as the weights) with the same
+    arithmetic, resumable; 'off' keeps no EMA and exports the online weights."""
+    from stableaudio_jax.parallel.mesh import make_mesh
+    from stableaudio_jax.store import load_diffusion
+    from stableaudio_jax.training import diffusion_steps
+    train_diffusion(_config("training.steps=6"), str(tmp_path / "device"), latents)
+    host = _config("training.steps=6", "training.ema.place=host")
+    train_diffusion(host, str(tmp_path / "host"), latents, max_steps=3)
+    train_diffusion(host, str(tmp_path / "host"), latents)  # resumes the host EMA from step 3's checkpoint
+    (device, _), (on_host, _) = _state(tmp_path / "device"), _state(tmp_path / "host")
+    _tree_equal(device, on_host)
+    compiled = diffusion_steps.compiled(host, make_mesh(host.mesh), TEXT_LENGTH, TEXT_DIM)
+    kinds = {s.memory_kind for s in jax.tree_util.tree_leaves(compiled.shardings.ema)}
+    assert kinds == {"pinned_host"}
+    assert {s.memory_kind for s in jax.tree_util.tree_leaves(compiled.shardings.params)} == {"device"}
+
+    train_diffusion(_config("training.steps=6", "training.ema.place=off"), str(tmp_path / "off"), latents)
+    off, _ = _state(tmp_path / "off")
+    assert off["ema"] is None
+    _tree_equal(off["params"], device["params"])  # the EMA never feeds the weights
+    _tree_equal(load_diffusion(tmp_path / "off" / "model").params["denoiser"], off["params"]["denoiser"])
+    with pytest.raises(ValueError, match=r"training.ema.place='gpu': expected one of \('device', 'host', 'off'\)"):
+        train_diffusion(_config("training.ema.place=gpu"), str(tmp_path / "bad"), latents)

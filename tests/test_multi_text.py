@@ -106,9 +106,9 @@ def test_full_size_config_and_its_parameter_count():
 
 def test_training_refuses_data_of_other_parts():
     config = load_config("configs/dit.py:tiny+clap")
+    parts = {"clap": {"type": "clap", "model": {}, "max_length": 6}, "t5": {"type": "t5", "model": {}, "max_length": 8}}
     manifest = {"text": "embeddings", "text_dim": 32, "latent_channels": 4, "encoder_config": {"text": {
-        "type": "multi", "model": {"order": ["clap", "t5"], "parts": {
-            "clap": {"type": "clap", "model": {}, "max_length": 6}, "t5": {"type": "t5", "model": {}, "max_length": 8}}}}}}
+        "type": "multi", "model": {"order": ["clap", "t5"], "parts": parts}}}}
     with pytest.raises(ValueError, match=r"encoded by the parts \[\('clap', 'clap'\), \('t5', 't5'\)\]"):
         check_data_fits(manifest, config, "/data")
     config.conditioning.text = {"type": "t5"}

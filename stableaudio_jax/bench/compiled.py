@@ -90,13 +90,16 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
 
 def memory(compiled) -> dict[str, int]:
     """Per-device bytes: arguments, outputs, donated (aliased) bytes, temporaries and their total, as XLA plans
-    them (total = arguments + outputs - aliased + temporaries)."""
+    them (total = arguments + outputs - aliased + temporaries), and ``host``: the same total of what the program
+    keeps in host memory (e.g. an EMA with ``training.ema.place=host``), not counted in ``total``."""
     stats = compiled.memory_analysis()
     if stats is None:
         raise RuntimeError("this backend's compiled executable reports no memory analysis")
     out = {"arguments": int(stats.argument_size_in_bytes), "outputs": int(stats.output_size_in_bytes),
            "aliased": int(stats.alias_size_in_bytes), "temporaries": int(stats.temp_size_in_bytes)}
     out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
+    out["host"] = sum(int(getattr(stats, f"host_{name}_size_in_bytes", 0) or 0) * sign
+                      for name, sign in (("argument", 1), ("output", 1), ("alias", -1), ("temp", 1)))
     return out
 
 

@@ -13,6 +13,8 @@ def add_parser(sub) -> None:
     p.add_argument("--workdir", required=True, help="the run's --workdir")
     p.add_argument("--out", help="output directory (default: <workdir>/model)")
     p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--merged", action="store_true",
+                   help="a LoRA run: the base model with the adapter merged in (default: the adapter alone)")
     p.set_defaults(run=run)
 
 
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         path = export_vae(args.workdir, args.out, args.step)
     else:
         from stableaudio_jax.training.diffusion_train import export_from_workdir
-        path = export_from_workdir(args.workdir, args.out, args.step)
+        path = export_from_workdir(args.workdir, args.out, args.step, args.merged)
     from stableaudio_jax.store import read_info
     info = read_info(path)
     print(f"wrote {path} ({info.kind}, step {info.provenance.get('step')}, weights sha256 "

@@ -16,6 +16,9 @@ def add_parser(sub) -> None:
                                    "Sampling defaults come from the model.")
     p.add_argument("prompt", nargs="+", help="one or more prompts (each makes --batch files)")
     p.add_argument("--checkpoint", help=f"stored text-to-audio model directory (default: ${CHECKPOINT_ENV})")
+    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="a LoRA adapter (a LoRA `train` run's model/) merged into the denoiser at load time, its "
+                        "effect times SCALE (default 1); repeat for several")
     p.add_argument("--out", default="out.wav", help="output file; several outputs get _<i> before the suffix")
     p.add_argument("--seconds", type=float, help="seconds_total: duration to generate (default: the whole window)")
     p.add_argument("--seconds-start", type=float, default=0.0, help="seconds_start conditioning")
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"no model: pass --checkpoint DIR or set ${CHECKPOINT_ENV}")
     if args.batch < 1:
         raise ValueError(f"--batch is {args.batch}; expected >= 1")
-    pipe = TextToAudioPipeline.from_checkpoint(checkpoint, dtype=getattr(jnp, args.dtype))
+    pipe = TextToAudioPipeline.from_checkpoint(checkpoint, dtype=getattr(jnp, args.dtype), loras=args.lora or ())
     prompts = [p for p in args.prompt for _ in range(args.batch)]
     kwargs = {}
     if args.inpaint_audio:

@@ -144,10 +144,15 @@ class TextToAudioPipeline:
         return cls(text_to_audio_model(bundle, text, os.fspath(directory)), mesh)
 
     @classmethod
-    def from_checkpoint(cls, directory: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = None):
+    def from_checkpoint(cls, directory: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = None,
+                        loras: Sequence[str] = ()):
         """A stored text-to-audio model (``stableaudio-jax convert``, a finished ``train`` run's ``model/``,
-        :meth:`save`)."""
-        return cls(load_text_to_audio(directory, dtype), mesh)
+        :meth:`save`); ``loras``: LoRA adapters (``PATH`` or ``PATH:SCALE``) merged into its denoiser."""
+        model = load_text_to_audio(directory, dtype)
+        if loras:
+            from stableaudio_jax.store.adapters import with_loras
+            model = with_loras(model, loras)
+        return cls(model, mesh)
 
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> str:
         """Writes the model as a stored text-to-audio model (what :meth:`from_checkpoint` reads)."""

@@ -142,18 +142,19 @@ class ConditionedDenoiser:
     # ---------------------------------------------------------------------------------------- predictions
 
     def predict(self, params: dict, x: jax.Array, t: jax.Array, cond: dict, dropout_rng: jax.Array | None = None,
-                dropout_prob: float = 0.0) -> jax.Array:
+                dropout_prob: float = 0.0, rngs: dict | None = None) -> jax.Array:
         """The denoiser's output (no guidance). With ``dropout_rng``: training-time CFG dropout of the whole
-        cross-attention sequence (zeros for the DiT, the learned null for the U-Net)."""
+        cross-attention sequence (zeros for the DiT, the learned null for the U-Net). ``rngs``: the denoiser's
+        own (LoRA adapter dropout)."""
         if self.is_unet:
             drop = {} if dropout_rng is None else dict(dropout_rng=dropout_rng, dropout_prob=dropout_prob)
-            return self.denoiser.apply(params["denoiser"], x, t, **cond, **drop)
+            return self.denoiser.apply(params["denoiser"], x, t, **cond, **drop, rngs=rngs)
         if dropout_rng is not None:
             c = Conditioning(cond["cross_attn_cond"], jnp.ones(cond["cross_attn_cond"].shape[:2], bool),
                              cond["global_cond"])
             cond = dict(cross_attn_cond=cfg_dropout(dropout_rng, c, dropout_prob).cross_attn,
                         global_cond=cond["global_cond"])
-        return self.denoiser.apply(params["denoiser"], x, t, **cond)
+        return self.denoiser.apply(params["denoiser"], x, t, **cond, rngs=rngs)
 
     def guided(self, params: dict, x: jax.Array, t: jax.Array, cond: dict, cfg_scale, cfg_rescale=0.0,
                negative: dict | None = None) -> jax.Array:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from stableaudio_jax.models.attention import CrossAttention, LayerNorm, SelfAttention, rotary_tables
 from stableaudio_jax.models.layers import DenseGeneral
+from stableaudio_jax.models.lora import LORA, LORA_RNG, LORA_SCALE
 from stableaudio_jax.parallel.sharding import constrain
 
 Dtype = Any
@@ -192,7 +193,9 @@ class DiT(nn.Module):
                 h = block(**self._block_kwargs(), name=f"blocks_{i}")(h, cross, cos, sin)
             return h
         block = DiTBlock if self.remat == "none" else nn.remat(DiTBlock, policy=policy, prevent_cse=False)
-        scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+        # LoRA adapters (models/lora.py) stack per layer as the weights do; adapter dropout draws per layer
+        scanned = nn.scan(block, variable_axes={"params": 0, LORA: 0, LORA_SCALE: 0},
+                          split_rngs={"params": True, LORA_RNG: True},
                           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
                           metadata_params={nn.PARTITION_NAME: "layers"})
         h, _ = scanned(**self._block_kwargs(), scanned=True, name="blocks")(h, cross, cos, sin)

@@ -18,6 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
+
+from stableaudio_jax.models import lora
 
 Dtype = Any
 
@@ -228,7 +231,7 @@ class DenseGeneral(nn.Module):
             bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, self.axes[self.in_dims:]),
                               features, self.param_dtype)
             y = y + bias.astype(self.dtype)
-        return y
+        return lora.adapted(self, x.astype(self.dtype).reshape(*lead, int(np.prod(ins))), y)
 
 
 class WNConv2d(nn.Module):

@@ -36,7 +36,7 @@ FORMAT = "stableaudio-jax/model"
 VERSION = 2
 MANIFEST_FILE = "stableaudio_jax.json"
 WEIGHTS_FILE = "weights.safetensors"
-KINDS = ("vae", "text_encoder", "diffusion", "text-to-audio")
+KINDS = ("vae", "text_encoder", "diffusion", "text-to-audio", "lora")
 SEPARATOR = "/"
 
 
@@ -260,6 +260,11 @@ def read_weights(info: ModelInfo, abstract: Any, verify: bool = True) -> Any:
     """The stored parameter tree, checked against ``abstract`` (shapes/dtypes of the model built from the config:
     every tensor present, none extra, shapes equal; values cast to the model's dtypes) and, with ``verify``,
     against the manifest's content hash."""
+    return match_tree(read_flat(info, verify), abstract, info.path(WEIGHTS_FILE))
+
+
+def read_flat(info: ModelInfo, verify: bool = True) -> dict[str, np.ndarray]:
+    """The stored tensors by flat name ("a/b/c"), checked against the manifest's content hash with ``verify``."""
     from safetensors import SafetensorError
     from safetensors.numpy import load, load_file
     path = info.path(WEIGHTS_FILE)
@@ -269,11 +274,10 @@ def read_weights(info: ModelInfo, abstract: Any, verify: bool = True) -> Any:
         flat = load(paths.read_bytes(path)) if paths.is_url(path) else load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise StoreError(f"{path}: unreadable weights file ({e}); it is truncated or corrupt") from e
-    params = unflatten(flat)
-    if verify and weights_sha256(params) != info.weights_sha256:
+    if verify and weights_sha256(unflatten(flat)) != info.weights_sha256:
         raise StoreError(f"{path}: the weights' content hash does not match the manifest "
                          f"({str(info.weights_sha256)[:12]}...); the file was replaced or corrupted")
-    return match_tree(flat, abstract, path)
+    return flat
 
 
 def match_tree(flat: Mapping[str, np.ndarray], abstract: Any, source: str) -> Any:

@@ -45,8 +45,9 @@ class DemoWriter:
         self._sample = jax.jit(functools.partial(_sample, run, self.objective, DEFAULT_SAMPLERS[self.objective],
                                                  self.steps))
 
-    def __call__(self, step: int, state: diffusion_steps.DiffusionTrainState, seed: int = 0) -> list[str]:
-        params = jax.device_get(dict(state.params, denoiser=state.ema))
+    def __call__(self, step: int, params: dict, seed: int = 0) -> list[str]:
+        """Demo clips of the model with ``params`` (the run's averaged weights: ``lora_runs.sampling_params``)."""
+        params = jax.device_get(params)
         noise = jax.random.normal(jax.random.key(seed), (len(self.prompts), self.frames, self.run.latent_channels))
         latents = self._sample(params, self.batch, noise, jax.random.key(seed + 1), self.cfg_scale)
         audio = np.asarray(_decode(self.vae.module, self.vae.params, latents))

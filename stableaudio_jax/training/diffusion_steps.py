@@ -11,6 +11,10 @@ optimiser step (ema_pytorch through Lightning's ``on_before_zero_grad``). The co
 
 Batches are dicts: ``latents [B, T, C]``, ``padding_mask [B, T]``, ``seconds_start [B]``, ``seconds_total [B]``,
 ``text_embeddings [B, L, D]`` + ``text_mask [B, L]`` (T5 outputs with padded positions zero).
+
+LoRA fine-tuning (``training.lora.rank`` > 0, ``models/lora.py``): the state's ``params`` are the adapters alone
+(``{"lora": ...}``: what is optimised, EMA-averaged and checkpointed); the frozen base weights are the step's third
+argument (``base``: the run's full parameter tree, loaded from ``--init-from``), never differentiated or saved.
 """
 from __future__ import annotations
 
@@ -27,12 +31,14 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from stableaudio_jax.diffusion.objectives import diffusion_loss, noisy_example
+from stableaudio_jax.models import lora
 from stableaudio_jax.models.conditioned import ConditionedDenoiser
 from stableaudio_jax.parallel.sharding import in_mesh, normalize_rules, param_shardings
 from stableaudio_jax.store.builders import diffusion_model_from_config, resolve_conditioning
 from stableaudio_jax.training.accumulate import accumulate
 from stableaudio_jax.training.loop import abstract_with_shardings, frozen_without
-from stableaudio_jax.training.optim import ema_decay, ema_update, learning_rate, make_optimizer
+from stableaudio_jax.training.optim import (ema_decay, ema_place, ema_shardings, ema_start, ema_step, learning_rate,
+                                           make_optimizer)
 
 BATCH_AXES = ("data", "fsdp")
 BATCH_KEYS = ("latents", "padding_mask", "seconds_start", "seconds_total", "text_embeddings", "text_mask")
@@ -42,7 +48,7 @@ class DiffusionTrainState(flax.struct.PyTreeNode):
     step: jax.Array
     params: Any   # {"denoiser": variables, "timing": variables[, "text_projection": variables]}
     opt: Any
-    ema: Any      # EMA of params["denoiser"]
+    ema: Any      # EMA of params["denoiser"] (None without one; in host memory with training.ema.place=host)
     rng: jax.Array
 
 
@@ -55,6 +61,7 @@ class DiffusionTraining:
     config: Any = flax.struct.field(pytree_node=False)   # conditioning widths resolved (store.resolve_conditioning)
     text_length: int = flax.struct.field(pytree_node=False)
     text_dim: int = flax.struct.field(pytree_node=False)
+    lora: lora.LoraSpec | None = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def denoiser(self) -> nn.Module:
@@ -73,8 +80,10 @@ def build(config, text_length: int, text_dim: int) -> DiffusionTraining:
     """The run for text features ``[text_length, text_dim]``: the dependent widths follow from them and
     ``conditioning.cond_dim`` (a text projection appears when the widths differ)."""
     resolved = resolve_conditioning(config, text_dim, text_length)
+    adapters = config.training.get("lora")
+    spec = lora.LoraSpec.from_config(adapters) if adapters and int(adapters.get("rank", 0)) else None
     return DiffusionTraining(diffusion_model_from_config(resolved), make_optimizer(config.training.optimizer),
-                             resolved, int(text_length), int(text_dim))
+                             resolved, int(text_length), int(text_dim), spec)
 
 
 def example_batch(run: DiffusionTraining, batch: int = 1) -> dict:
@@ -93,47 +102,95 @@ def condition(run: DiffusionTraining, params, batch: dict) -> dict:
                                batch["seconds_total"])
 
 
+def _boxed_params(run: DiffusionTraining, rng: jax.Array) -> dict:
+    batch = example_batch(run)
+    return run.model.init(rng, batch["latents"], batch["text_embeddings"], batch["text_mask"])
+
+
 def _boxed_state(run: DiffusionTraining, rng: jax.Array) -> DiffusionTrainState:
     init_key, state_key = jax.random.split(rng)
-    batch = example_batch(run)
-    params = run.model.init(init_key, batch["latents"], batch["text_embeddings"], batch["text_mask"])
+    params = _boxed_params(run, init_key)
+    if run.lora is not None:  # fresh adapters (B = 0) on the shapes of a base model
+        params = {lora.LORA: new_adapters(run, nn.unbox(params), init_key)[lora.LORA]}
     return DiffusionTrainState(step=jnp.zeros((), jnp.int32), params=params, opt=run.tx.init(params),
-                               ema=params["denoiser"], rng=state_key)
+                               ema=ema_start(averaged_part(run, params), ema_place(run.config.training.ema)),
+                               rng=state_key)
+
+
+def new_adapters(run: DiffusionTraining, base: dict, rng: jax.Array) -> dict:
+    """The run's LoRA adapters for a model with parameters ``base`` (``{"lora": ..., "lora_scale": ...}``)."""
+    batch = example_batch(run)
+    cond = condition(run, base, batch)
+
+    def apply(variables, *, mutable, rngs):
+        t = jnp.zeros(batch["latents"].shape[:1])
+        return run.denoiser.apply(variables, batch["latents"], t, **cond, mutable=mutable, rngs=rngs)
+    return lora.create(apply, base["denoiser"], run.lora, rng)
+
+
+def averaged_part(run: DiffusionTraining, params: dict) -> Any:
+    """What the EMA follows: the denoiser's weights, or the adapters of a LoRA run."""
+    return params["denoiser"] if run.lora is None else params[lora.LORA]
+
+
+def model_params(run: DiffusionTraining, params: dict, base: dict | None) -> dict:
+    """The conditioned model's parameters: the trained ones, or the frozen base with the trained adapters."""
+    if run.lora is None:
+        return params
+    scales = lora.scales_for(params[lora.LORA], run.lora.scale)
+    return dict(base, denoiser={**base["denoiser"], lora.LORA: params[lora.LORA], lora.LORA_SCALE: scales})
 
 
 def from_weights(run: DiffusionTraining, state: DiffusionTrainState, params: Any) -> DiffusionTrainState:
     """A fresh run's state around given weights (``--init-from``): new optimiser moments, the EMA starts at them."""
-    return state.replace(params=params, opt=run.tx.init(params), ema=params["denoiser"])
+    return state.replace(params=params, opt=run.tx.init(params),
+                         ema=ema_start(averaged_part(run, params), ema_place(run.config.training.ema)))
 
 
 def abstract_state(run: DiffusionTraining) -> Any:
     return nn.unbox(jax.eval_shape(lambda k: _boxed_state(run, k), jax.random.key(0)))
 
 
+def abstract_base(run: DiffusionTraining) -> Any:
+    """Shapes of a LoRA run's frozen base parameters (None for a full fine-tune)."""
+    return None if run.lora is None else nn.unbox(jax.eval_shape(lambda k: _boxed_params(run, k), jax.random.key(0)))
+
+
+def base_shardings(run: DiffusionTraining, mesh, rules) -> Any:
+    if run.lora is None:
+        return None
+    return param_shardings(jax.eval_shape(lambda k: _boxed_params(run, k), jax.random.key(0)), mesh, rules)
+
+
 def state_shardings(run: DiffusionTraining, mesh, rules) -> Any:
-    return param_shardings(jax.eval_shape(lambda k: _boxed_state(run, k), jax.random.key(0)), mesh, rules)
+    shardings = param_shardings(jax.eval_shape(lambda k: _boxed_state(run, k), jax.random.key(0)), mesh, rules)
+    return shardings.replace(ema=ema_shardings(shardings.ema, ema_place(run.config.training.ema)))
 
 
-def loss_fn(run: DiffusionTraining, params, batch: dict, rng: jax.Array):
+def loss_fn(run: DiffusionTraining, params, batch: dict, rng: jax.Array, base: dict | None = None):
     t = run.config.training
     noise_rng, drop_rng = jax.random.split(rng)
     noisy = noisy_example(noise_rng, batch["latents"].astype(jnp.float32), run.config.diffusion.objective,
                           t.timestep_sampler)
+    params = model_params(run, params, base)
     cond = condition(run, params, batch)
-    prediction = run.model.predict(params, noisy.x_t, noisy.t, cond, drop_rng, t.cfg_dropout)
+    with lora.dropout(run.lora.dropout if run.lora else 0.0):
+        prediction = run.model.predict(params, noisy.x_t, noisy.t, cond, drop_rng, t.cfg_dropout,
+                                       rngs={lora.LORA_RNG: jax.random.fold_in(rng, 2)} if run.lora else None)
     loss = diffusion_loss(prediction, noisy.target, batch["padding_mask"] if t.mask_padding else None)
     return loss, {"loss": loss}
 
 
-def train_step(run: DiffusionTraining, state: DiffusionTrainState, batch: dict):
+def train_step(run: DiffusionTraining, state: DiffusionTrainState, batch: dict, base: dict | None = None):
     t = run.config.training
     rng, step_rng = jax.random.split(state.rng)
-    grads, metrics = accumulate(lambda p, b, r: loss_fn(run, p, b, r), state.params, batch, step_rng,
+    grads, metrics = accumulate(lambda p, b, r: loss_fn(run, p, b, r, base), state.params, batch, step_rng,
                                 t.accumulation)
     n = state.step + 1
     e = t.ema
     decay = ema_decay(n, e.beta, e.power, e.get("inv_gamma", 1.0), 0.0, e.update_after_step)
-    ema = ema_update(state.ema, state.params["denoiser"], decay)  # before the optimiser step, as the reference
+    # before the optimiser step, as the reference
+    ema = ema_step(state.ema, averaged_part(run, state.params), decay, ema_place(e))
     updates, opt = run.tx.update(grads, state.opt, state.params)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=learning_rate(t.optimizer, state.step),
                    finite=jnp.isfinite(metrics["loss"]))
@@ -154,6 +211,8 @@ class CompiledDiffusionTraining:
     step: Any
     lower: Any  # lower(global_batch) -> the step lowered for abstract inputs (ahead-of-time analysis, benchmarks)
     start_from: Any  # start_from(fresh state, params) -> the state of a run initialised from those weights
+    abstract_base: Any = None   # a LoRA run's frozen base parameters (the step's third argument): shapes
+    base_shardings: Any = None  # ... and shardings
 
 
 _LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "demo", "data", "init_from")
@@ -174,20 +233,23 @@ def _compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusio
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         init = jax.jit(lambda k: nn.unbox(_boxed_state(run, k)), out_shardings=shardings)
 
-    def step(state, batch):
+    def step(state, batch, base=None):
         with nn.logical_axis_rules(rules):
-            return train_step(run, state, batch)
+            return train_step(run, state, batch, base)
 
-    step = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None),
+    base = base_shardings(run, mesh, rules)
+    step = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh), base), out_shardings=(shardings, None),
                    donate_argnums=0)
     start_from = jax.jit(functools.partial(from_weights, run), in_shardings=(shardings, shardings.params),
                          out_shardings=shardings, donate_argnums=0)
-    abstract = abstract_state(run)
+    abstract, frozen_abstract = abstract_state(run), abstract_base(run)
 
     def lower(global_batch: int):
         batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding(mesh)),
                                        jax.eval_shape(lambda: example_batch(run, global_batch)))
-        return step.lower(abstract_with_shardings(abstract, shardings), batch)
+        frozen = None if base is None else abstract_with_shardings(frozen_abstract, base)
+        return step.lower(abstract_with_shardings(abstract, shardings), batch, frozen)
 
     return CompiledDiffusionTraining(run, abstract, shardings, in_mesh(init, mesh, rules), in_mesh(step, mesh, rules),
-                                     in_mesh(lower, mesh, rules), in_mesh(start_from, mesh, rules))
+                                     in_mesh(lower, mesh, rules), in_mesh(start_from, mesh, rules),
+                                     frozen_abstract, base)

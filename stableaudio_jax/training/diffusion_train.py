@@ -33,6 +33,7 @@ from stableaudio_jax.training import diffusion_steps
 from stableaudio_jax.training.checkpoints import TrainCheckpointer
 from stableaudio_jax.training.flops import train_step_flops
 from stableaudio_jax.training.init_from import check_data_text, start_diffusion_from_model
+from stableaudio_jax.training.lora_runs import export_adapter, export_merged, lora_base, sampling_params
 from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.metrics import MetricsWriter
 from stableaudio_jax.training.sources import EXPORT_DIR, resolve_text_encoder, resolve_vae
@@ -143,8 +144,14 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
     text_length = manifest["text_length"] if manifest else int(t.data.get("synthetic_text_length", 128))
     text_width = manifest["text_dim"] if manifest else synthetic_text_width(config)
     compiled = diffusion_steps.compiled(config, mesh, text_length, text_width)
-    init = (start_diffusion_from_model(compiled, t.init_from) if t.get("init_from")
-            else lambda: compiled.init(jax.random.key(config.seed)))
+    base = None
+    if compiled.run.lora is not None:  # adapters on frozen weights: the base is the step's argument, not state
+        base = lora_base(compiled, t.init_from, config, checkpointer)
+        init = lambda: compiled.init(jax.random.key(config.seed))  # noqa: E731
+    elif t.get("init_from"):
+        init = start_diffusion_from_model(compiled, t.init_from)
+    else:
+        init = lambda: compiled.init(jax.random.key(config.seed))  # noqa: E731
     state, data_state, _ = resume_or_start(
         checkpointer, abstract_with_shardings(compiled.abstract, compiled.shardings), init, config, workdir)
     data.restore(data_state)
@@ -152,17 +159,20 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
     start = int(state.step)
     end = t.steps if max_steps is None else min(t.steps, start + max_steps)
     demos = _demos(compiled.run, config, manifest, workdir)
-    after = None if demos is None else (lambda done, s: demos(done, s) if done % t.demo.every == 0 else None)
+    after = None if demos is None else (
+        lambda done, s: demos(done, sampling_params(compiled.run, s, base)) if done % t.demo.every == 0 else None)
     ratio = manifest["downsampling_ratio"] / manifest["sample_rate"] if manifest else 2048 / 44100
     try:
-        state, last = run_loop(state, lambda step, s, batch: compiled.step(s, _model_batch(batch)), data,
+        state, last = run_loop(state, lambda step, s, batch: compiled.step(s, _model_batch(batch), base), data,
                                diffusion_steps.batch_sharding(mesh), start=start, end=end,
                                checkpointer=checkpointer, writer=writer, config=config, desc="train",
                                progress=progress, after_step=after,
                                audio_seconds_per_step=t.batch_size * t.crop_frames * ratio,
                                flops_per_step=train_step_flops(compiled, t.batch_size))
         checkpointer.wait()
-        if int(state.step) == t.steps:
+        if int(state.step) == t.steps and base is not None:
+            export_adapter(compiled.run, state, config, os.path.join(workdir, EXPORT_DIR))
+        elif int(state.step) == t.steps:
             export_model(compiled.run, state, config, manifest, os.path.join(workdir, EXPORT_DIR))
     finally:
         checkpointer.close()
@@ -184,9 +194,10 @@ def _record_data(workdir: str, data_dir: str, manifest: dict | None, config) -> 
     paths.write_json_atomic(paths.join(workdir, DATA_FILE), summary, indent=1, sort_keys=True)
 
 
-def export_from_workdir(workdir: str, out: str | None = None, step: int | None = None) -> str:
+def export_from_workdir(workdir: str, out: str | None = None, step: int | None = None, merged: bool = False) -> str:
     """Exports checkpoint ``step`` (default: the latest) of a ``train`` run, finished or not, as
-    :func:`export_model` does at the end of a run (default: ``<workdir>/model``)."""
+    :func:`export_model` does at the end of a run (default: ``<workdir>/model``); a LoRA run's adapter alone, or
+    with ``merged`` the base model with the adapter merged in."""
     workdir = paths.absolute(workdir)
     try:
         config = ml_collections.ConfigDict(paths.read_json(paths.join(workdir, "config.json")))
@@ -207,7 +218,13 @@ def export_from_workdir(workdir: str, out: str | None = None, step: int | None =
     finally:
         checkpointer.close()
     config = ml_collections.ConfigDict(saved) if saved else config  # the data hash the run recorded
-    return export_model(run, state, config, manifest, out or os.path.join(workdir, EXPORT_DIR))
+    out = out or os.path.join(workdir, EXPORT_DIR)
+    if merged and run.lora is None:
+        raise ValueError(f"{workdir}: --merged exports a LoRA run (training.lora.rank > 0); this run trains every "
+                         "weight, export it without --merged")
+    if run.lora is not None:
+        return (export_merged if merged else export_adapter)(run, state, config, out)
+    return export_model(run, state, config, manifest, out)
 
 
 def _model_batch(batch: dict) -> dict:
@@ -250,7 +267,7 @@ def _demos(run, config, manifest, workdir: str):
 def export_model(run, state, config, manifest: dict | None, directory: str) -> str:
     """The trained model (EMA denoiser + conditioners) as a text-to-audio model with the data's T5 and VAE, or the
     diffusion model alone when they are unknown. Every process gathers; process 0 writes."""
-    params = host_arrays(dict(state.params, denoiser=state.ema))
+    params = host_arrays(sampling_params(run, state, None))
     if jax.process_index() != 0:
         return directory
     model = diffusion_model(run.config, params, directory)

@@ -33,7 +33,8 @@ from stableaudio_jax.models.discriminator import (MultiScaleSTFTDiscriminator, d
 from stableaudio_jax.parallel.sharding import in_mesh, normalize_rules, param_shardings
 from stableaudio_jax.training.accumulate import accumulate
 from stableaudio_jax.training.loop import frozen_without
-from stableaudio_jax.training.optim import ema_decay, ema_update, learning_rate, make_optimizer
+from stableaudio_jax.training.optim import (ema_decay, ema_place, ema_shardings, ema_start, ema_step, learning_rate,
+                                           make_optimizer)
 
 
 class VAETrainState(flax.struct.PyTreeNode):
@@ -42,7 +43,7 @@ class VAETrainState(flax.struct.PyTreeNode):
     disc_steps: jax.Array    # discriminator updates so far
     gen_params: Any
     gen_opt: Any
-    ema_params: Any
+    ema_params: Any          # None without an EMA; in host memory with training.ema.place=host
     disc_params: Any
     disc_opt: Any
     rng: jax.Array
@@ -76,13 +77,15 @@ def _boxed_state(run: VAETraining, rng: jax.Array, crop: int, channels: int) -> 
     disc = run.disc.init(disc_key, audio)
     zero = jnp.zeros((), jnp.int32)
     return VAETrainState(step=zero, gen_steps=zero, disc_steps=zero, gen_params=gen, gen_opt=run.gen_tx.init(gen),
-                         ema_params=gen, disc_params=disc, disc_opt=run.disc_tx.init(disc), rng=state_key)
+                         ema_params=ema_start(gen, ema_place(run.config.training.ema)), disc_params=disc,
+                         disc_opt=run.disc_tx.init(disc), rng=state_key)
 
 
 def from_weights(run: VAETraining, state: VAETrainState, gen_params: Any) -> VAETrainState:
     """A fresh run's state around given VAE weights (``--init-from``): new generator optimiser moments, the EMA
     starts at them; the discriminator stays freshly initialised."""
-    return state.replace(gen_params=gen_params, gen_opt=run.gen_tx.init(gen_params), ema_params=gen_params)
+    return state.replace(gen_params=gen_params, gen_opt=run.gen_tx.init(gen_params),
+                         ema_params=ema_start(gen_params, ema_place(run.config.training.ema)))
 
 
 def abstract_state(run: VAETraining, crop: int, channels: int) -> Any:
@@ -93,7 +96,8 @@ def abstract_state(run: VAETraining, crop: int, channels: int) -> Any:
 def state_shardings(run: VAETraining, mesh, rules, crop: int, channels: int) -> Any:
     """NamedShardings of every leaf of the train state (optimizer moments follow their parameters)."""
     abstract = jax.eval_shape(lambda k: _boxed_state(run, k, crop, channels), jax.random.key(0))
-    return param_shardings(abstract, mesh, rules)
+    shardings = param_shardings(abstract, mesh, rules)
+    return shardings.replace(ema_params=ema_shardings(shardings.ema_params, ema_place(run.config.training.ema)))
 
 
 def init_state(run: VAETraining, rng: jax.Array, mesh, rules, crop: int, channels: int) -> VAETrainState:
@@ -139,7 +143,8 @@ def generator_step(run: VAETraining, state: VAETrainState, audio: jax.Array, adv
     n = state.gen_steps + 1
     e = t.ema
     decay = ema_decay(n, e.beta, e.power, e.get("inv_gamma", 1.0), 0.0, e.update_after_step)
-    ema = ema_update(state.ema_params, state.gen_params, decay)  # before the optimiser step, as the reference
+    # before the optimiser step, as the reference
+    ema = ema_step(state.ema_params, state.gen_params, decay, ema_place(e))
     updates, gen_opt = run.gen_tx.update(grads, state.gen_opt, state.gen_params)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads), gen_lr=learning_rate(t.gen_optimizer, state.gen_steps),
                    finite=jnp.isfinite(metrics["loss"]))

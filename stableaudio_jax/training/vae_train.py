@@ -31,6 +31,7 @@ from stableaudio_jax.training.checkpoints import CheckpointError, TrainCheckpoin
 from stableaudio_jax.training.init_from import start_vae_from_model
 from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.metrics import MetricsWriter
+from stableaudio_jax.training.optim import averaged
 from stableaudio_jax.training.sources import EXPORT_DIR
 
 logger = logging.getLogger(__name__)
@@ -80,16 +81,17 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
                                audio_seconds_per_step=t.batch_size * t.crop_samples / config.model.sample_rate)
         checkpointer.wait()
         if int(state.step) == t.steps:
-            _export(config, state.ema_params, int(state.step), workdir, os.path.join(workdir, EXPORT_DIR))
+            _export(config, averaged(state.ema_params, state.gen_params), int(state.step), workdir,
+                    os.path.join(workdir, EXPORT_DIR))
     finally:
         checkpointer.close()
         writer.close()
     return last
 
 
-def _export(config, ema_params, step: int, workdir: str, out: str) -> str:
-    """Every process gathers the EMA weights (they may be sharded over hosts); process 0 writes the model."""
-    params = host_arrays(ema_params)
+def _export(config, weights, step: int, workdir: str, out: str) -> str:
+    """Every process gathers the weights (the EMA, else the online ones; sharded over hosts); process 0 writes."""
+    params = host_arrays(weights)
     if jax.process_index() != 0:
         return out
     vae = VAE(vae_from_config(config.model), params, ml_collections.ConfigDict(config.model.to_dict()), out)
@@ -123,12 +125,13 @@ def load_vae_from_workdir(workdir: str, dtype=None, step: int | None = None) -> 
     """(the EMA VAE of checkpoint ``step`` (default: the latest), that step, the run's total steps)."""
     config, state = _restore(workdir, step)
     module = vae_from_config(config.model, dtype=dtype or "float32")
-    vae = VAE(module, jax.device_get(state.ema_params), ml_collections.ConfigDict(config.model.to_dict()),
-              paths.absolute(workdir))
+    weights = jax.device_get(averaged(state.ema_params, state.gen_params))
+    vae = VAE(module, weights, ml_collections.ConfigDict(config.model.to_dict()), paths.absolute(workdir))
     return vae, int(state.step), int(config.training.steps)
 
 
 def export_vae(workdir: str, out: str | None = None, step: int | None = None) -> str:
     """Writes checkpoint ``step`` (default: the latest) of a train-vae run as a stored VAE (``<workdir>/model``)."""
     config, state = _restore(workdir, step)
-    return _export(config, state.ema_params, int(state.step), workdir, out or os.path.join(workdir, EXPORT_DIR))
+    return _export(config, averaged(state.ema_params, state.gen_params), int(state.step), workdir,
+                   out or os.path.join(workdir, EXPORT_DIR))

@@ -1,0 +1,90 @@
+"""LoRA adapters on the denoisers' linear layers: a fresh adapter is the identity, merged and unmerged outputs agree,
+scanned and unrolled DiTs adapt the same layers, several adapters combine, and a foreign adapter is refused."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import dit_inputs
+from stableaudio_jax.models import lora
+from stableaudio_jax.models.dit import DiT
+
+SPEC = lora.LoraSpec(rank=4, alpha=8.0)
+
+
+def _dit(scan: bool) -> DiT:
+    return DiT(io_channels=8, embed_dim=64, depth=2, num_heads=2, cond_token_dim=48, global_cond_dim=96,
+               timestep_features_dim=32, scan_layers=scan)
+
+
+def _model(scan: bool, spec=SPEC, seed=0):
+    dit = _dit(scan)
+    inputs = [jnp.asarray(a) for a in dit_inputs()]
+    variables = nn.unbox(dit.init(jax.random.key(seed), *inputs))
+    adapters = lora.create(dit.apply, variables, spec, jax.random.key(seed + 1), *inputs)
+    return dit, variables, adapters, inputs
+
+
+def _trained(adapters, seed=2):
+    """Adapters with non-zero B (as after training)."""
+    leaves, tree = jax.tree_util.tree_flatten(adapters[lora.LORA])
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return {**adapters, lora.LORA: jax.tree_util.tree_unflatten(
+        tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])}
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_a_fresh_adapter_is_the_identity_and_merging_agrees(scan):
+    dit, variables, adapters, inputs = _model(scan)
+    base = dit.apply(variables, *inputs)
+    np.testing.assert_array_equal(np.asarray(dit.apply(lora.with_adapters(variables, adapters), *inputs)),
+                                  np.asarray(base))
+    trained = _trained(adapters)
+    unmerged = np.asarray(dit.apply(lora.with_adapters(variables, trained), *inputs))
+    merged = np.asarray(dit.apply(lora.merge(variables, trained), *inputs))
+    assert np.abs(unmerged - np.asarray(base)).max() > 1e-3  # the adapter changes the output
+    np.testing.assert_allclose(merged, unmerged, atol=2e-5, rtol=1e-5)
+    # the base weights themselves are untouched by merging
+    jax.tree_util.tree_map(np.testing.assert_array_equal, variables, _model(scan)[1])
+
+
+def test_attention_layers_are_adapted_with_the_configured_rank_and_scale():
+    _, _, unrolled, _ = _model(False)
+    paths = lora.adapter_paths(unrolled)
+    assert paths == sorted(f"blocks_{i}/{p}" for i in range(2) for p in
+                           ("cross_attn/kv", "cross_attn/out", "cross_attn/q", "self_attn/out", "self_attn/qkv"))
+    qkv = unrolled[lora.LORA]["blocks_0"]["self_attn"]["qkv"]
+    assert qkv["a"].shape == (64, 4) and qkv["b"].shape == (4, 3 * 64) and not np.asarray(qkv["b"]).any()
+    assert float(unrolled[lora.LORA_SCALE]["blocks_0"]["self_attn"]["qkv"]["scale"]) == 2.0  # alpha / rank
+    _, _, scanned, _ = _model(True)
+    assert scanned[lora.LORA]["blocks"]["self_attn"]["qkv"]["a"].shape == (2, 64, 4)  # stacked per layer
+    with_mlp = _model(False, lora.LoraSpec.from_config({"rank": 2, "targets": "attention+mlp"}))[2]
+    assert {"blocks_0/ff/proj", "blocks_0/ff/out"} <= set(lora.adapter_paths(with_mlp))
+
+
+def test_scaled_and_combined_adapters():
+    dit, variables, adapters, inputs = _model(False)
+    one, two = _trained(adapters, 2), _trained(adapters, 3)
+    base = np.asarray(dit.apply(variables, *inputs))
+    half = np.asarray(dit.apply(lora.with_adapters(variables, lora.apply_scale(one, 0.0)), *inputs))
+    np.testing.assert_allclose(half, base, atol=1e-6)  # scale 0 is the base model
+    both = np.asarray(dit.apply(lora.with_adapters(variables, lora.combined([one, two])), *inputs))
+    sequential = np.asarray(dit.apply(lora.merge(lora.merge(variables, one), two), *inputs))
+    np.testing.assert_allclose(both, sequential, atol=2e-5, rtol=1e-5)
+
+
+def test_a_foreign_adapter_and_bad_specs_are_refused():
+    _, variables, _, _ = _model(False)
+    _, _, scanned, _ = _model(True)
+    with pytest.raises(ValueError, match=r"does not fit this base model: layers it adapts that the model lacks: "
+                                         r"\['blocks/cross_attn/kv'"):
+        lora.check_fits(scanned, variables, "the adapter")
+    wide = _model(False, seed=0)[2]
+    wide[lora.LORA]["blocks_0"]["self_attn"]["qkv"]["a"] = jnp.zeros((32, 4))
+    with pytest.raises(ValueError, match=r"mismatched sizes: \['blocks_0/self_attn/qkv: kernel \(64, 3, 2, 32\)"):
+        lora.check_fits(wide, variables)
+    with pytest.raises(ValueError, match=r"match no linear layer of the model; its layers are \["):
+        _model(False, lora.LoraSpec(rank=2, alpha=2, targets=("nothing_here",)))
+    with pytest.raises(ValueError, match=r"LoRA rank 0: expected a positive integer"):
+        lora.LoraSpec(rank=0, alpha=1)
