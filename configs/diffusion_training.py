@@ -26,6 +26,12 @@ def training_config(full_size: bool, crop_frames: int, lr: float | None = None):
         # LoRA (rank > 0, with --init-from): adapters on the attention (or "attention+mlp", or regexes of layer
         # paths) of a frozen base; alpha / rank scales them (models/lora.py)
         lora=dict(rank=0, alpha=16.0, targets="attention", dropout=0.0, base_sha256=""),
+        # train-arc (training/arc_steps.py): the discriminator is the generator's first disc_blocks blocks + a
+        # small head; its own AdamW; the export samples ping-pong with export_steps steps and no CFG
+        arc=dict(disc_blocks=12 if full_size else 1, head_hidden=256 if full_size else 32, contrastive_weight=1.0,
+                 export_steps=8, disc_optimizer=dict(lr=lr or (5e-5 if full_size else 1e-3), betas=(0.9, 0.999),
+                                                     eps=1e-8, weight_decay=0.0, grad_clip=0.0,
+                                                     schedule=dict(type="constant"), mu_dtype=None)),
         timestep_sampler="low_discrepancy",    # stratified uniform: the role of the reference's scrambled Sobol
         cfg_dropout=0.1,
         mask_padding=False,                    # the reference trains the model to output the padding silence

@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from stableaudio_jax.commands import (bench, convert, demo_data, encode, evaluate, export, generate, ingest,
-                                      quickstart, train, train_vae)
+                                      quickstart, train, train_arc, train_vae)
 from stableaudio_jax.config_loader import load_config, split_override_args
 from stableaudio_jax.paths import StoragePathError
 from stableaudio_jax.store.format import StoreError
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_vae.add_parser(sub)
     encode.add_parser(sub)
     train.add_parser(sub)
+    train_arc.add_parser(sub)
     export.add_parser(sub)
     evaluate.add_parser(sub)
     bench.add_parser(sub)

@@ -135,6 +135,7 @@ class DiT(nn.Module):
     attention_impl: str = "auto"
     scan_layers: bool = False
     remat: str = "none"
+    features_only: bool = False         # return the last block's hidden states [B, 1 + T, embed] (ARC's discriminator)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -181,6 +182,8 @@ class DiT(nn.Module):
         rot = self.rotary_dim or max(self.head_dim // 2, 32)
         cos, sin = rotary_tables(h.shape[1], rot, self.rotary_base)
         h = self._blocks(h, cross.astype(self.dtype), cos, sin)
+        if self.features_only:
+            return h.astype(jnp.float32)
         out = _dense(self.io_channels, ("embed", "latent"), "project_out", kw)(h)[:, 1:]
         out = out + _dense(self.io_channels, ("latent", "latent_out"), "postprocess_conv", kw, init=zero)(out)
         return out.astype(jnp.float32)

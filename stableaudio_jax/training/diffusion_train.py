@@ -264,9 +264,10 @@ def _demos(run, config, manifest, workdir: str):
     return DemoWriter(run, vae, text, config, workdir)
 
 
-def export_model(run, state, config, manifest: dict | None, directory: str) -> str:
+def export_model(run, state, config, manifest: dict | None, directory: str, sampling: dict | None = None) -> str:
     """The trained model (EMA denoiser + conditioners) as a text-to-audio model with the data's T5 and VAE, or the
-    diffusion model alone when they are unknown. Every process gathers; process 0 writes."""
+    diffusion model alone when they are unknown; ``sampling``: generation defaults other than the objective's.
+    Every process gathers; process 0 writes."""
     params = host_arrays(sampling_params(run, state, None))
     if jax.process_index() != 0:
         return directory
@@ -282,7 +283,8 @@ def export_model(run, state, config, manifest: dict | None, directory: str) -> s
     ratio = int(manifest["downsampling_ratio"])
     audio = {"sample_rate": int(manifest["sample_rate"]), "channels": int(vae.module.audio_channels),
              "sample_size": int(config.training.crop_frames) * ratio}
-    sampling = default_sampling(model.objective, float(run.config.get("guidance", {}).get("scale_phi", 0.0)))
+    sampling = dict(default_sampling(model.objective, float(run.config.get("guidance", {}).get("scale_phi", 0.0))),
+                    **(sampling or {}))
     bundle = TextToAudioModel(text, model, vae, ml_collections.ConfigDict({"audio": audio, "sampling": sampling}),
                               directory)
     path = save_text_to_audio(directory, bundle, overwrite=True, provenance=provenance)

@@ -54,7 +54,7 @@ def trained_adapters(run, state) -> dict:
 def sampling_params(run, state, base: dict | None) -> dict:
     """The conditioned model's weights to sample with: the EMA (or online) weights, or the base with the trained
     adapters merged in."""
-    if run.lora is None:
+    if getattr(run, "lora", None) is None:  # a full fine-tune, or ARC's generator
         return dict(state.params, denoiser=averaged(state.ema, state.params["denoiser"]))
     return dict(base, denoiser=lora.merge(base["denoiser"], trained_adapters(run, state)))
 

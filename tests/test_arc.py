@@ -1,0 +1,110 @@
+"""ARC post-training on 8 CPU devices: a tiny rectified-flow DiT becomes the generator, the discriminator (its first
+block + a head) learns to tell real latents from one-step fakes and right prompts from rolled ones."""
+import jax
+import numpy as np
+import pytest
+
+from stableaudio_jax.config_loader import load_config
+from stableaudio_jax.training import arc_steps
+from stableaudio_jax.training.arc_train import train_arc
+from stableaudio_jax.training.diffusion_train import train_diffusion
+from stableaudio_jax.training.init_from import diffusion_config_from_model
+from stableaudio_jax.training.metrics import read_metrics
+from test_diffusion_training import TEXT_DIM, TEXT_LENGTH, _state, write_latents
+
+
+LOOP = ["training.steps=30", "training.log_every=10", "training.checkpoint_every=30"]
+
+
+@pytest.fixture(scope="module")
+def rf_model(tmp_path_factory):
+    """A v-objective model fine-tuned into a rectified-flow one (`train --init-from V
+    --config.diffusion.objective=rectified_flow`), as SAO would be before ARC."""
+    root = tmp_path_factory.mktemp("arc")
+    latents = write_latents(root / "latents")
+    train_diffusion(load_config("configs/dit.py:tiny", LOOP), str(root / "v"), latents)
+    config = diffusion_config_from_model(load_config("configs/dit.py:tiny", LOOP), str(root / "v" / "model"),
+                                         ["--config.diffusion.objective=rectified_flow"])
+    assert config.diffusion.objective == "rectified_flow"
+    train_diffusion(config, str(root / "rf"), latents)
+    return root, latents
+
+
+def test_arc_trains_and_its_discriminator_learns(rf_model, tmp_path):
+    root, latents = rf_model
+    source = str(root / "rf" / "model")
+    config = diffusion_config_from_model(load_config("configs/dit.py:tiny", [
+        "training.steps=60", "training.log_every=1", "training.checkpoint_every=60"]), source)
+    train_arc(config, str(tmp_path / "arc"), latents)
+    logged = [m for m in read_metrics(tmp_path / "arc") if "train/disc_accuracy" in m]
+    assert len(logged) == 60
+    for key in ("train/generator_loss", "train/discriminator_loss", "train/contrastive_loss"):
+        assert np.isfinite([m[key] for m in logged]).all(), key
+    # the discriminator beats chance: its relativistic loss is below softplus(0) = ln 2 over the last 20 steps
+    # and, on a fixed batch over 32 draws of noise, it ranks real above fake more often than the initial one
+    assert np.mean([m["train/discriminator_loss"] for m in logged[-20:]]) < np.log(2)
+    trained, initial, batch = _accuracies(config, str(tmp_path / "arc"), latents, source)
+    print("discriminator accuracy: initial", initial, "trained", trained)
+    assert trained > 0.6 and trained > initial + 0.05
+    from stableaudio_jax.store import load_diffusion
+    state, _ = _state(tmp_path / "arc")
+    start = load_diffusion(source).params["denoiser"]
+    moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree_util.tree_leaves(state["params"]["denoiser"]), jax.tree_util.tree_leaves(start))]
+    assert any(moved)  # the generator trained away from the RF model
+    assert set(state["disc_params"]) == {"denoiser", "timing", "head"}
+    assert (tmp_path / "arc" / "model").is_dir()
+
+
+def test_arc_refuses_a_v_model_and_too_many_blocks():
+    config = load_config("configs/dit.py:tiny")
+    with pytest.raises(ValueError, match=r"ARC post-trains a rectified-flow DiT; this model is a dit with objective "
+                                         r"'v'"):
+        arc_steps.build(config, TEXT_LENGTH, TEXT_DIM)
+    config = load_config("configs/dit.py:tiny", ["diffusion.objective=rectified_flow", "training.arc.disc_blocks=3"])
+    with pytest.raises(ValueError, match=r"training.arc.disc_blocks=3: expected 1..2"):
+        arc_steps.build(config, TEXT_LENGTH, TEXT_DIM)
+
+
+def test_the_discriminator_trunk_is_the_generators_first_blocks():
+    config = load_config("configs/dit.py:tiny", ["diffusion.objective=rectified_flow", "model.scan_layers=true"])
+    run = arc_steps.build(config, TEXT_LENGTH, TEXT_DIM)
+    abstract = arc_steps.abstract_state(run)
+    generator = jax.tree_util.tree_map(lambda a: np.random.default_rng(0).standard_normal(a.shape).astype(a.dtype),
+                                       abstract.params)
+    trunk = arc_steps.trunk_from(generator, abstract.disc_params)
+    blocks = generator["denoiser"]["params"]["blocks"]
+    ours = trunk["denoiser"]["params"]["blocks"]
+    for g, d in zip(jax.tree_util.tree_leaves(blocks), jax.tree_util.tree_leaves(ours)):
+        assert d.shape[0] == 1 and np.array_equal(d, g[:1])
+    assert "project_out" not in trunk["denoiser"]["params"]
+    for g, d in zip(jax.tree_util.tree_leaves(generator["timing"]), jax.tree_util.tree_leaves(trunk["timing"])):
+        assert np.array_equal(g, d)
+
+
+def _accuracies(config, workdir, latents, source):
+    """The trained and the initial discriminator's accuracy on one fixed batch (32 draws of t, s and noise)."""
+    import ml_collections
+
+    from stableaudio_jax.parallel.distributed import global_batch
+    from stableaudio_jax.parallel.mesh import make_mesh
+    from stableaudio_jax.store import load_diffusion
+    from stableaudio_jax.training.diffusion_steps import batch_sharding
+    from stableaudio_jax.training.checkpoints import TrainCheckpointer
+    from stableaudio_jax.training.diffusion_train import _data, _model_batch
+    from stableaudio_jax.training.init_from import placed
+    config = ml_collections.ConfigDict(config.to_dict())
+    mesh = make_mesh(config.mesh)
+    compiled = arc_steps.compiled(config, mesh, TEXT_LENGTH, TEXT_DIM)
+    _, data = _data(config, latents, config.training.batch_size, 4)
+    batch = global_batch(_model_batch(next(data)), batch_sharding(mesh))
+    checkpointer = TrainCheckpointer(workdir, async_save=False)
+    try:
+        trained = checkpointer.restore(arc_steps.abstract_with(compiled))[0]
+    finally:
+        checkpointer.close()
+    fresh = compiled.start_from(compiled.init(jax.random.key(config.seed)),
+                                placed(load_diffusion(source).params, compiled.shardings.params))
+    fresh = trained.replace(disc_params=fresh.disc_params)  # the initial discriminator against the same generator
+    accuracy = jax.jit(lambda s, b: arc_steps.discriminator_accuracy(compiled.run, s, b, jax.random.key(7), 32))
+    return float(accuracy(trained, batch)), float(accuracy(fresh, batch)), batch
