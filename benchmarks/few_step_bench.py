@@ -148,6 +148,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher-steps", type=int, default=600)
     parser.add_argument("--arc-steps", type=int, default=300)
+    parser.add_argument("--arc-lr", type=float, default=1e-4, help="generator and discriminator learning rate")
+    parser.add_argument("--arc-dir", default="arc", help="the ARC run's folder in --workdir")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workdir", help="default: a temporary folder")
     parser.add_argument("--out", required=True)
@@ -161,21 +163,23 @@ def main() -> None:
     from stableaudio_jax.training.init_from import diffusion_config_from_model
 
     root = args.workdir or tempfile.mkdtemp(prefix="few_step_")
-    data, texts = write_dataset(os.path.join(root, "latents"))
+    data, texts = write_dataset(os.path.join(root, "latents"))  # deterministic: rewriting it changes nothing
     loop = [f"training.crop_frames={FRAMES}", "training.log_every=50", "training.checkpoint_every=100000"]
+    # both runs resume (or are already finished) when --workdir holds them: re-time without retraining
     started = time.perf_counter()
     train_diffusion(load_config("configs/dit.py:tiny", loop + ["diffusion.objective=rectified_flow",
                                                                f"training.steps={args.teacher_steps}"]),
                     os.path.join(root, "rf"), data, progress=True)
     teacher_seconds = time.perf_counter() - started
     config = diffusion_config_from_model(load_config("configs/dit.py:tiny", loop + [
-        f"training.steps={args.arc_steps}"]), os.path.join(root, "rf", "model"))
+        f"training.steps={args.arc_steps}", f"training.optimizer.lr={args.arc_lr}",
+        f"training.arc.disc_optimizer.lr={args.arc_lr}"]), os.path.join(root, "rf", "model"))
     started = time.perf_counter()
-    train_arc(config, os.path.join(root, "arc"), data, progress=True)
+    train_arc(config, os.path.join(root, args.arc_dir), data, progress=True)
     arc_seconds = time.perf_counter() - started
 
     refs = references()
-    teacher, arc = (load_diffusion(os.path.join(root, name, "model")) for name in ("rf", "arc"))
+    teacher, arc = (load_diffusion(os.path.join(root, name, "model")) for name in ("rf", args.arc_dir))
     rows = evaluate("rectified flow", teacher.model, teacher.params, texts, refs, "euler",
                     [1, 2, 4, 8, 16, 32, 100], 7.0, args.batch)
     rows += evaluate("rectified flow", teacher.model, teacher.params, texts, refs, "pingpong", [1, 2, 4, 8], 1.0,
@@ -183,7 +187,7 @@ def main() -> None:
     rows += evaluate("ARC", arc.model, arc.params, texts, refs, "pingpong", [1, 2, 4, 8], 1.0, args.batch)
     real = np.stack([pattern(p % PROMPTS, 0.3 * p, np.random.default_rng(p)) for p in range(args.batch)])
     result = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "teacher_steps": args.teacher_steps,
-              "arc_steps": args.arc_steps, "teacher_train_seconds": teacher_seconds, "arc_train_seconds": arc_seconds,
+              "arc_steps": args.arc_steps, "arc_lr": args.arc_lr, "teacher_train_seconds": teacher_seconds, "arc_train_seconds": arc_seconds,
               "real_data": quality(real, np.arange(args.batch) % PROMPTS, refs), "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

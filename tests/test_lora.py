@@ -88,3 +88,20 @@ def test_a_foreign_adapter_and_bad_specs_are_refused():
         _model(False, lora.LoraSpec(rank=2, alpha=2, targets=("nothing_here",)))
     with pytest.raises(ValueError, match=r"LoRA rank 0: expected a positive integer"):
         lora.LoraSpec(rank=0, alpha=1)
+
+
+def test_the_u_net_attention_is_adapted_and_merges_exactly():
+    from helpers import model_config
+    from stableaudio_jax.models.unet import unet_from_config
+    unet = unet_from_config(model_config("configs/unet.py:tiny"))
+    rng = np.random.default_rng(0)
+    inputs = [jnp.asarray(rng.standard_normal((1, 16, unet.in_channels)), jnp.float32), jnp.full((1,), 0.3),
+              jnp.asarray(rng.standard_normal((1, 4, unet.context_features)), jnp.float32)]
+    variables = nn.unbox(unet.init(jax.random.key(0), *inputs))
+    adapters = lora.create(unet.apply, variables, SPEC, jax.random.key(1), *inputs)
+    paths = lora.adapter_paths(adapters)
+    assert paths and all(p.rsplit("/", 2)[-2] in ("self_attn", "cross_attn") for p in paths)
+    trained = _trained(adapters)
+    np.testing.assert_allclose(np.asarray(unet.apply(lora.merge(variables, trained), *inputs)),
+                               np.asarray(unet.apply(lora.with_adapters(variables, trained), *inputs)),
+                               atol=2e-5, rtol=1e-5)
