@@ -90,7 +90,8 @@ def test_a_foreign_adapter_and_bad_specs_are_refused():
         lora.LoraSpec(rank=0, alpha=1)
 
 
-def test_the_u_net_attention_is_adapted_and_merges_exactly():
+@pytest.mark.parametrize("targets", ["attention", "attention+mlp+conv"])
+def test_the_u_net_is_adapted_and_merges_exactly(targets):
     from helpers import model_config
     from stableaudio_jax.models.unet import unet_from_config
     unet = unet_from_config(model_config("configs/unet.py:tiny"))
@@ -98,9 +99,12 @@ def test_the_u_net_attention_is_adapted_and_merges_exactly():
     inputs = [jnp.asarray(rng.standard_normal((1, 16, unet.in_channels)), jnp.float32), jnp.full((1,), 0.3),
               jnp.asarray(rng.standard_normal((1, 4, unet.context_features)), jnp.float32)]
     variables = nn.unbox(unet.init(jax.random.key(0), *inputs))
-    adapters = lora.create(unet.apply, variables, SPEC, jax.random.key(1), *inputs)
+    spec = lora.LoraSpec.from_config({"rank": 4, "alpha": 8.0, "targets": targets})
+    adapters = lora.create(unet.apply, variables, spec, jax.random.key(1), *inputs)
     paths = lora.adapter_paths(adapters)
-    assert paths and all(p.rsplit("/", 2)[-2] in ("self_attn", "cross_attn") for p in paths)
+    attention = [p for p in paths if p.split("/")[-2:-1] in (["self_attn"], ["cross_attn"])]
+    convs = [p for p in paths if p.endswith(("conv1", "conv2", "_conv"))]
+    assert attention and (convs if targets.endswith("conv") else attention == paths)
     trained = _trained(adapters)
     np.testing.assert_allclose(np.asarray(unet.apply(lora.merge(variables, trained), *inputs)),
                                np.asarray(unet.apply(lora.with_adapters(variables, trained), *inputs)),

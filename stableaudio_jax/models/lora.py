@@ -29,6 +29,8 @@ COLLECTIONS = (LORA, LORA_SCALE)
 # attention q/k/v/out of the DiT (self_attn/qkv, cross_attn/q, cross_attn/kv, */out) and of the U-Net
 ATTENTION = (r"attn\w*/(qkv|q|kv|out)$",)
 ATTENTION_AND_MLP = ATTENTION + (r"ff/(proj|out)$", r"ff_(in|out)$")  # DiT SwiGLU, U-Net GELU MLP
+WITH_CONVS = ATTENTION_AND_MLP + (r"conv\w*$",)  # + convolutions (U-Net conv1/conv2, down_i_conv, up_i_conv)
+TARGET_SETS = {"attention": ATTENTION, "attention+mlp": ATTENTION_AND_MLP, "attention+mlp+conv": WITH_CONVS}
 
 _creating: contextvars.ContextVar[LoraSpec | None] = contextvars.ContextVar("lora_creating", default=None)
 _dropout: contextvars.ContextVar[float] = contextvars.ContextVar("lora_dropout", default=0.0)
@@ -53,7 +55,7 @@ class LoraSpec:
     def from_config(cls, cfg: Any) -> LoraSpec:
         targets = cfg.get("targets", "attention")
         if isinstance(targets, str):
-            targets = {"attention": ATTENTION, "attention+mlp": ATTENTION_AND_MLP}.get(targets, (targets,))
+            targets = TARGET_SETS.get(targets, (targets,))
         return cls(int(cfg["rank"]), float(cfg.get("alpha", cfg["rank"])), tuple(targets),
                    float(cfg.get("dropout", 0.0)))
 
@@ -82,14 +84,7 @@ def dropout(rate: float) -> Iterator[None]:
 def adapted(module: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
     """``y`` plus the layer's adapter term (``x``: the layer's input flattened to ``[..., in]``); creates the
     adapter while :func:`create` runs and the layer is selected."""
-    spec = _creating.get()
-    if spec is not None and module.is_mutable_collection(LORA) and spec.selects("/".join(module.path)):
-        fan_in, fan_out = x.shape[-1], int(np.prod(y.shape[x.ndim - 1:]))
-        bound = 1.0 / np.sqrt(fan_in)
-        module.variable(LORA, "a", lambda: jax.random.uniform(module.make_rng("params"), (fan_in, spec.rank),
-                                                              jnp.float32, -bound, bound))
-        module.variable(LORA, "b", lambda: jnp.zeros((spec.rank, fan_out), jnp.float32))
-        module.variable(LORA_SCALE, "scale", lambda: jnp.asarray(spec.scale, jnp.float32))
+    _maybe_create(module, x.shape[-1], int(np.prod(y.shape[x.ndim - 1:])))
     if not module.has_variable(LORA, "a"):
         return y
     a, b = module.get_variable(LORA, "a"), module.get_variable(LORA, "b")
@@ -100,6 +95,29 @@ def adapted(module: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
     scale = module.get_variable(LORA_SCALE, "scale")
     delta = (h @ a.astype(h.dtype)) @ (b * scale).astype(h.dtype)
     return y + delta.reshape(y.shape).astype(y.dtype)
+
+
+def adapted_kernel(module: nn.Module, kernel: jax.Array) -> jax.Array:
+    """A convolution's kernel ``[k, in, out]`` plus its adapter's ``scale * A B`` reshaped to it (``A [k in, r]``):
+    the adapter is applied in kernel form, so adapter dropout does not apply to convolutions."""
+    _maybe_create(module, int(np.prod(kernel.shape[:-1])), kernel.shape[-1])
+    if not module.has_variable(LORA, "a"):
+        return kernel
+    a, b = module.get_variable(LORA, "a"), module.get_variable(LORA, "b")
+    delta = (a @ b) * module.get_variable(LORA_SCALE, "scale")
+    return (kernel.astype(jnp.float32) + delta.reshape(kernel.shape)).astype(kernel.dtype)
+
+
+def _maybe_create(module: nn.Module, fan_in: int, fan_out: int) -> None:
+    """Creates the layer's adapter while :func:`create` runs and the layer is selected."""
+    spec = _creating.get()
+    if spec is None or not module.is_mutable_collection(LORA) or not spec.selects("/".join(module.path)):
+        return
+    bound = 1.0 / np.sqrt(fan_in)
+    module.variable(LORA, "a", lambda: jax.random.uniform(module.make_rng("params"), (fan_in, spec.rank),
+                                                          jnp.float32, -bound, bound))
+    module.variable(LORA, "b", lambda: jnp.zeros((spec.rank, fan_out), jnp.float32))
+    module.variable(LORA_SCALE, "scale", lambda: jnp.asarray(spec.scale, jnp.float32))
 
 
 def create(apply_fn, variables: dict, spec: LoraSpec, rng: jax.Array, *args, **kwargs) -> dict:

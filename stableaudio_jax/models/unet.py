@@ -31,6 +31,7 @@ from jax import lax
 from stableaudio_jax.models.attention import LayerNorm, dot_product_attention
 from stableaudio_jax.models.conditioning import LearnedFourierFeatures, LearnedNullEmbedding
 from stableaudio_jax.models.dit import combine_guidance
+from stableaudio_jax.models import lora
 from stableaudio_jax.models.layers import DenseGeneral
 from stableaudio_jax.parallel.sharding import constrain
 
@@ -67,6 +68,7 @@ class Conv1d(nn.Module):
                        (k, cin, self.features), self.param_dtype)
         b = self.param("bias", nn.with_logical_partitioning(_uniform(self.init_scale / math.sqrt(cin * k)),
                                                             ("conv_out",)), (self.features,), self.param_dtype)
+        w = lora.adapted_kernel(self, w)
         total = k - s
         extra = -(-x.shape[1] // s) * s - x.shape[1]
         right = total // 2
@@ -92,6 +94,7 @@ class ConvTranspose1d(nn.Module):
                        (k, x.shape[-1], self.features), self.param_dtype)
         b = self.param("bias", nn.with_logical_partitioning(_uniform(self.init_scale / math.sqrt(self.features * k)),
                                                             ("conv_out",)), (self.features,), self.param_dtype)
+        w = lora.adapted_kernel(self, w)
         left, right = f - f // 2, f // 2
         y = lax.conv_general_dilated(x.astype(self.dtype), w[::-1].astype(self.dtype), (1,),
                                      [(k - 1 - left, k - 1 - right)], lhs_dilation=(f,),
