@@ -69,9 +69,14 @@ def test_no_recompilation_across_prompts_scales_seeds_durations(pipe):
     pipe.generate(["rain on a tin roof", "a crowd cheering"], negative_prompt=None, steps=4, cfg_scale=7.5,
                   seed=123, seconds_start=[0.0, 1.0], seconds_total=[0.011, 0.003], sigma_min=0.5, sigma_max=80.0,
                   cfg_rescale=0.5)
-    pipe.generate(PROMPTS[::-1], steps=4, cfg_scale=1.0, seed=7, seconds_total=0.01)
+    pipe.generate(PROMPTS[::-1], steps=4, cfg_scale=2.0, seed=7, seconds_total=0.01)
     assert module._sample_latents._cache_size() == before
     assert module._decode._cache_size() == decode_before
+    # cfg_scale 1 without a negative prompt is the conditional prediction alone: one compile of the one-pass
+    # program, then no more
+    pipe.generate(PROMPTS, steps=4, cfg_scale=1.0, seed=1, seconds_total=0.01)
+    pipe.generate(PROMPTS[::-1], steps=4, cfg_scale=1.0, seed=2, seconds_total=0.005)
+    assert module._sample_latents._cache_size() == before + 1
 
 
 def test_generate_is_seeded_and_crops_to_each_duration(pipe):

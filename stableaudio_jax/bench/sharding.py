@@ -214,12 +214,12 @@ def _measure(steps, executable, mesh, seed: int, global_batch: int, repeats: int
     batch = {k: (rng.standard_normal(v.shape).astype(v.dtype) if v.dtype == jnp.float32 else np.asarray(v))
              for k, v in example_batch(steps.run, global_batch).items()}
     batch = jax.device_put(batch, batch_sharding(mesh))
-    base = None if steps.abstract_base is None else jax.tree_util.tree_map(  # a LoRA run's frozen weights
-        lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s), steps.abstract_base, steps.base_shardings)
+    base = () if steps.abstract_base is None else (jax.tree_util.tree_map(  # a LoRA run's frozen weights
+        lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s), steps.abstract_base, steps.base_shardings),)
     times = []
     for i in range(repeats + 1):
         started = time.perf_counter()
-        state, metrics = executable(state, batch, base)
+        state, metrics = executable(state, batch, *base)
         jax.block_until_ready(metrics)
         if i:
             times.append(time.perf_counter() - started)

@@ -237,9 +237,9 @@ def _compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusio
         with nn.logical_axis_rules(rules):
             return train_step(run, state, batch, base)
 
-    base = base_shardings(run, mesh, rules)
-    step = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh), base), out_shardings=(shardings, None),
-                   donate_argnums=0)
+    base = base_shardings(run, mesh, rules)  # a LoRA run's step takes the frozen base as a third argument
+    step = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)) + (() if base is None else (base,)),
+                   out_shardings=(shardings, None), donate_argnums=0)
     start_from = jax.jit(functools.partial(from_weights, run), in_shardings=(shardings, shardings.params),
                          out_shardings=shardings, donate_argnums=0)
     abstract, frozen_abstract = abstract_state(run), abstract_base(run)
@@ -247,8 +247,8 @@ def _compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusio
     def lower(global_batch: int):
         batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding(mesh)),
                                        jax.eval_shape(lambda: example_batch(run, global_batch)))
-        frozen = None if base is None else abstract_with_shardings(frozen_abstract, base)
-        return step.lower(abstract_with_shardings(abstract, shardings), batch, frozen)
+        frozen = () if base is None else (abstract_with_shardings(frozen_abstract, base),)
+        return step.lower(abstract_with_shardings(abstract, shardings), batch, *frozen)
 
     return CompiledDiffusionTraining(run, abstract, shardings, in_mesh(init, mesh, rules), in_mesh(step, mesh, rules),
                                      in_mesh(lower, mesh, rules), in_mesh(start_from, mesh, rules),

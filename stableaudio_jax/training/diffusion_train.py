@@ -163,7 +163,8 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
         lambda done, s: demos(done, sampling_params(compiled.run, s, base)) if done % t.demo.every == 0 else None)
     ratio = manifest["downsampling_ratio"] / manifest["sample_rate"] if manifest else 2048 / 44100
     try:
-        state, last = run_loop(state, lambda step, s, batch: compiled.step(s, _model_batch(batch), base), data,
+        frozen = () if base is None else (base,)
+        state, last = run_loop(state, lambda step, s, batch: compiled.step(s, _model_batch(batch), *frozen), data,
                                diffusion_steps.batch_sharding(mesh), start=start, end=end,
                                checkpointer=checkpointer, writer=writer, config=config, desc="train",
                                progress=progress, after_step=after,
