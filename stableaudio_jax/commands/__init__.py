@@ -34,3 +34,14 @@ def training_overrides(args, overrides: list[str]) -> list[str]:
     if args.profile < 1:
         raise ValueError(f"--profile is {args.profile}; expected a number of steps >= 1")
     return [*overrides, f"training.profile_steps={args.profile}"]
+
+
+def diffusion_run_config(args, overrides: list[str]):
+    """The run's config for `train` / `train-arc`: --config with the overrides, adopting the model sections of
+    --init-from MODEL when given (its overrides re-applied on top)."""
+    from stableaudio_jax.config_loader import load_config
+    config = load_config(args.config, training_overrides(args, overrides))
+    if args.init_from:
+        from stableaudio_jax.training.init_from import diffusion_config_from_model
+        config = diffusion_config_from_model(config, args.init_from, overrides)
+    return config

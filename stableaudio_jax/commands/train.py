@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from stableaudio_jax.commands import add_training_args, setup_logging, training_overrides
+from stableaudio_jax.commands import add_training_args, diffusion_run_config, setup_logging
 
 
 def add_parser(sub) -> None:
@@ -19,14 +19,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from stableaudio_jax.config_loader import load_config
     from stableaudio_jax.training.diffusion_train import train_diffusion
 
     setup_logging()
-    config = load_config(args.config, training_overrides(args, overrides))
-    if args.init_from:
-        from stableaudio_jax.training.init_from import diffusion_config_from_model
-        config = diffusion_config_from_model(config, args.init_from, overrides)
+    config = diffusion_run_config(args, overrides)
     metrics = train_diffusion(config, args.workdir, args.data, progress=not args.no_progress,
                               max_steps=args.max_steps)
     shown = {k: round(v, 4) for k, v in metrics.items() if k in ("train/loss", "train/grad_norm")}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from stableaudio_jax.commands import add_training_args, setup_logging, training_overrides
+from stableaudio_jax.commands import add_training_args, diffusion_run_config, setup_logging
 
 
 def add_parser(sub) -> None:
@@ -20,16 +20,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from stableaudio_jax.config_loader import load_config
     from stableaudio_jax.training.arc_train import train_arc
-    from stableaudio_jax.training.init_from import diffusion_config_from_model
 
     setup_logging()
     if not args.init_from:
         raise ValueError("train-arc needs --init-from MODEL: a pre-trained rectified-flow DiT (train one, or "
                          "fine-tune SAO with --init-from and --config.diffusion.objective=rectified_flow)")
-    config = diffusion_config_from_model(load_config(args.config, training_overrides(args, overrides)),
-                                         args.init_from, overrides)
+    config = diffusion_run_config(args, overrides)
     metrics = train_arc(config, args.workdir, args.data, progress=not args.no_progress, max_steps=args.max_steps)
     shown = {k: round(v, 4) for k, v in metrics.items()
              if k in ("train/generator_loss", "train/discriminator_loss", "train/disc_accuracy")}

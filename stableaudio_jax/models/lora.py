@@ -210,12 +210,12 @@ def combined(adapters: Sequence[dict]) -> dict:
     along the rank (``x [A1 A2] [s1 B1; s2 B2]`` = the sum of their terms), each scale folded into its ``B``."""
     if len(adapters) == 1:
         return adapters[0]
-    paths = sorted({p for a in adapters for p in adapter_paths(a)})
+    owned = [set(adapter_paths(a)) for a in adapters]
     lora, scales = {}, {}
-    for path in paths:
+    for path in sorted(set().union(*owned)):
         keys = path.split("/")
-        parts = [(_node(a[LORA], keys), _node(a[LORA_SCALE], keys)["scale"]) for a in adapters
-                 if path in adapter_paths(a)]
+        parts = [(_node(a[LORA], keys), _node(a[LORA_SCALE], keys)["scale"]) for a, own in zip(adapters, owned)
+                 if path in own]
         a = jnp.concatenate([p["a"] for p, _ in parts], axis=-1)
         b = jnp.concatenate([p["b"] * jnp.asarray(s)[..., None, None] for p, s in parts], axis=-2)
         _set(lora, keys, {"a": a, "b": b})
