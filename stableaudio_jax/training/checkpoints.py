@@ -16,6 +16,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -24,6 +25,17 @@ from stableaudio_jax.store.format import StoreError
 
 # One error type for every unusable checkpoint or stored model (the CLI reports it as a clear error).
 CheckpointError = StoreError
+
+
+def _placed_here(abstract_state: Any) -> Any:
+    """Leaves without a sharding are restored onto this process's first device: orbax otherwise places them as
+    they were saved, which fails ("topology mismatch") for a checkpoint of a multi-host run read by one process
+    (``export --workdir``, ``encode --vae WORKDIR``, demos rendered afterwards)."""
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(
+        lambda a: a if getattr(a, "sharding", None) is not None else jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                                                           sharding=here),
+        abstract_state)
 
 
 class TrainCheckpointer:
@@ -51,7 +63,8 @@ class TrainCheckpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"{self.directory}: no checkpoint to restore")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(_placed_here(abstract_state)),
+                                  data=ocp.args.JsonRestore(),
                                   config=ocp.args.JsonRestore())
         try:
             restored = self.manager.restore(step, args=args)

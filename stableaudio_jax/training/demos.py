@@ -3,6 +3,10 @@
 Like stable-audio-tools' demo callback, demos use the EMA weights, guidance on, timing (0, seconds). The sampling
 loop is the pipeline's (one jitted ``lax.scan``), compiled once per run; prompts are embedded once.
 Files: ``<workdir>/demos/step_<N>/<i>.wav`` and ``.png``.
+
+On a multi-host run the weights are sharded over every host's devices, and no process can read them alone: every
+process calls :class:`DemoHook`, which gathers them (a collective, as the exports do), and process 0 renders on its
+own first device.
 """
 from __future__ import annotations
 
@@ -18,9 +22,25 @@ import numpy as np
 
 from stableaudio_jax.audio.io import write_audio, write_spectrogram_png
 from stableaudio_jax.diffusion.samplers import DEFAULT_SAMPLERS, sample
+from stableaudio_jax.store.format import host_arrays
 from stableaudio_jax.training import diffusion_steps
 
 logger = logging.getLogger(__name__)
+
+
+class DemoHook:
+    """``hook(done, params_fn)`` after every step, on every process: at each ``every``-th step the weights
+    ``params_fn()`` returns are gathered to the host (every process must take part when they are sharded over
+    hosts) and ``writer`` (process 0's :class:`DemoWriter`; None elsewhere) renders them."""
+
+    def __init__(self, every: int, writer: "DemoWriter | None"):
+        self.every, self.writer = int(every), writer
+
+    def __call__(self, done: int, params_fn) -> list[str]:
+        if done % self.every:
+            return []
+        params = host_arrays(params_fn())
+        return [] if self.writer is None else self.writer(done, params)
 
 
 class DemoWriter:
@@ -46,8 +66,10 @@ class DemoWriter:
                                                  self.steps))
 
     def __call__(self, step: int, params: dict, seed: int = 0) -> list[str]:
-        """Demo clips of the model with ``params`` (the run's averaged weights: ``lora_runs.sampling_params``)."""
-        params = jax.device_get(params)
+        """Demo clips of the model with ``params`` (the run's averaged weights: ``lora_runs.sampling_params``) as
+        host arrays (``host_arrays``: sharded weights are gathered by every process first, see :class:`DemoHook`),
+        sampled on this process's first device."""
+        params = jax.device_put(params, jax.local_devices()[0])
         noise = jax.random.normal(jax.random.key(seed), (len(self.prompts), self.frames, self.run.latent_channels))
         latents = self._sample(params, self.batch, noise, jax.random.key(seed + 1), self.cfg_scale)
         audio = np.asarray(_decode(self.vae.module, self.vae.params, latents))

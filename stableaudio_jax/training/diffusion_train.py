@@ -159,8 +159,7 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
     start = int(state.step)
     end = t.steps if max_steps is None else min(t.steps, start + max_steps)
     demos = _demos(compiled.run, config, manifest, workdir)
-    after = None if demos is None else (
-        lambda done, s: demos(done, sampling_params(compiled.run, s, base)) if done % t.demo.every == 0 else None)
+    after = None if demos is None else lambda done, s: demos(done, lambda: sampling_params(compiled.run, s, base))
     ratio = manifest["downsampling_ratio"] / manifest["sample_rate"] if manifest else 2048 / 44100
     try:
         frozen = () if base is None else (base,)
@@ -200,6 +199,19 @@ def export_from_workdir(workdir: str, out: str | None = None, step: int | None =
     :func:`export_model` does at the end of a run (default: ``<workdir>/model``); a LoRA run's adapter alone, or
     with ``merged`` the base model with the adapter merged in."""
     workdir = paths.absolute(workdir)
+    config, run, state, manifest = _restore(workdir, step)
+    out = out or os.path.join(workdir, EXPORT_DIR)
+    if merged and run.lora is None:
+        raise ValueError(f"{workdir}: --merged exports a LoRA run (training.lora.rank > 0); this run trains every "
+                         "weight, export it without --merged")
+    if run.lora is not None:
+        return (export_merged if merged else export_adapter)(run, state, config, out)
+    return export_model(run, state, config, manifest, out)
+
+
+def _restore(workdir: str, step: int | None):
+    """(config as saved with the checkpoint, run, train state on this host, manifest) of checkpoint ``step``
+    (default: the latest) of a ``train`` workdir."""
     try:
         config = ml_collections.ConfigDict(paths.read_json(paths.join(workdir, "config.json")))
         data = paths.read_json(paths.join(workdir, DATA_FILE))
@@ -219,13 +231,22 @@ def export_from_workdir(workdir: str, out: str | None = None, step: int | None =
     finally:
         checkpointer.close()
     config = ml_collections.ConfigDict(saved) if saved else config  # the data hash the run recorded
-    out = out or os.path.join(workdir, EXPORT_DIR)
-    if merged and run.lora is None:
-        raise ValueError(f"{workdir}: --merged exports a LoRA run (training.lora.rank > 0); this run trains every "
-                         "weight, export it without --merged")
+    return config, run, state, manifest
+
+
+def render_demos(workdir: str, step: int | None = None, out: str | None = None) -> list[str]:
+    """The demos of checkpoint ``step`` (default: the latest) of a full (not LoRA) ``train`` run, rendered in this
+    one process as the run renders them (into ``<out or workdir>/demos/step_<N>``): a run's demos can be
+    re-made, or made for a checkpoint the run did not render, on one machine."""
+    workdir = paths.absolute(workdir)
+    config, run, state, manifest = _restore(workdir, step)
     if run.lora is not None:
-        return (export_merged if merged else export_adapter)(run, state, config, out)
-    return export_model(run, state, config, manifest, out)
+        raise ValueError(f"{workdir}: a LoRA run; render demos of its merged export (`stableaudio-jax export "
+                         "--merged`) with `stableaudio-jax generate` instead")
+    from stableaudio_jax.training.demos import DemoWriter
+    vae, text = _load_sources(config, manifest)
+    writer = DemoWriter(run, vae, text, config, out or workdir)
+    return writer(int(state.step), host_arrays(sampling_params(run, state, None)))
 
 
 def _model_batch(batch: dict) -> dict:
@@ -255,14 +276,19 @@ def _load_sources(config, manifest: dict | None):
 
 
 def _demos(run, config, manifest, workdir: str):
-    if not config.training.demo.every or jax.process_index() != 0:
+    """The demo hook every process runs (it gathers the weights); only process 0 loads the VAE and text encoder
+    and renders."""
+    if not config.training.demo.every:
         return None
     if not all(_sources(config, manifest)):
         raise ValueError("training.demo.every is set but no VAE / text encoder is known: set training.demo.vae and "
                          "training.demo.text_encoder (or train on `stableaudio-jax encode` output, which records them)")
-    from stableaudio_jax.training.demos import DemoWriter
-    vae, text = _load_sources(config, manifest)
-    return DemoWriter(run, vae, text, config, workdir)
+    from stableaudio_jax.training.demos import DemoHook, DemoWriter
+    writer = None
+    if jax.process_index() == 0:
+        vae, text = _load_sources(config, manifest)
+        writer = DemoWriter(run, vae, text, config, workdir)
+    return DemoHook(config.training.demo.every, writer)
 
 
 def export_model(run, state, config, manifest: dict | None, directory: str, sampling: dict | None = None) -> str:
