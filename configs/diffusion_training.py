@@ -44,4 +44,8 @@ def training_config(full_size: bool, crop_frames: int, lr: float | None = None):
         checkpoint_every=10_000 if full_size else 100,
         keep_checkpoints=3,
         profile_steps=0,                      # > 0: a JAX profiler trace of that many steps after the first
+        # before the first step: refuse a compiled step that needs more memory per device than a device has
+        # (training/memory_fit.py); `--force` sets check_memory False; None = the device's (host's) own figure
+        check_memory=True,
+        device_memory_gib=None,
     ))

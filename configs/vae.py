@@ -83,4 +83,8 @@ def training_config(variant):
         checkpoint_every=10_000 if sao else 100,
         keep_checkpoints=3,
         profile_steps=0,                      # > 0: a JAX profiler trace of that many steps after the first
+        # before the first step: refuse a compiled step that needs more memory per device than a device has
+        # (training/memory_fit.py); `--force` sets check_memory False; None = the device's (host's) own figure
+        check_memory=True,
+        device_memory_gib=None,
     ))

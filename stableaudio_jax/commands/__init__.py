@@ -22,6 +22,9 @@ def add_training_args(p, default_config: str, config_example: str, data_help: st
                    help="start from a stored model's weights (exported by a run or converted from stable-audio-tools "
                         "/ diffusers) with its own model config and a fresh optimiser; --config overrides of its "
                         "sections apply on top (e.g. --config.diffusion.objective=rf) unless they change shapes")
+    p.add_argument("--force", action="store_true",
+                   help="start even when the compiled step needs more memory per device than a device has (the "
+                        "check before the first step; same as --config.training.check_memory=False)")
     p.add_argument("--profile", type=int, metavar="N",
                    help="capture a JAX profiler trace of N steps after the first (compiled) one into <workdir>/profile "
                         "(TensorBoard's profile tab, xprof or Perfetto); same as --config.training.profile_steps=N")
@@ -29,11 +32,12 @@ def add_training_args(p, default_config: str, config_example: str, data_help: st
 
 def training_overrides(args, overrides: list[str]) -> list[str]:
     """The command line's --config.* overrides plus what the trainers' own flags set."""
+    extra = ["training.check_memory=False"] if getattr(args, "force", False) else []
     if args.profile is None:
-        return overrides
+        return [*overrides, *extra]
     if args.profile < 1:
         raise ValueError(f"--profile is {args.profile}; expected a number of steps >= 1")
-    return [*overrides, f"training.profile_steps={args.profile}"]
+    return [*overrides, *extra, f"training.profile_steps={args.profile}"]
 
 
 def diffusion_run_config(args, overrides: list[str]):

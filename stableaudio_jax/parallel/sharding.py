@@ -158,4 +158,9 @@ def in_mesh(fn, mesh: Mesh, rules: Any):
     def call(*args):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             return fn(*args)
+
+    def lower(*args):  # a jitted ``fn`` lowered for abstract arguments (memory checks ahead of the first step)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return fn.lower(*args)
+    call.lower = lower
     return call

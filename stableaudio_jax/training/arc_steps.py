@@ -216,7 +216,8 @@ class CompiledARCTraining:
     start_from: Any  # start_from(fresh state, generator params) -> the state of a run on a pre-trained generator
 
 
-_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "demo", "data", "init_from")
+_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "demo", "data", "init_from",
+              "check_memory", "device_memory_gib")
 
 
 def compiled(config, mesh, text_length: int, text_dim: int) -> CompiledARCTraining:

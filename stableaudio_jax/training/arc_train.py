@@ -15,11 +15,12 @@ from stableaudio_jax.parallel.mesh import make_mesh
 from stableaudio_jax.store import load_diffusion
 from stableaudio_jax.training import arc_steps
 from stableaudio_jax.training.checkpoints import TrainCheckpointer
-from stableaudio_jax.training.diffusion_steps import batch_sharding
+from stableaudio_jax.training.diffusion_steps import abstract_batch, batch_sharding
 from stableaudio_jax.training.diffusion_train import (_data, _model_batch, _record_data, export_model,
                                                       latent_channels, synthetic_text_width)
 from stableaudio_jax.training.init_from import check_data_text, check_same_shapes, placed
 from stableaudio_jax.training.loop import check_global_batch, resume_or_start, run_loop
+from stableaudio_jax.training.memory_fit import Need, check_fits
 from stableaudio_jax.training.metrics import MetricsWriter
 from stableaudio_jax.training.sources import EXPORT_DIR
 
@@ -45,6 +46,8 @@ def train_arc(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     text_length = manifest["text_length"] if manifest else int(t.data.get("synthetic_text_length", 128))
     text_width = manifest["text_dim"] if manifest else synthetic_text_width(config)
     compiled = arc_steps.compiled(config, mesh, text_length, text_width)
+    if t.get("check_memory", True):
+        check_fits(config, lambda c: _need(c, text_length, text_width), "train-arc")
 
     def init():
         model = load_diffusion(t.init_from)
@@ -72,3 +75,11 @@ def train_arc(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
         checkpointer.close()
         writer.close()
     return last
+
+
+def _need(config, text_length: int, text_width: int) -> Need:
+    """The per-device memory of ARC's compiled step (generator and discriminator updates) under ``config``."""
+    mesh = make_mesh(config.mesh)
+    compiled = arc_steps.compiled(config, mesh, text_length, text_width)
+    batch = abstract_batch(compiled.run, config.training.batch_size, mesh)
+    return Need.of(compiled.step.lower(arc_steps.abstract_with(compiled), _model_batch(batch)).compile())

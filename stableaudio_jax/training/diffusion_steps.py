@@ -202,6 +202,12 @@ def batch_sharding(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape)))
 
 
+def abstract_batch(run, global_batch: int, mesh) -> dict:
+    """Shapes and shardings of a global batch of ``run``'s training data (ahead-of-time lowering)."""
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding(mesh)),
+                                  jax.eval_shape(lambda: example_batch(run, global_batch)))
+
+
 @dataclasses.dataclass(frozen=True)
 class CompiledDiffusionTraining:
     run: DiffusionTraining
@@ -215,7 +221,8 @@ class CompiledDiffusionTraining:
     base_shardings: Any = None  # ... and shardings
 
 
-_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "demo", "data", "init_from")
+_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "demo", "data", "init_from",
+              "check_memory", "device_memory_gib")
 
 
 def compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusionTraining:
@@ -245,8 +252,7 @@ def _compiled(config, mesh, text_length: int, text_dim: int) -> CompiledDiffusio
     abstract, frozen_abstract = abstract_state(run), abstract_base(run)
 
     def lower(global_batch: int):
-        batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding(mesh)),
-                                       jax.eval_shape(lambda: example_batch(run, global_batch)))
+        batch = abstract_batch(run, global_batch, mesh)
         frozen = () if base is None else (abstract_with_shardings(frozen_abstract, base),)
         return step.lower(abstract_with_shardings(abstract, shardings), batch, *frozen)
 

@@ -35,6 +35,7 @@ from stableaudio_jax.training.flops import train_step_flops
 from stableaudio_jax.training.init_from import check_data_text, start_diffusion_from_model
 from stableaudio_jax.training.lora_runs import export_adapter, export_merged, lora_base, sampling_params
 from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
+from stableaudio_jax.training.memory_fit import Need, check_fits
 from stableaudio_jax.training.metrics import MetricsWriter
 from stableaudio_jax.training.sources import EXPORT_DIR, resolve_text_encoder, resolve_vae
 
@@ -144,6 +145,9 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
     text_length = manifest["text_length"] if manifest else int(t.data.get("synthetic_text_length", 128))
     text_width = manifest["text_dim"] if manifest else synthetic_text_width(config)
     compiled = diffusion_steps.compiled(config, mesh, text_length, text_width)
+    if t.get("check_memory", True):
+        check_fits(config, lambda c: Need.of(diffusion_steps.compiled(c, make_mesh(c.mesh), text_length, text_width)
+                                             .lower(c.training.batch_size).compile()), "train")
     base = None
     if compiled.run.lora is not None:  # adapters on frozen weights: the base is the step's argument, not state
         base = lora_base(compiled, t.init_from, config, checkpointer)

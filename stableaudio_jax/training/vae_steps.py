@@ -220,7 +220,8 @@ class CompiledVAETraining:
                 "discriminator": self.discriminator_step}[kind]
 
 
-_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "warmup_steps", "init_from")
+_LOOP_KEYS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "warmup_steps", "init_from",
+              "check_memory", "device_memory_gib")
 
 
 def compiled(config, mesh) -> CompiledVAETraining:

@@ -30,6 +30,7 @@ from stableaudio_jax.training import vae_steps
 from stableaudio_jax.training.checkpoints import CheckpointError, TrainCheckpointer
 from stableaudio_jax.training.init_from import start_vae_from_model
 from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
+from stableaudio_jax.training.memory_fit import Need, check_fits
 from stableaudio_jax.training.metrics import MetricsWriter
 from stableaudio_jax.training.optim import averaged
 from stableaudio_jax.training.sources import EXPORT_DIR
@@ -59,6 +60,8 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     per_host = t.batch_size // jax.process_count()
     scan, data = _data(config, data_dir, per_host)
     compiled = vae_steps.compiled(config, mesh)
+    if t.get("check_memory", True):
+        check_fits(config, _need, "train-vae")
     checkpointer = TrainCheckpointer(workdir, keep=t.keep_checkpoints)
     init = (start_vae_from_model(compiled, t.init_from, config.seed) if t.get("init_from")
             else lambda: compiled.init(jax.random.key(config.seed)))
@@ -87,6 +90,19 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
         checkpointer.close()
         writer.close()
     return last
+
+
+def _need(config) -> Need:
+    """The larger per-device memory of the generator's and the discriminator's compiled steps under ``config``."""
+    mesh = make_mesh(config.mesh)
+    compiled = vae_steps.compiled(config, mesh)
+    t = config.training
+    state = abstract_with_shardings(compiled.abstract, compiled.shardings)
+    audio = jax.ShapeDtypeStruct((t.batch_size, t.crop_samples, config.model.audio_channels), jax.numpy.float32,
+                                 sharding=vae_steps.batch_sharding(mesh))
+    needs = [Need.of(step.lower(state, audio).compile())
+             for step in (compiled.generator_step, compiled.discriminator_step)]
+    return max(needs, key=lambda n: n.total)
 
 
 def _export(config, weights, step: int, workdir: str, out: str) -> str:

@@ -1,0 +1,81 @@
+"""A run that cannot fit stops before it starts: the compiled step's per-device need is compared with a device's
+memory, and a step that does not fit is refused with one line naming the need, the capacity and settings that fit
+(each compiled to check it); the suggested settings start; --force starts anyway."""
+import re
+
+import jax
+import ml_collections
+import pytest
+
+from stableaudio_jax.cli import main
+from stableaudio_jax.config_loader import load_config
+from stableaudio_jax.parallel.mesh import make_mesh
+from stableaudio_jax.training import diffusion_steps
+from stableaudio_jax.training.memory_fit import GiB, Need, device_capacity
+from stableaudio_jax.training.metrics import read_metrics
+
+DIT = ["train", "--config", "configs/dit.py:tiny", "--data", "synthetic", "--config.training.steps=2",
+       "--config.training.log_every=1", "--no-progress"]
+TEXT_LENGTH, TEXT_WIDTH = 128, 32  # synthetic data's text shape for the tiny DiT config
+
+
+def _need(batch: int) -> int:
+    config = load_config("configs/dit.py:tiny", [f"training.batch_size={batch}"])
+    compiled = diffusion_steps.compiled(config, make_mesh(config.mesh), TEXT_LENGTH, TEXT_WIDTH)
+    return Need.of(compiled.lower(batch).compile()).total
+
+
+def test_a_step_that_cannot_fit_is_refused_before_its_first_step_and_the_plan_starts(tmp_path, capsys):
+    big, small = _need(64), _need(8)
+    assert small < big  # the activations grow with the batch: the check sees a real difference
+    capacity = f"--config.training.device_memory_gib={(big + small) / 2 / GiB:.6f}"
+    workdir = tmp_path / "run"
+    code = main([*DIT, "--workdir", str(workdir), "--config.training.batch_size=64", capacity])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    line = next(l for l in err.splitlines() if "error:" in l)
+    assert f"needs {big / GiB:.2f} GiB" in line and "per device but a device has" in line
+    assert "(training.device_memory_gib)" in line and "--force starts anyway" in line
+    assert not list((workdir / "checkpoints").iterdir()) and not (workdir / "config.json").exists()
+    plan = re.search(r"settings that fit: (.*?) \(([0-9.]+) GiB\)", line)
+    assert plan, line
+    flags = plan.group(1).split()
+    assert flags[0].startswith("--config.training.batch_size=") and 8 <= int(flags[0].split("=")[1]) < 64
+    assert float(plan.group(2)) * GiB <= (big + small) / 2 + 0.01 * GiB
+
+    # the run with the suggested settings starts and trains
+    assert main([*DIT, "--workdir", str(tmp_path / "planned"), capacity, *flags]) == 0
+    assert [m["step"] for m in read_metrics(str(tmp_path / "planned")) if "train/loss" in m] == [1, 2]
+    # and the original settings start with --force
+    assert main([*DIT, "--workdir", str(tmp_path / "forced"), "--config.training.batch_size=64", capacity,
+                 "--force", "--max-steps", "1"]) == 0
+
+
+VAE = ["--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.training.spectral.fft_sizes=(256,)",
+       "--config.training.spectral.hop_sizes=(64,)", "--config.training.discriminator.n_ffts=(128,)",
+       "--config.training.discriminator.hops=(32,)"]
+
+
+def test_train_vae_checks_its_steps_too(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "a.wav", 0.3 * np.random.default_rng(0).standard_normal((44100, 2)), 44100)
+    code = main(["train-vae", "--config", "configs/vae.py:tiny", "--data", str(audio), "--workdir",
+                 str(tmp_path / "vae"), "--config.training.steps=1", "--config.training.device_memory_gib=0.0001",
+                 "--no-progress", *VAE])
+    err = capsys.readouterr().err
+    assert code == 2 and "train-vae: the compiled step needs" in err, err
+    assert "a device has 0.00 GiB (training.device_memory_gib)" in err
+
+
+def test_capacity_on_cpu_is_the_hosts_available_memory_over_its_devices():
+    config = ml_collections.ConfigDict({"training": {"device_memory_gib": None}})
+    capacity, source = device_capacity(config)
+    with open("/proc/meminfo") as f:
+        total = int(next(l for l in f if l.startswith("MemTotal")).split()[1]) * 1024
+    assert 0 < capacity <= total // jax.local_device_count()
+    assert "host memory available" in source and f"over {jax.local_device_count()} local cpu devices" in source
+    config.training.device_memory_gib = 1.5
+    assert device_capacity(config) == (int(1.5 * GiB), "training.device_memory_gib")
