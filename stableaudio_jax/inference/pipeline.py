@@ -69,8 +69,9 @@ def _encode(vae, params, audio):
 
 class TextToAudioPipeline:
     """Prompt in, audio out, with any text-to-audio model of the store (DiT or U-Net denoiser). Build with
-    :meth:`from_checkpoint` (a stored model: ``convert`` / ``train`` / :meth:`save`),
-    :meth:`from_pretrained_stable_audio` or :meth:`from_diffusers`."""
+    :meth:`from_pretrained` (a Hugging Face Hub repo, converted once and cached), :meth:`from_checkpoint` (a stored
+    model: ``convert`` / ``train`` / :meth:`save`), :meth:`from_pretrained_stable_audio` or :meth:`from_diffusers`
+    (local reference checkpoints)."""
 
     def __init__(self, model: TextToAudioModel, mesh: Mesh | None = None):
         self.model, self.mesh = model, mesh
@@ -153,6 +154,25 @@ class TextToAudioPipeline:
             from stableaudio_jax.store.adapters import with_loras
             model = with_loras(model, loras)
         return cls(model, mesh)
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str | os.PathLike, revision: str | None = None, token: str | bool | None = None,
+                        cache_dir: str | os.PathLike | None = None, dtype: Any = jnp.float32,
+                        mesh: Mesh | None = None, loras: Sequence[str] = ()) -> "TextToAudioPipeline":
+        """A Stable Audio model from the Hugging Face Hub (``"stabilityai/stable-audio-open-1.0"``,
+        ``"hf:OWNER/NAME@REVISION"``), downloaded and converted on first use, from the local cache afterwards.
+
+        ``revision``: branch, tag or commit (a cached commit needs no request to the Hub; a branch, one metadata
+        request). ``token``: for gated repos (default: ``HF_TOKEN`` or the saved ``hf auth login``). ``cache_dir``:
+        the converted models' cache (default ``$STABLEAUDIO_JAX_CACHE/hub``, else ``~/.cache/stableaudio_jax/hub``);
+        the downloads themselves go to the Hugging Face cache. A stored model's directory is loaded as it is.
+        Failures raise :class:`stableaudio_jax.convert.hub.HubError` naming the repo and what to do."""
+        from stableaudio_jax.store import is_stored_model
+        if os.path.isdir(os.fspath(repo_id)) and is_stored_model(repo_id):
+            return cls.from_checkpoint(repo_id, dtype, mesh, loras)
+        from stableaudio_jax.convert.pretrained import converted_model
+        directory = converted_model(os.fspath(repo_id), revision, token=token, cache_dir=cache_dir)
+        return cls.from_checkpoint(directory, dtype, mesh, loras)
 
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> str:
         """Writes the model as a stored text-to-audio model (what :meth:`from_checkpoint` reads)."""
