@@ -233,6 +233,22 @@ def test_the_hubs_refusals_are_one_line_and_leave_nothing(online, tmp_path, monk
     assert _empty(tmp_path / "cache")
 
 
+def test_generate_takes_a_hub_repo(online, tmp_path, monkeypatch, capsys):
+    """`generate --checkpoint hf:REPO@COMMIT` samples the cached conversion; a refusal is the same one line."""
+    hub = online
+    TextToAudioPipeline.from_pretrained(SAO, token=TOKEN)  # converted (or found) in the module's cache
+    hub.clear()
+    out = tmp_path / "gen.wav"
+    assert main(["generate", PROMPT, "--checkpoint", f"hf:{SAO}@{hub.commits[SAO]}", "--steps", "2", "--out",
+                 str(out), "--no-progress"]) == 0
+    assert out.is_file() and hub.requests == []  # the pinned, cached commit: no request at all
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("STABLEAUDIO_JAX_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["generate", PROMPT, "--checkpoint", f"hf:{SAO}", "--out", str(tmp_path / "x.wav")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("stableaudio-jax generate: error: ") and "is a gated repository" in err, err
+
+
 def _empty(folder):
     return not folder.exists() or os.listdir(folder) == []
 

@@ -15,7 +15,9 @@ def add_parser(sub) -> None:
                                    "(`convert`) or trained (`train` exports <workdir>/model), DiT or U-Net. "
                                    "Sampling defaults come from the model.")
     p.add_argument("prompt", nargs="+", help="one or more prompts (each makes --batch files)")
-    p.add_argument("--checkpoint", help=f"stored text-to-audio model directory (default: ${CHECKPOINT_ENV})")
+    p.add_argument("--checkpoint", help=f"stored text-to-audio model directory, or hf:OWNER/NAME[@REVISION] (a Hub "
+                                        f"repo, converted once and cached: `convert --from hf:`) "
+                                        f"(default: ${CHECKPOINT_ENV})")
     p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
                    help="a LoRA adapter (a LoRA `train` run's model/) merged into the denoiser at load time, its "
                         "effect times SCALE (default 1); repeat for several")
@@ -80,7 +82,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"no model: pass --checkpoint DIR or set ${CHECKPOINT_ENV}")
     if args.batch < 1:
         raise ValueError(f"--batch is {args.batch}; expected >= 1")
-    pipe = TextToAudioPipeline.from_checkpoint(checkpoint, dtype=getattr(jnp, args.dtype), loras=args.lora or ())
+    if checkpoint.startswith("hf:"):  # a Hub repo: the cached conversion (made on first use)
+        pipe = TextToAudioPipeline.from_pretrained(checkpoint, dtype=getattr(jnp, args.dtype), loras=args.lora or ())
+    else:
+        pipe = TextToAudioPipeline.from_checkpoint(checkpoint, dtype=getattr(jnp, args.dtype),
+                                                   loras=args.lora or ())
     prompts = [p for p in args.prompt for _ in range(args.batch)]
     kwargs = {}
     if args.inpaint_audio:

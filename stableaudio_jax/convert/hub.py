@@ -25,6 +25,8 @@ from huggingface_hub import constants
 from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                    OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
 
+from stableaudio_jax.store.format import StoreError
+
 logger = logging.getLogger(__name__)
 
 SCHEME = "hf:"
@@ -35,8 +37,9 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 _TRANSPORT_MODULES = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
 
 
-class HubError(RuntimeError):
-    """A model that cannot be fetched from the Hub: gated, missing, unreachable, or without the files needed."""
+class HubError(StoreError):
+    """A model that cannot be fetched from the Hub: gated, missing, unreachable, or without the files needed (a
+    store error: every command reports it as one line, exit code 2)."""
 
 
 def is_commit(revision: str | None) -> bool:
