@@ -1,9 +1,32 @@
 """stableaudio-jax: Stable Audio (latent audio diffusion) in JAX/Flax."""
+import ast
 import pathlib
+import re
 
 from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
+
+
+def _package_constant(name: str) -> str:
+    """``name`` as assigned in stableaudio_jax/__init__.py, read as text: building the package must not import it
+    (its dependencies are not installed yet). The version and the repository's address are written there once."""
+    tree = ast.parse((HERE / "stableaudio_jax" / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError(f"stableaudio_jax/__init__.py assigns no {name}")
+
+
+VERSION = _package_constant("__version__")
+REPOSITORY = _package_constant("REPOSITORY")
+
+
+def _long_description() -> str:
+    """The README, with its links to files of the repository made absolute: on a package index page a relative
+    link (docs/sharding.md) points nowhere."""
+    text = (HERE / "README.md").read_text(encoding="utf-8")
+    return re.sub(r"\]\((?!https?://|#)([^)\s]+)\)", lambda m: f"]({REPOSITORY}/blob/main/{m.group(1)})", text)
 
 INSTALL_REQUIRES = [
     "jax>=0.10.2",
@@ -24,6 +47,7 @@ INSTALL_REQUIRES = [
     "google-crc32c>=1.5",  # TFRecord checksums (masked CRC32C), written and verified without TensorFlow
     # gs:// paths for every command (stableaudio_jax/paths.py via fsspec; orbax's epath uses the same gcsfs)
     "gcsfs>=2024.2.0",
+    "huggingface_hub>=0.24",  # `convert --from hf:REPO`, TextToAudioPipeline.from_pretrained (token, cache, revision)
     "tokenizers>=0.15",  # CLAP's RoBERTa byte-level BPE (Stable Audio 1.0 / 2.0 text conditioning)
     # the offline demo data set (`demo-data`, `quickstart`): scores, a General MIDI soundfont and a synthesiser
     "music21>=9.1",
@@ -33,6 +57,10 @@ INSTALL_REQUIRES = [
 
 # what the notebooks use beyond the package (Colab has them): plots and the audio players
 NOTEBOOK_REQUIRES = ["matplotlib>=3.7", "ipython>=8.0"]
+# JAX for the accelerator that runs the models (jax's own extras: libtpu; the CUDA 12 plugin with its CUDA
+# libraries). Lower bounds, not pins: Colab and TPU VM images move, and jax's extra picks the matching plugin.
+TPU_REQUIRES = ["jax[tpu]>=0.10.2"]
+GPU_REQUIRES = ["jax[cuda12]>=0.10.2"]
 # Ahead-of-time compilation for hardware this machine does not have (`bench sharding --target tpu:... / gpu:...`):
 # the TPU compiler (libtpu, at the version jax's own `tpu` extra names) and the CUDA PJRT plugin. Heavy (~1.8 GB),
 # never in the base install; neither needs the hardware or a driver.
@@ -57,21 +85,29 @@ TEST_REQUIRES = [
     "nbformat>=5.10",
     "ipykernel>=6.29",
     *NOTEBOOK_REQUIRES,
+    # tests/test_packaging.py: the wheel and sdist users install are built, checked as an index would check them,
+    # and the wheel installed into a clean virtual environment
+    "build>=1.2",
+    "twine>=5.1",
 ]
 
 setup(
     name="stableaudio-jax",
-    version="0.1.0",
+    version=VERSION,
     description="Stable Audio latent diffusion (text-to-audio) in JAX/Flax for TPU pods and GPU clusters",
-    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description=_long_description(),
     long_description_content_type="text/markdown",
+    url=REPOSITORY,
+    project_urls={"Source": REPOSITORY, "Issues": f"{REPOSITORY}/issues",
+                  "Notebooks": f"{REPOSITORY}/tree/main/notebooks"},
     python_requires=">=3.11",
     # configs/ lives at the top level (the user's layout); it is also installed as stableaudio_jax.configs so
     # `--config vae.py:sao` resolves without a source checkout.
     packages=find_packages(include=["stableaudio_jax", "stableaudio_jax.*"]) + ["stableaudio_jax.configs"],
     package_dir={"stableaudio_jax.configs": "configs"},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES, "aot": AOT_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES, "aot": AOT_REQUIRES,
+                    "tpu": TPU_REQUIRES, "gpu": GPU_REQUIRES},
     entry_points={"console_scripts": ["stableaudio-jax = stableaudio_jax.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -10,14 +10,14 @@ import re
 import sys
 from typing import Sequence
 
-from stableaudio_jax.commands import (bench, convert, demo_data, encode, evaluate, export, generate, ingest,
-                                      quickstart, train, train_arc, train_vae)
-from stableaudio_jax.config_loader import load_config, split_override_args
-from stableaudio_jax.paths import StoragePathError
-from stableaudio_jax.store.format import StoreError
+from stableaudio_jax import __version__
+
+# The sub-commands' modules (and through them jax, flax, the store) are imported inside the functions below, not
+# here: `stableaudio-jax --version` answers before any of them is imported, in a fraction of a second.
 
 
 def _show_config(args: argparse.Namespace, overrides: list[str]) -> int:
+    from stableaudio_jax.config_loader import load_config
     config = load_config(args.config, overrides)
     print(config.to_json_best_effort(indent=2, sort_keys=True))
     if args.params:
@@ -48,10 +48,14 @@ def _check_urls(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stableaudio_jax.commands import (bench, convert, demo_data, encode, evaluate, export, generate, ingest,
+                                          quickstart, train, train_arc, train_vae)
     parser = argparse.ArgumentParser(
         prog="stableaudio-jax",
         description="Stable Audio latent diffusion in JAX/Flax. Override any config value with "
                     "--config.a.b=value.")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     quickstart.add_parser(sub)
 
@@ -74,8 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_line() -> str:
+    return f"stableaudio-jax {__version__}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # before the sub-commands (and jax) are imported: installs are checked with this
+        print(version_line())
+        return 0
+    from stableaudio_jax.config_loader import split_override_args
+    from stableaudio_jax.paths import StoragePathError
+    from stableaudio_jax.store.format import StoreError
     try:
         overrides, rest = split_override_args(argv)
     except ValueError as e:

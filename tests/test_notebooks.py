@@ -2,6 +2,7 @@
 README's main job: its outputs are there, and a second run resumes by skipping every finished stage."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -9,6 +10,8 @@ import time
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+import stableaudio_jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,9 +32,23 @@ def _outputs(nb, kind):
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == kind]
 
 
+def _printed(nb):
+    return "".join(o.get("text", "") for o in _outputs(nb, "stream"))
+
+
+def _assert_cpu_install_skipped(nb):
+    """The install cell found a CPU runtime and the package already importable: it printed the command a fresh CPU
+    runtime runs (the `notebooks` extra, from the repository) and installed nothing."""
+    found = re.findall(r'^cpu runtime: stableaudio_jax is already importable, not installing; a fresh runtime runs: '
+                       r'%pip install -q "([^"]+)"$', _printed(nb), re.M)
+    assert found == [stableaudio_jax.install_requirement(["notebooks"])], _printed(nb)[:2000]
+
+
 def test_quickstart_notebook_runs_the_main_job_and_a_rerun_resumes(tmp_path, capsys):
     workdir = tmp_path / "quick"
     nb = run_notebook("quickstart.ipynb", tmp_path, WORKDIR=str(workdir), PRESET="ci")
+    _assert_cpu_install_skipped(nb)
+    assert f"workdir {workdir} (new), preset ci" in _printed(nb)
     samples = json.loads((workdir / "samples" / "dit" / "index.json").read_text())["samples"]
     assert len(samples) == 2 and all((workdir / "samples" / "dit" / s["generated"].replace(".wav", ".png")).is_file()
                                      for s in samples)
@@ -72,6 +89,8 @@ def test_convert_and_generate_notebook(tmp_path):
     nb = run_notebook("convert_and_generate.ipynb", tmp_path, CHECKPOINT=str(folder), OUT=str(tmp_path / "model"),
                       PROMPT="a dog barking", STEPS=4, SECONDS=0.01)
     assert (tmp_path / "model" / "stableaudio_jax.json").is_file()
+    _assert_cpu_install_skipped(nb)
+    assert "SOURCE = 'local': not using the Hub" in _printed(nb)  # CHECKPOINT set: the Hub cell stays idle
     audio = [o for o in _outputs(nb, "display_data") if "text/html" in o.get("data", {})]
     assert len(audio) == 3  # text-to-audio, audio-to-audio, inpainting
 
@@ -80,11 +99,33 @@ def test_sharding_notebook(tmp_path):
     nb = run_notebook("sharding.ipynb", tmp_path, CONFIG="dit.py:tiny", MESHES=["8x1x1", "1x8x1", "2x2x2"],
                       OVERRIDES=["model.embed_dim=128", "model.depth=2", "training.crop_frames=32"],
                       REMATS=["none"], PER_DEVICE_BATCH=1, REPEATS=1)
-    printed = "".join(o.get("text", "") for o in _outputs(nb, "stream"))
+    printed = _printed(nb)
+    _assert_cpu_install_skipped(nb)
     assert "8 cpu device(s)" in printed and "3 strategies" in printed and "highest throughput: " in printed
+    assert "measured on this runtime's 8 cpu device(s): every strategy is run and timed" in printed
+    assert printed.split("highest throughput: ")[1].splitlines()[0].endswith(" examples/s, measured)")
     tables = [o["data"]["text/markdown"] for o in _outputs(nb, "display_data") if "text/markdown" in o["data"]]
     assert len(tables) == 1 and "| 2x2x2 b1 remat=none | 4 |" in tables[0]
     assert len([o for o in _outputs(nb, "display_data") if "image/png" in o["data"]]) == 2
+    assert (tmp_path / "sharding.png").is_file()
+
+
+def test_sharding_notebook_on_a_single_device_plans_a_slice_ahead_of_time(tmp_path):
+    """Colab's TPU runtime is one v5e chip and its GPU runtimes one card: one device has nothing to shard, so the
+    notebook compiles the strategies for TARGET (a TPU v5e-8 slice here, through libtpu from the aot extra) and
+    says that nothing was run. A CPU runtime simulating one device takes the same branch."""
+    nb = run_notebook("sharding.ipynb", tmp_path, CONFIG="dit.py:tiny", MESHES=["8x1x1", "1x8x1"],
+                      OVERRIDES=["model.embed_dim=128", "model.depth=2", "training.crop_frames=32"],
+                      REMATS=["none"], PER_DEVICE_BATCH=1, SIMULATED_CPU_DEVICES=1, TARGET="tpu:v5e-8")
+    printed = _printed(nb)
+    assert "1 cpu device(s)" in printed
+    assert ("this runtime has a single cpu device (cpu), which has nothing to shard: planned ahead of time for "
+            "tpu:v5e-8 (8 x TPU v5 lite, 16 GiB each)") in printed
+    assert "nothing is run or timed" in printed and "2 strategies" in printed
+    fastest = printed.split("highest throughput: ")[1].splitlines()[0]
+    assert fastest.endswith(" examples/s, roofline bound, not measured)"), fastest
+    tables = [o["data"]["text/markdown"] for o in _outputs(nb, "display_data") if "text/markdown" in o["data"]]
+    assert len(tables) == 1 and "| 1x8x1 b1 remat=none | 8 |" in tables[0]
     assert (tmp_path / "sharding.png").is_file()
 
 

@@ -55,3 +55,23 @@ def test_cli_show_config_counts_sao_parameters(cli, tmp_path):
 def test_cli_bad_override_exits_2_with_the_key(cli):
     result = _run([cli, "show-config", "configs/vae.py:tiny", "--config.model.chanels=3"])
     assert result.returncode == 2 and "unknown key config.model.chanels" in result.stderr
+
+
+VERSION_WITHOUT_JAX = r"""
+import sys
+from stableaudio_jax.cli import main
+assert main(["--version"]) == 0
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'numpy', 'tensorflow'))
+assert not heavy, heavy
+"""
+
+
+def test_cli_version_answers_without_importing_jax(cli):
+    import stableaudio_jax
+    result = _run([cli, "--version"])
+    assert result.returncode == 0 and result.stdout == f"stableaudio-jax {stableaudio_jax.__version__}\n", result
+    # the installed-package check CI and users run must be instant: no jax, flax or numpy behind it
+    result = _run([sys.executable, "-c", VERSION_WITHOUT_JAX])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"stableaudio-jax {stableaudio_jax.__version__}\n"
+    assert "--version" in _run([cli, "--help"]).stdout
