@@ -22,7 +22,7 @@ def _launcher(name):
 
 def _dry(name, *argv):
     out = subprocess.run([sys.executable, str(ROOT / "launch" / f"{name}.py"), *argv], capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, cwd=ROOT)
     return out.returncode, out.stdout, out.stderr
 
 
@@ -41,21 +41,29 @@ def test_local_dry_run_gives_each_process_its_rank():
 
 
 def test_tpu_recover_dry_run_on_two_spot_slices():
+    """create, wait for ACTIVE, per slice: the worker script, the --log-dir check, the venv setup, the detached
+    start (--env as `env K=V` in front of the command), then one poll: the slice's state and each worker's status."""
     code, out, _ = _dry("tpu_vm", "--name", "sa", "--zone", "us-east5-a", "--project", "p", "--accelerator",
                         "v5p-128", "--slices", "2", "--spot", "--package", "stableaudio-jax==0.1.0", "--env",
-                        "TF_CPP_MIN_LOG_LEVEL=2", "--dry-run", "recover", *TRAIN)
+                        "TF_CPP_MIN_LOG_LEVEL=2", "--log-dir", "gs://my-bucket/logs/", "--dry-run", "recover", *TRAIN)
     where = "--zone=us-east5-a --project=p"
-    setup = ("'--command=set -e && python3 -m pip install --upgrade pip && python3 -m pip install "
-             "'\"'\"'jax[tpu]'\"'\"' stableaudio-jax==0.1.0'")
-    run = ("'--command=set -o pipefail; export TF_CPP_MIN_LOG_LEVEL=2; " + " ".join(TRAIN)
-           + " 2>&1 | tee -a ~/stableaudio-jax.log'")
+
+    def worker(i, action):
+        return (f"gcloud compute tpus tpu-vm ssh sa-{i} {where} --worker=all "
+                f"'--command=bash ~/stableaudio-jax-worker.sh {action}'")
+    describe = f"gcloud compute tpus queued-resources describe sa {where} '--format=value(state.state)'"
     assert code == 0
     assert out.splitlines() == [
         f"gcloud compute tpus queued-resources create sa {where} --accelerator-type=v5p-128 "
-        "--runtime-version=v2-alpha-tpuv5 --node-count=2 --node-prefix=sa --spot",
-        f"gcloud compute tpus queued-resources describe sa {where} '--format=value(state.state)'",
-        *[f"gcloud compute tpus tpu-vm ssh sa-{i} {where} --worker=all {setup}" for i in range(2)],
-        *[f"gcloud compute tpus tpu-vm ssh sa-{i} {where} --worker=all {run}" for i in range(2)]]
+        "--runtime-version=v2-alpha-tpuv5 --node-count=2 --node-prefix=sa --spot", describe,
+        *[f"gcloud compute tpus tpu-vm scp launch/tpu_worker.sh sa-{i}:stableaudio-jax-worker.sh {where} "
+          "--worker=all" for i in range(2)],
+        *[worker(i, f"check-log-dir --node sa-{i} --log-dir gs://my-bucket/logs") for i in range(2)],
+        *[worker(i, f"setup --node sa-{i} --python 3.12 --package stableaudio-jax==0.1.0") for i in range(2)],
+        *[worker(i, f"start --node sa-{i} --log-dir gs://my-bucket/logs --copy-every 60 -- env TF_CPP_MIN_LOG_LEVEL=2 "
+                    + " ".join(TRAIN)) for i in range(2)],
+        "# started detached; follow it: python launch/tpu_vm.py --name sa --zone us-east5-a --project p logs "
+        "--follow --worker 0", describe, *[worker(i, f"status --node sa-{i}") for i in range(2)]]
 
 
 def test_tpu_single_slice_actions():
@@ -63,9 +71,13 @@ def test_tpu_single_slice_actions():
     assert _dry("tpu_vm", *base, "--accelerator", "v6e-64", "create")[1].splitlines()[0] == (
         "gcloud compute tpus queued-resources create sa --zone=z --accelerator-type=v6e-64 "
         "--runtime-version=v2-alpha-tpuv6e --node-id=sa")
-    assert _dry("tpu_vm", *base, "stop")[1].strip() == (
-        "gcloud compute tpus tpu-vm ssh sa --zone=z --worker=all "
-        "'--command=pkill -TERM -f '\"'\"'[b]in/stableaudio-jax '\"'\"' || true'")
+    for action in ("stop", "status"):
+        assert _dry("tpu_vm", *base, action)[1].strip() == (
+            f"gcloud compute tpus tpu-vm ssh sa --zone=z --worker=all "
+            f"'--command=bash ~/stableaudio-jax-worker.sh {action} --node sa'")
+    assert _dry("tpu_vm", *base, "logs", "--lines", "7", "--worker", "3")[1].strip() == (
+        "gcloud compute tpus tpu-vm ssh sa --zone=z --worker=3 "
+        "'--command=bash ~/stableaudio-jax-worker.sh logs --node sa --lines 7'")
     assert _dry("tpu_vm", *base, "delete")[1].strip() == (
         "gcloud compute tpus queued-resources delete sa --zone=z --force --quiet")
 
@@ -77,6 +89,10 @@ def test_tpu_single_slice_actions():
     (["stop", "now"], "stop: takes no command"),
     (["--slices", "0", "logs"], "--slices is 0; expected at least 1"),
     (["--env", "NOEQUALS", "logs"], "--env 'NOEQUALS'; expected KEY=VALUE"),
+    (["--python", "3.10", "setup"], "--python: '3.10'; expected a Python version 3.11 or newer"),
+    (["--log-dir", "/tmp/logs", "setup"], "--log-dir: '/tmp/logs'; expected a Cloud Storage folder, gs://BUCKET/PATH"),
+    (["--copy-every", "0", "logs"], "--copy-every is 0; expected at least 1"),
+    (["logs", "--worker", "first"], "--worker 'first'; expected a worker index (0, 1, ...) or all"),
 ])
 def test_tpu_bad_input_names_the_value(argv, message):
     code, _, err = _dry("tpu_vm", "--name", "sa", "--zone", "z", "--dry-run", *argv)
