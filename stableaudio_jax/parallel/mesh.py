@@ -44,12 +44,32 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int], axis_names: Sequence[str
     """A mesh with Auto axis types (the jit in/out-shardings style with logical constraints).
 
     Uses ``jax.make_mesh`` for all devices (topology-aware ordering on TPU/GPU); an explicit device list is laid
-    out in the order given.
+    out in the order given. Devices of several TPU slices (multi-slice) get a hybrid mesh whose 'data' axis spans
+    the slices (``jax.make_mesh`` refuses multi-slice topologies).
     """
     axis_names = tuple(axis_names)
-    n = len(devices) if devices is not None else jax.device_count()
-    sizes = resolve_mesh_shape(shape, n, axis_names)
+    pool = list(devices) if devices is not None else jax.devices()
+    sizes = resolve_mesh_shape(shape, len(pool), axis_names)
     axis_types = (AxisType.Auto,) * len(axis_names)
+    slices = len({getattr(d, "slice_index", 0) for d in pool})
+    if slices > 1:
+        return Mesh(multi_slice_devices(sizes, axis_names, pool, slices), axis_names, axis_types=axis_types)
     if devices is None:
         return jax.make_mesh(sizes, axis_names, axis_types=axis_types)
     return Mesh(np.asarray(devices, dtype=object).reshape(sizes), axis_names, axis_types=axis_types)
+
+
+def multi_slice_devices(sizes: Sequence[int], axis_names: Sequence[str], devices: Sequence[jax.Device],
+                        slices: int) -> np.ndarray:
+    """Devices of ``slices`` TPU slices as an array of ``sizes``: the 'data' axis spans the slices, so only the
+    data-parallel gradient reduction crosses the data-center network between them (fsdp and tensor stay on each
+    slice's ICI)."""
+    from jax.experimental import mesh_utils
+    shape = dict(zip(axis_names, sizes))
+    if "data" not in shape or shape["data"] % slices:
+        raise ValueError(f"mesh {shape} on {slices} TPU slices: the 'data' axis spans the slices (their link is "
+                         f"the data-center network), so mesh.data must be a multiple of {slices}, e.g. "
+                         f"--config.mesh.data={slices} --config.mesh.fsdp=-1")
+    across = [slices if name == "data" else 1 for name in axis_names]
+    within = [size // across[i] for i, size in enumerate(sizes)]
+    return mesh_utils.create_hybrid_device_mesh(within, across, devices, allow_split_physical_axes=True)
