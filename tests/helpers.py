@@ -256,3 +256,19 @@ def roberta_vocab(root):
     root.mkdir()
     trainer.save_model(str(root))
     return root
+
+
+def finetuned_clap_state(width, layers=2, intermediate=256, seed=3):
+    """``conditioner.conditioners.prompt.model.model.{text_branch, text_projection}.*`` of a random tiny CLAP text
+    branch (``width`` = its hidden size, 2 heads): what a ``finetune: true`` stable-audio-tools checkpoint carries."""
+    import torch
+    from transformers import RobertaConfig, RobertaModel
+    torch.manual_seed(seed)
+    branch = RobertaModel(RobertaConfig(vocab_size=320, hidden_size=width, num_hidden_layers=layers,
+                                        num_attention_heads=2, intermediate_size=intermediate,
+                                        max_position_embeddings=90, type_vocab_size=1, pad_token_id=1,
+                                        layer_norm_eps=1e-5))
+    projection = torch.nn.Sequential(torch.nn.Linear(width, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    prefix = "conditioner.conditioners.prompt.model.model."
+    state = {f"{prefix}text_branch.{k}": v.numpy() for k, v in branch.state_dict().items()}
+    return state | {f"{prefix}text_projection.{k}": v.numpy() for k, v in projection.state_dict().items()}

@@ -11,7 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import build_tiny_sao_diffusers, roberta_vocab, sat_model_config, write_sat_checkpoint
+from helpers import (build_tiny_sao_diffusers, finetuned_clap_state, roberta_vocab, sat_model_config,
+                     write_sat_checkpoint)
 from huggingface_hub import constants
 from hub_server import FakeHub
 
@@ -29,20 +30,6 @@ PROMPT = "rain on a tin roof"
 
 def _files(folder, prefix=""):
     return {prefix + str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _clap_state():
-    """A random tiny CLAP text branch under stable-audio-tools' fine-tuned names (``finetune: true``)."""
-    import torch
-    from transformers import RobertaConfig, RobertaModel
-    torch.manual_seed(3)
-    branch = RobertaModel(RobertaConfig(vocab_size=320, hidden_size=COND, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=64, max_position_embeddings=90, type_vocab_size=1,
-                                        pad_token_id=1, layer_norm_eps=1e-5))
-    projection = torch.nn.Sequential(torch.nn.Linear(COND, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
-    prefix = "conditioner.conditioners.prompt.model.model."
-    state = {f"{prefix}text_branch.{k}": v.numpy() for k, v in branch.state_dict().items()}
-    return state | {f"{prefix}text_projection.{k}": v.numpy() for k, v in projection.state_dict().items()}
 
 
 def _repos(root):
@@ -64,7 +51,7 @@ def _repos(root):
               .read_bytes()}
     no_t5 = json.loads(json.dumps(config))
     no_t5["model"]["conditioning"]["configs"][0]["config"]["t5_model_name"] = "acme/no-such-t5"
-    write_sat_checkpoint(parts, root / "sa2.safetensors", extra=_clap_state())
+    write_sat_checkpoint(parts, root / "sa2.safetensors", extra=finetuned_clap_state(COND, layers=1, intermediate=64))
     clap = json.loads(json.dumps(config))
     clap["model"]["conditioning"]["configs"][0] = {"id": "prompt", "type": "clap_text", "config": {
         "use_text_features": True, "feature_layer_ix": -2, "finetune": True, "clap_ckpt_path": "x.pt"}}

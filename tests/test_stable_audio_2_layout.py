@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import build_tiny_sao_diffusers, roberta_vocab, sat_model_config, write_sat_checkpoint
+from helpers import (build_tiny_sao_diffusers, finetuned_clap_state, roberta_vocab, sat_model_config,
+                     write_sat_checkpoint)
 
 from stableaudio_jax.cli import main
 from stableaudio_jax.store import load_diffusion, read_info
@@ -15,25 +16,11 @@ from stableaudio_jax.store import load_diffusion, read_info
 COND = 128  # CLAP width = cond_dim: 2 heads of 64
 
 
-def _clap_state():
-    """conditioner.conditioners.prompt.model.model.{text_branch, text_projection}.* of a random tiny CLAP."""
-    from transformers import RobertaConfig, RobertaModel
-    torch.manual_seed(3)
-    branch = RobertaModel(RobertaConfig(vocab_size=320, hidden_size=COND, num_hidden_layers=2, num_attention_heads=2,
-                                        intermediate_size=256, max_position_embeddings=90, type_vocab_size=1,
-                                        pad_token_id=1, layer_norm_eps=1e-5))
-    projection = torch.nn.Sequential(torch.nn.Linear(COND, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
-    prefix = "conditioner.conditioners.prompt.model.model."
-    state = {f"{prefix}text_branch.{k}": v.numpy() for k, v in branch.state_dict().items()}
-    state.update({f"{prefix}text_projection.{k}": v.numpy() for k, v in projection.state_dict().items()})
-    return state
-
-
 @pytest.mark.parametrize("finetune", [True, False])
 def test_a_stable_audio_2_layout_converts_and_generates(tmp_path, finetune, capsys):
     """``finetune: true`` models carry CLAP's weights; the others read LAION's checkpoint given as ``--clap``."""
     parts = build_tiny_sao_diffusers(tmp_path / "diffusers", COND, 32, ["a dog barking"])
-    clap = _clap_state()
+    clap = finetuned_clap_state(COND)
     write_sat_checkpoint(parts, tmp_path / "model.safetensors", extra=clap if finetune else None)
     config = sat_model_config(COND)
     config["model"]["conditioning"]["configs"][0] = {"id": "prompt", "type": "clap_text", "config": {
