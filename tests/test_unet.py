@@ -4,7 +4,8 @@
 ``UNetCFG1d`` (commit 50049e3) was built with that config, loaded with ``helpers.synthetic_state_dict`` of its own
 state-dict shapes (stored in the file) and run on the stored inputs, plain, without a mask, with batched CFG + rescale
 (scale 3, phi 0.4) and with a negative prompt. Here the same weights, written under the same key names, go through
-our converter (every key and shape checked) into our U-Net.
+our converter (every key and shape checked) into our U-Net. ``benchmarks/make_unet_reference.py --stable-audio-tools
+PATH`` rebuilds the file from a stable-audio-tools checkout (``--check`` compares instead of writing).
 """
 import json
 import os
