@@ -9,7 +9,7 @@ def add_parser(sub) -> None:
         "evaluate", help="measure a model on held-out demo data: reconstruction, prompt adherence, timing",
         description="Evaluate a stored text-to-audio model (or a VAE alone) on a held-out split of a `demo-data` "
                     "folder: VAE reconstruction (SI-SDR, multi-resolution STFT and mel distances), prompt adherence "
-                    "(instrument accuracy from a classifier validated at >= 95%% on held-out renders, tempo error, "
+                    "(instrument accuracy from a classifier validated at >= 95% on held-out renders, tempo error, "
                     "Fréchet distance in the classifier's embedding) and timing control (energy after "
                     "seconds_total), each beside real held-out audio and untrained models. Writes evaluation.json "
                     "and evaluation.md.")
