@@ -34,11 +34,12 @@ def add_training_args(p, default_config: str, config_example: str, data_help: st
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--workdir", required=True, help=workdir_help)
     p.add_argument("--max-steps", type=int, help="stop after this many more steps (default: config.training.steps)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.add_argument("--init-from", metavar="MODEL",
                    help="start from a stored model's weights (exported by a run or converted from stable-audio-tools "
                         "/ diffusers) with its own model config and a fresh optimiser; --config overrides of its "
-                        "sections apply on top (e.g. --config.diffusion.objective=rectified_flow) unless they change shapes")
+                        "sections apply on top (e.g. --config.diffusion.objective=rectified_flow) unless they change "
+                        "shapes")
     p.add_argument("--force", action="store_true",
                    help="start even when the compiled step needs more memory per device than a device has (the "
                         "check before the first step; same as --config.training.check_memory=False)")

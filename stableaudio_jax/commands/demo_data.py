@@ -21,9 +21,10 @@ def add_parser(sub) -> None:
                                                       "shorter than a model's window teach it where audio ends)")
     p.add_argument("--instruments", default=",".join(INSTRUMENTS),
                    help=f"comma-separated subset of {', '.join(INSTRUMENTS)} (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the arrangement choices: the same seed, the same data set (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo data set in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(run=run)
 
 

@@ -33,8 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--latent-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--text-dtype", choices=("float32", "bfloat16", "float16"), default="float16")
     p.add_argument("--shards-per-host", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the VAE posterior samples (default 0: the same seed, the same latents)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(run=run)
 
 

@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--classifier", help="instrument classifier .npz: loaded if it exists, else trained on --data's "
                                         "train split and saved there")
     p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the generations and the untrained baselines (default 0)")
     p.add_argument("--no-baselines", action="store_true", help="skip the untrained reference models")
     p.set_defaults(run=run)
 

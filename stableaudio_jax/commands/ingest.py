@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sample-rate", type=int, default=44100, help="target sample rate (default 44100)")
     p.add_argument("--channels", type=int, default=2, help="target channel count, 1..8 (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(run=run)
 
 
