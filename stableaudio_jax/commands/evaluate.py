@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the generations and the untrained baselines (default 0)")
     p.add_argument("--no-baselines", action="store_true", help="skip the untrained reference models")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(run=run)
 
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     setup_logging()
     result = run_evaluation(args.data, args.out, model=args.model, vae=args.vae, split=args.split,
                             clips=args.clips, steps=args.steps, classifier=args.classifier, seed=args.seed,
-                            baselines=not args.no_baselines)
+                            baselines=not args.no_baselines, progress=not args.no_progress)
     from stableaudio_jax import paths
     print(paths.read_text(result["files"]["markdown"]))
     print(f"wrote {result['files']['json']} and {result['files']['markdown']} ({result['seconds']:.0f} s)")
