@@ -12,6 +12,8 @@ from stableaudio_jax.training.init_from import diffusion_config_from_model
 from stableaudio_jax.training.metrics import read_metrics
 from test_diffusion_training import TEXT_DIM, TEXT_LENGTH, _state, write_latents
 
+pytestmark = pytest.mark.slow
+
 
 LOOP = ["training.steps=30", "training.log_every=10", "training.checkpoint_every=30"]
 

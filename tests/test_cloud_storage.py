@@ -15,6 +15,9 @@ import soundfile as sf
 from stableaudio_jax import paths
 from stableaudio_jax.cli import main
 
+pytestmark = pytest.mark.slow
+
+
 RATE = 44100
 
 

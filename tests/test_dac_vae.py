@@ -13,6 +13,9 @@ from stableaudio_jax.convert.state_dict import CheckpointMismatchError
 from stableaudio_jax.models.autoencoder import count_params
 from stableaudio_jax.models.dac_vae import DACVAE
 
+pytestmark = pytest.mark.parity
+
+
 SMALL = {"encoder": {"type": "dac", "config": {"in_channels": 2, "latent_dim": 16, "d_model": 4, "strides": [2, 4]}},
          "decoder": {"type": "dac", "config": {"out_channels": 2, "latent_dim": 8, "channels": 16, "rates": [4, 2]}},
          "bottleneck": {"type": "vae"}, "latent_dim": 8, "downsampling_ratio": 8, "io_channels": 2,

@@ -12,6 +12,9 @@ from stableaudio_jax.store import read_info
 from stableaudio_jax.store.tokenizers import train_sentencepiece
 from stableaudio_jax.training.metrics import read_metrics
 
+pytestmark = pytest.mark.slow
+
+
 RATE = 44100
 SOUNDS = {
     "a low bass drone": lambda t, r: 0.5 * np.sin(2 * np.pi * 55 * t) + 0.2 * np.sin(2 * np.pi * 110 * t),

@@ -4,6 +4,7 @@ not public): `convert` → `generate`."""
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from dac_reference import dac_model
@@ -11,6 +12,9 @@ from helpers import roberta_vocab, synthetic_state_dict
 
 from stableaudio_jax.cli import main
 from stableaudio_jax.store import load_diffusion, load_vae, read_info
+
+pytestmark = pytest.mark.parity
+
 
 DATA = "tests/data/unet_reference.npz"
 COND = 32  # the tiny U-Net's context width = CLAP width (one 32-wide head) = cond_dim

@@ -13,6 +13,9 @@ from helpers import (build_tiny_sao_diffusers, diffusers_dit_forward, finetuned_
 from stableaudio_jax.cli import main
 from stableaudio_jax.store import load_diffusion, load_vae, read_info
 
+pytestmark = pytest.mark.parity
+
+
 COND = 128  # CLAP width = cond_dim: 2 heads of 64
 
 

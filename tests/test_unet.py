@@ -22,6 +22,9 @@ from stableaudio_jax.convert.unet import unet_config_from_stable_audio_tools, un
 from stableaudio_jax.models.autoencoder import count_params
 from stableaudio_jax.models.unet import unet_from_config
 
+pytestmark = pytest.mark.parity
+
+
 DATA = os.path.join(os.path.dirname(__file__), "data", "unet_reference.npz")
 
 
