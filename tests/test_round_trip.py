@@ -255,10 +255,10 @@ def _first_step_loss(config, data_dir, params):
     from stableaudio_jax.parallel.distributed import global_batch
     from stableaudio_jax.parallel.mesh import make_mesh
     from stableaudio_jax.training import diffusion_steps
-    from stableaudio_jax.training.diffusion_train import _data, _model_batch
+    from stableaudio_jax.training.latent_source import model_batch, read_latents
     mesh = make_mesh(config.mesh)
-    _, data = _data(config, str(data_dir), config.training.batch_size, 4)
-    batch = global_batch(_model_batch(next(data)), diffusion_steps.batch_sharding(mesh))
+    _, data = read_latents(config, str(data_dir), config.training.batch_size, 4)
+    batch = global_batch(model_batch(next(data)), diffusion_steps.batch_sharding(mesh))
     compiled = diffusion_steps.compiled(config, mesh, 24, 32)
     run = compiled.run
     state = diffusion_steps.DiffusionTrainState(
