@@ -6,7 +6,7 @@ kernel's OOM killer a minute in, with no message.
 
 Capacity: ``training.device_memory_gib`` when set; else the allocator's limit on a GPU/TPU (``bytes_limit``: what
 XLA_PYTHON_CLIENT_MEM_FRACTION / _PREALLOCATE leave); on CPU, the host's available memory shared by its local
-devices. Processes agree on the smallest. The check costs no extra compile: jax reuses the compiled step at the
+devices (several processes on one host each count all of it: optimistic there). Processes agree on the smallest. The check costs no extra compile: jax reuses the compiled step at the
 first call. ``--force`` (``check_memory=False``) skips it.
 """
 from __future__ import annotations
@@ -86,7 +86,9 @@ def _smallest_over_processes(value: int) -> int:
     if jax.process_count() == 1:
         return value
     from jax.experimental import multihost_utils
-    return int(np.min(multihost_utils.process_allgather(np.array([value], np.int64))))
+    # in MiB: the gather goes through jax, whose integers are 32-bit (without x64) and would wrap bytes past 2 GiB
+    mib = multihost_utils.process_allgather(np.array([value // 2 ** 20], np.int32))
+    return int(np.min(mib)) * 2 ** 20
 
 
 def check_fits(config: ml_collections.ConfigDict, need_of: Callable[[ml_collections.ConfigDict], Need],
