@@ -1,6 +1,6 @@
 """The ``stableaudio-jax`` command line.
 
-Sub-commands are added here as the capabilities they drive land (docs/design.md §4 lists the planned set).
+One sub-command per module of ``stableaudio_jax/commands`` (docs/design.md §4 lists them).
 Config overrides use ``--config.a.b=value`` anywhere on the command line.
 """
 from __future__ import annotations

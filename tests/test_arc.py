@@ -12,6 +12,8 @@ from stableaudio_jax.training.init_from import diffusion_config_from_model
 from stableaudio_jax.training.metrics import read_metrics
 from test_diffusion_training import TEXT_DIM, TEXT_LENGTH, _state, write_latents
 
+pytestmark = pytest.mark.slow
+
 
 LOOP = ["training.steps=30", "training.log_every=10", "training.checkpoint_every=30"]
 
@@ -54,6 +56,17 @@ def test_arc_trains_and_its_discriminator_learns(rf_model, tmp_path):
     assert any(moved)  # the generator trained away from the RF model
     assert set(state["disc_params"]) == {"denoiser", "timing", "head"}
     assert (tmp_path / "arc" / "model").is_dir()
+    # resuming on re-encoded data is refused, as `train` refuses it: the checkpoint recorded the data's hash
+    import shutil
+
+    from stableaudio_jax.data.latent_records import read_manifest, write_manifest
+    other = shutil.copytree(latents, tmp_path / "re-encoded")
+    manifest = read_manifest(other)
+    recorded, manifest["encoder_config_hash"] = manifest["encoder_config_hash"], "fedcba9876543210"
+    write_manifest(other, manifest)
+    more = diffusion_config_from_model(load_config("configs/dit.py:tiny", ["training.steps=61"]), source)
+    with pytest.raises(ValueError, match=f"encoder_config_hash fedcba9876543210 differs from this run's {recorded}"):
+        train_arc(more, str(tmp_path / "arc"), str(other))
 
 
 def test_arc_refuses_a_v_model_and_too_many_blocks():
@@ -91,13 +104,13 @@ def _accuracies(config, workdir, latents, source):
     from stableaudio_jax.store import load_diffusion
     from stableaudio_jax.training.diffusion_steps import batch_sharding
     from stableaudio_jax.training.checkpoints import TrainCheckpointer
-    from stableaudio_jax.training.diffusion_train import _data, _model_batch
+    from stableaudio_jax.training.latent_source import model_batch, read_latents
     from stableaudio_jax.training.init_from import placed
     config = ml_collections.ConfigDict(config.to_dict())
     mesh = make_mesh(config.mesh)
     compiled = arc_steps.compiled(config, mesh, TEXT_LENGTH, TEXT_DIM)
-    _, data = _data(config, latents, config.training.batch_size, 4)
-    batch = global_batch(_model_batch(next(data)), batch_sharding(mesh))
+    _, data = read_latents(config, latents, config.training.batch_size, 4)
+    batch = global_batch(model_batch(next(data)), batch_sharding(mesh))
     checkpointer = TrainCheckpointer(workdir, async_save=False)
     try:
         trained = checkpointer.restore(arc_steps.abstract_with(compiled))[0]

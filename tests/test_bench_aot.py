@@ -212,3 +212,30 @@ def test_flash_attention_is_a_strategy_on_tpu(v5e):
                   for impl in ("xla", "flash"))
     assert flash["attention"] == "flash" and flash["fits"] is True
     assert flash["memory"]["temporaries"] < 0.5 * xla["memory"]["temporaries"]
+
+
+@pytest.mark.parametrize("message,fits_memory", [
+    ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 20.50G of "
+     "15.75G hbm. Exceeded hbm capacity by 4.75G.", int(20.5 * 2 ** 30)),
+    ("INVALID_ARGUMENT: a sharding this program cannot take", None),
+])
+def test_screening_says_does_not_fit_only_for_want_of_memory(monkeypatch, message, fits_memory):
+    """The planner's screen: the compiler's out-of-memory refusal is a candidate that does not fit (with what it
+    needs); any other failure stops the search naming the strategy, instead of reading as "does not fit"."""
+    from types import SimpleNamespace
+
+    from stableaudio_jax.bench import planner
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(message)
+    monkeypatch.setattr(sharding, "scanned_layers", lambda config: False)  # screened by a real compile
+    monkeypatch.setattr(sharding, "run_strategy", refuse)
+    config, strategy = load_config("configs/dit.py:tiny", SMALL), Strategy((2, 4, 1), 1)
+    target = SimpleNamespace(name="tpu:v5e-8")
+    if fits_memory is None:
+        with pytest.raises(planner.ScreeningError, match=r"screening .* on tpu:v5e-8 failed \(not for want of "
+                                                         r"memory\): INVALID_ARGUMENT: a sharding"):
+            planner.screen(config, strategy, target)
+        return
+    screened = planner.screen(config, strategy, target)
+    assert screened.fits is False and screened.memory == fits_memory and "RESOURCE_EXHAUSTED" in screened.error

@@ -11,6 +11,9 @@ from stableaudio_jax.convert.clap import (LAYOUTS, clap_config_from_hf, clap_con
                                           clap_from_config, clap_params_from_state_dict, detect_layout)
 from stableaudio_jax.convert.state_dict import CheckpointMismatchError
 
+pytestmark = pytest.mark.parity
+
+
 SMALL = dict(vocab_size=320, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=40, type_vocab_size=1, pad_token_id=1)
 

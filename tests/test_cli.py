@@ -157,3 +157,31 @@ def test_profile_traces_steps_after_the_compile(tmp_path, capsys):
     assert len(traces) == 1 and traces[0].stat().st_size > 0
     assert f"profile of steps 2-3 written to {workdir / 'profile'}" in capsys.readouterr().err
     assert cli.main([*argv, "--profile", "0"]) == 2
+
+
+@pytest.mark.parametrize("command", ["ingest", "encode", "demo-data"])
+def test_every_output_path_is_out_and_output_still_works_with_a_note(command, capsys):
+    """One spelling for output paths (--out, as convert / generate / export / evaluate / bench); the old --output of
+    ingest, encode and demo-data is accepted and says so."""
+    from stableaudio_jax.cli import build_parser
+    required = {"ingest": ["--audio", "a"], "encode": ["--audio", "a", "--vae", "v", "--text-encoder", "t"],
+                "demo-data": []}[command]
+    parser = build_parser()
+    assert parser.parse_args([command, *required, "--out", "o"]).out == "o"
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args([command, *required, "--output", "o"]).out == "o"
+    assert f"stableaudio-jax {command}: --output is deprecated and will be removed; use --out" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--help"])
+    shown = capsys.readouterr().out
+    assert "--out OUT, --output OUT" in shown and "%%" not in shown
+
+
+def test_help_texts_show_percent_signs_once(capsys):
+    from stableaudio_jax.cli import build_parser
+    for command in ("evaluate", "demo-data"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        shown = capsys.readouterr().out
+        assert "%%" not in shown and "%" in shown, command

@@ -15,6 +15,9 @@ import soundfile as sf
 from stableaudio_jax import paths
 from stableaudio_jax.cli import main
 
+pytestmark = pytest.mark.slow
+
+
 RATE = 44100
 
 
@@ -121,13 +124,13 @@ def test_the_whole_workflow_lives_in_the_bucket(prefix, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setenv("STABLEAUDIO_JAX_CACHE", str(cache))
 
-    _cli("ingest", "--audio", f"{prefix}/audio", "--output", f"{prefix}/ingested", "--no-progress")
+    _cli("ingest", "--audio", f"{prefix}/audio", "--out", f"{prefix}/ingested", "--no-progress")
     _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", f"{prefix}/ingested", "--workdir",
          f"{prefix}/vae", "--config.training.steps=2", "--config.mesh.data=2", "--config.mesh.fsdp=4",
          "--config.training.spectral.fft_sizes=(256,)", "--config.training.spectral.hop_sizes=(64,)",
          "--config.training.discriminator.n_ffts=(128,)", "--config.training.discriminator.hops=(32,)",
          "--no-progress")
-    _cli("encode", "--audio", f"{prefix}/ingested", "--output", f"{prefix}/latents", "--vae", f"{prefix}/vae",
+    _cli("encode", "--audio", f"{prefix}/ingested", "--out", f"{prefix}/latents", "--vae", f"{prefix}/vae",
          "--text-encoder", f"{prefix}/t5", "--max-length", 24, "--window-frames", 128, "--batch-size", 16,
          "--no-progress")
     train = ["train", "--config", "configs/dit.py:tiny", "--data", f"{prefix}/latents", "--workdir",
@@ -158,14 +161,14 @@ def test_the_whole_workflow_lives_in_the_bucket(prefix, tmp_path, monkeypatch):
 
 
 def test_audio_files_and_demo_data_in_the_bucket(prefix):
-    """write/read audio by URL, and `demo-data --output gs://...` read back by the evaluation's loader."""
+    """write/read audio by URL, and `demo-data --out gs://...` read back by the evaluation's loader."""
     from stableaudio_jax.audio.io import load_audio, write_audio
     from stableaudio_jax.evaluation.evaluate import load_split
     tone = np.stack([np.sin(np.linspace(0, 200, 4410))] * 2, 1).astype(np.float32) * 0.5
     write_audio(f"{prefix}/x/tone.flac", tone, RATE)
     audio, rate = load_audio(f"{prefix}/x/tone.flac")
     assert rate == RATE and np.abs(audio - tone).max() < 1e-4
-    _cli("demo-data", "--output", f"{prefix}/demo", "--clips", 3, "--seconds", 1.0, "--no-progress")
+    _cli("demo-data", "--out", f"{prefix}/demo", "--clips", 3, "--seconds", 1.0, "--no-progress")
     assert paths.isfile(f"{prefix}/demo/demo_data_report.json") and paths.isfile(f"{prefix}/demo/captions.jsonl")
     clips = load_split(f"{prefix}/demo", "train")
     assert clips and all(c.audio.shape[0] > 0 and np.isfinite(c.audio).all() for c in clips)

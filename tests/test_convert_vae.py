@@ -17,6 +17,9 @@ from stableaudio_jax.convert import (CheckpointMismatchError, load_vae_diffusers
                                      vae_params_from_state_dict)
 from stableaudio_jax.models.autoencoder import OobleckVAE, vae_from_config
 
+pytestmark = pytest.mark.parity
+
+
 STRIDES = [2, 4, 2]
 SMALL = dict(encoder_hidden_size=16, downsampling_ratios=STRIDES, channel_multiples=[1, 2, 2],
              decoder_channels=16, decoder_input_channels=8, audio_channels=2, sampling_rate=44100)

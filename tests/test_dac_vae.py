@@ -13,6 +13,9 @@ from stableaudio_jax.convert.state_dict import CheckpointMismatchError
 from stableaudio_jax.models.autoencoder import count_params
 from stableaudio_jax.models.dac_vae import DACVAE
 
+pytestmark = pytest.mark.parity
+
+
 SMALL = {"encoder": {"type": "dac", "config": {"in_channels": 2, "latent_dim": 16, "d_model": 4, "strides": [2, 4]}},
          "decoder": {"type": "dac", "config": {"out_channels": 2, "latent_dim": 8, "channels": 16, "rates": [4, 2]}},
          "bottleneck": {"type": "vae"}, "latent_dim": 8, "downsampling_ratio": 8, "io_channels": 2,
@@ -92,8 +95,9 @@ def test_chunked_decode_of_the_dac_vae_equals_the_full_decode():
 
 
 def test_train_vae_trains_and_exports_the_dac_vae(tmp_path):
-    """`train-vae --config configs/vae.py:dac-tiny` on a folder of audio: finite losses, a stored VAE of type
-    dac_vae that loads and round-trips audio."""
+    """`train-vae --config configs/vae.py:dac-tiny` on a folder of audio: finite losses, weights that move from
+    step to step, and an export that is the last checkpoint's weights: a stored VAE of type dac_vae that loads and
+    round-trips audio."""
     import soundfile as sf
 
     from stableaudio_jax.cli import main
@@ -106,6 +110,7 @@ def test_train_vae_trains_and_exports_the_dac_vae(tmp_path):
         sf.write(tmp_path / "audio" / f"{i}.wav", np.stack([tone, tone], 1).astype(np.float32), 44100)
     assert main(["train-vae", "--config", "configs/vae.py:dac-tiny", "--data", str(tmp_path / "audio"),
                  "--workdir", str(tmp_path / "run"), "--config.training.steps=4", "--config.training.log_every=2",
+                 "--config.training.checkpoint_every=2",
                  "--config.training.spectral.fft_sizes=(256,)", "--config.training.spectral.hop_sizes=(64,)",
                  "--config.training.discriminator.n_ffts=(128,)", "--config.training.discriminator.hops=(32,)",
                  "--no-progress"]) == 0
@@ -113,6 +118,11 @@ def test_train_vae_trains_and_exports_the_dac_vae(tmp_path):
     assert len(losses) == 2 and np.isfinite(losses).all()
     vae = load_vae(tmp_path / "run" / "model")
     assert vae.config.type == "dac_vae" and isinstance(vae.module, DACVAE)
+    from stableaudio_jax.store import read_info
+    from stableaudio_jax.training.vae_train import export_vae
+    final = read_info(tmp_path / "run" / "model").weights_sha256
+    assert read_info(export_vae(str(tmp_path / "run"), str(tmp_path / "at4"), step=4)).weights_sha256 == final
+    assert read_info(export_vae(str(tmp_path / "run"), str(tmp_path / "at2"), step=2)).weights_sha256 != final
     audio = jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, (1, 64, 2)), jnp.float32)
     recon = vae.module.apply(vae.params, vae.module.apply(vae.params, audio, method=DACVAE.encode),
                              method=DACVAE.decode)

@@ -119,17 +119,17 @@ def test_an_existing_folder_is_never_overwritten_by_surprise(demo, tmp_path):
 
 def test_the_command(tmp_path, capsys):
     from stableaudio_jax.cli import main
-    assert main(["demo-data", "--output", str(tmp_path / "d"), "--clips", "3", "--seconds", "1", "--instruments",
+    assert main(["demo-data", "--out", str(tmp_path / "d"), "--clips", "3", "--seconds", "1", "--instruments",
                  "piano,marimba", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "wrote 3 clips of 1 s (test 1, train 1, valid 1;" in out
     # clips of varied lengths (what teaches seconds_total): each as long as its row says
-    assert main(["demo-data", "--output", str(tmp_path / "v"), "--clips", "3", "--seconds", "1.5", "--min-seconds",
+    assert main(["demo-data", "--out", str(tmp_path / "v"), "--clips", "3", "--seconds", "1.5", "--min-seconds",
                  "0.6", "--instruments", "flute", "--no-progress"]) == 0
     assert "wrote 3 clips of 0.6-1.5 s" in capsys.readouterr().out
     import soundfile as sf
     rows = _rows(tmp_path / "v")
     assert all(0.6 <= r["seconds"] <= 1.5 for r in rows) and len({r["seconds"] for r in rows}) > 1
     assert all(sf.info(str(tmp_path / "v" / r["path"])).frames == round(r["seconds"] * 44100) for r in rows)
-    assert main(["demo-data", "--output", str(tmp_path / "e"), "--clips", "3", "--instruments", "oboe"]) == 2
+    assert main(["demo-data", "--out", str(tmp_path / "e"), "--clips", "3", "--instruments", "oboe"]) == 2
     assert "instruments ['oboe']" in capsys.readouterr().err

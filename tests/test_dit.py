@@ -148,15 +148,21 @@ def test_bfloat16_compute_tracks_float32(reference):
     assert b.dtype == np.float32 and np.linalg.norm(a - b) / np.linalg.norm(a) < 3e-2
 
 
-def test_fresh_init_is_zero_output_and_trainable():
+def test_a_fresh_dit_is_project_out_of_project_in_and_trainable():
+    """The reference zero-initialises the pre/post-processing convs and every residual branch's output layer, so
+    a fresh DiT is exactly ``project_out(project_in(x))``: the blocks, timestep and conditioning add nothing yet."""
     dit = dit_from_config(model_config("configs/dit.py:tiny"))
     x = jax.random.normal(jax.random.key(0), (2, 6, 4))
     t, cross, g = jnp.array([0.2, 0.9]), jnp.ones((2, 5, 32)), jnp.ones((2, 64))
     params = jax.jit(lambda k: nn.unbox(dit.init(k, x, t, cross, g)))(jax.random.key(1))
-    out = jax.jit(dit.apply)(params, x, t, cross, g)
-    # zero-initialised postprocess conv and branch outputs: the residual path starts as project_out(project_in(x))
-    assert out.shape == x.shape and np.isfinite(np.asarray(out)).all()
-    assert not np.asarray(params["params"]["blocks_0"]["self_attn"]["out"]["kernel"]).any()
+    out = np.asarray(jax.jit(dit.apply)(params, x, t, cross, g))
+    p = params["params"]
+    dense = lambda layer, h: h @ np.asarray(layer["kernel"]) + np.asarray(layer.get("bias", 0.0))  # noqa: E731
+    expected = dense(p["project_out"], dense(p["project_in"], np.asarray(x)))
+    assert np.abs(expected).max() > 0.1  # a real signal, not two zeros
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    other = np.asarray(jax.jit(dit.apply)(params, x, 1 - t, -cross, -g))
+    np.testing.assert_allclose(other, out, rtol=1e-5, atol=1e-5)  # conditioning does not reach the output yet
     grads = jax.jit(jax.grad(lambda p: jnp.sum(dit.apply(p, x, t, cross, g) ** 2)))(params)
     assert float(jnp.abs(grads["params"]["project_in"]["kernel"]).max()) > 0
 

@@ -117,3 +117,27 @@ def test_report_tables(tmp_path):
     assert json.load(open(json_path))["model"] == "m"
     with pytest.raises(ValueError, match="no clips"):
         load_split(_fake_demo(tmp_path / "d2", per_split=(2, 0, 0)), "test")
+
+
+def test_generations_get_one_call_per_batch_cut_to_each_clip_with_a_progress_bar(capsys):
+    """generate_for: fixed-size batches (the last padded with its last clip: one compiled sampler), each clip's
+    audio cut to its own length, seeds per batch, and a named progress bar over the batches when asked."""
+    from stableaudio_jax.evaluation.evaluate import Clip, generate_for
+
+    class Pipe:
+        sample_rate, window_seconds, calls = 100, 1.0, []
+
+        def generate(self, prompts, seconds_total, steps, seed):
+            self.calls.append((list(prompts), seed))
+            return np.ones((len(prompts), 100, 2), np.float32) * seed
+
+    clips = [Clip(f"{i}.wav", f"clip {i}", "piano", 90, np.zeros((40 + 10 * i, 2), np.float32), 100)
+             for i in range(5)]
+    out = generate_for(Pipe(), clips, steps=3, seed=7, batch=2, progress="generate (trained model)")
+    assert [a.shape[0] for a in out] == [40, 50, 60, 70, 80]
+    assert [seed for _, seed in Pipe.calls] == [7, 9, 11] and Pipe.calls[-1][0] == ["clip 4", "clip 4"]
+    assert float(out[2][0, 0]) == 9.0  # the second batch's seed
+    bar = capsys.readouterr().err
+    assert "generate (trained model)" in bar and "3/3" in bar
+    generate_for(Pipe(), clips, steps=3, seed=7, batch=2)
+    assert capsys.readouterr().err == ""

@@ -262,15 +262,15 @@ def _cli(*argv):
 def test_cli_command(built, tmp_path, capsys):
     audio_dir, _, _ = built
     out = tmp_path / "out"
-    assert _cli("ingest", "--audio", audio_dir, "--output", str(out), "--sample-rate", "16000", "--channels",
+    assert _cli("ingest", "--audio", audio_dir, "--out", str(out), "--sample-rate", "16000", "--channels",
                 "1", "--no-progress") == 0
     text = capsys.readouterr().out
     assert "Wrote 4 of 7 audio files" in text and "3 skipped" in text and str(out) in text
     ds = load_audio_dataset(out)
     assert ds.sample_rate == 16000 and ds.channels == 1 and ds[0]["audio"].shape == (8000, 1)
     with pytest.raises(ValueError, match="overwrite"):
-        _cli("ingest", "--audio", audio_dir, "--output", str(out))
+        _cli("ingest", "--audio", audio_dir, "--out", str(out))
     bare = _manifest_folder(tmp_path)
-    assert _cli("ingest", "--audio", bare, "--output", str(out), "--default-caption", "", "--overwrite") == 0
+    assert _cli("ingest", "--audio", bare, "--out", str(out), "--default-caption", "", "--overwrite") == 0
     assert "4 with the default caption" in capsys.readouterr().out
     assert [load_audio_dataset(out)[i]["caption"] for i in range(4)] == [""] * 4

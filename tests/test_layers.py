@@ -106,9 +106,14 @@ def test_snake_beta_formula_and_params():
 
 
 def test_snake_beta_keeps_dtype_and_computes_in_float32():
-    x = jnp.linspace(-40, 40, 64, dtype=jnp.float32).reshape(1, 32, 2)
+    """bfloat16 in, bfloat16 out, the sine computed in float32 in between: the result is the float32 result on the
+    same (bfloat16) inputs, rounded once. A bfloat16 computation is not (its sine of a large argument is off)."""
+    x16 = jnp.linspace(-40, 40, 64, dtype=jnp.float32).reshape(1, 32, 2).astype(jnp.bfloat16)
     a, b = jnp.array([0.5, -0.2]), jnp.array([0.1, 0.3])
-    y16 = snake_beta(x.astype(jnp.bfloat16), a, b)
+    y16 = snake_beta(x16, a, b)
     assert y16.dtype == jnp.bfloat16
-    y32 = snake_beta(x, a, b)
-    np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=0.3)
+    rounded_once = np.asarray(snake_beta(x16.astype(jnp.float32), a, b).astype(jnp.bfloat16), np.float32)
+    np.testing.assert_allclose(np.asarray(y16, np.float32), rounded_once, rtol=2 ** -8, atol=0)
+    alpha, inverse_beta = jnp.exp(a).astype(jnp.bfloat16), (1 / (jnp.exp(b) + 1e-9)).astype(jnp.bfloat16)
+    in_bf16 = np.asarray(x16 + inverse_beta * jnp.sin(alpha * x16) ** 2, np.float32)  # every op in bfloat16
+    assert np.abs(in_bf16 - rounded_once).max() > 2 ** -8 * np.abs(rounded_once).max()

@@ -19,7 +19,7 @@ from stableaudio_jax.store.clap_text import ClapText
 from stableaudio_jax.store.clap_tokenizer import ClapTokenizer
 from stableaudio_jax.store.multi_text import MultiText
 from stableaudio_jax.store.tokenizers import T5Tokenizer, train_sentencepiece
-from stableaudio_jax.training.diffusion_train import check_data_fits
+from stableaudio_jax.training.latent_source import check_data_fits
 
 PROMPTS = ["a dog barking", "rain on a tin roof", ""]
 

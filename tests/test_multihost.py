@@ -7,6 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.multihost
+
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
 STEPS = 4

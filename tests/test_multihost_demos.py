@@ -45,8 +45,8 @@ def _encoded_latents(root):
     T5EncoderModel(T5Config(vocab_size=160, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                             feed_forward_proj="relu")).eval().save_pretrained(root / "t5")
     train_sentencepiece(CAPTIONS * 20, root / "t5" / "spiece.model", vocab_size=40)
-    _cli("ingest", "--audio", audio, "--output", root / "ingested", "--no-progress")
-    _cli("encode", "--audio", root / "ingested", "--output", root / "latents", "--vae", root / "vae",
+    _cli("ingest", "--audio", audio, "--out", root / "ingested", "--no-progress")
+    _cli("encode", "--audio", root / "ingested", "--out", root / "latents", "--vae", root / "vae",
          "--text-encoder", root / "t5", "--max-length", 16, "--window-frames", 64, "--batch-size", 8,
          "--no-progress")
     return root / "latents"

@@ -13,6 +13,9 @@ from nbclient import NotebookClient
 
 import stableaudio_jax
 
+pytestmark = pytest.mark.slow
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -12,6 +12,9 @@ from stableaudio_jax.store import read_info
 from stableaudio_jax.store.tokenizers import train_sentencepiece
 from stableaudio_jax.training.metrics import read_metrics
 
+pytestmark = pytest.mark.slow
+
+
 RATE = 44100
 SOUNDS = {
     "a low bass drone": lambda t, r: 0.5 * np.sin(2 * np.pi * 55 * t) + 0.2 * np.sin(2 * np.pi * 110 * t),
@@ -57,11 +60,11 @@ def _cli(*args):
 def pipeline_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("round_trip")
     audio, ingested, latents = _audio_with_captions(root / "audio"), root / "ingested", root / "latents"
-    _cli("ingest", "--audio", audio, "--output", ingested, "--no-progress")
+    _cli("ingest", "--audio", audio, "--out", ingested, "--no-progress")
     _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", ingested, "--workdir", root / "vae",
          "--config.training.steps=10", "--no-progress", *VAE_CONFIG)
     t5 = _tiny_t5(root / "t5")
-    _cli("encode", "--audio", ingested, "--output", latents, "--vae", root / "vae", "--text-encoder", t5,
+    _cli("encode", "--audio", ingested, "--out", latents, "--vae", root / "vae", "--text-encoder", t5,
          "--max-length", 24, "--window-frames", 128, "--batch-size", 16, "--no-progress")
     _cli("train", "--config", "configs/dit.py:tiny", "--data", latents, "--workdir", root / "dit",
          "--config.training.steps=300", "--config.training.demo.every=300", "--config.training.demo.steps=10",
@@ -122,14 +125,14 @@ def test_interrupted_encode_resumes_without_duplicates(pipeline_run, tmp_path, c
     (redo / first).rename(redo / f"{first}.partial")
     with open(redo / f"{first}.partial", "r+b") as f:
         f.truncate(1000)
-    _cli("encode", "--audio", pipeline_run / "ingested", "--output", redo, "--vae", pipeline_run / "vae",
+    _cli("encode", "--audio", pipeline_run / "ingested", "--out", redo, "--vae", pipeline_run / "vae",
          "--text-encoder", pipeline_run / "t5", "--max-length", 24, "--window-frames", 128, "--batch-size", 16,
          "--no-progress")
     assert read_manifest(redo) == read_manifest(done) | {"sources": read_manifest(redo)["sources"]}
     for shard in read_manifest(done)["shards"]:
         assert [r for _, _, r in iter_records(redo / shard["file"])] == [
             r for _, _, r in iter_records(done / shard["file"])]
-    code = main(["encode", "--audio", str(pipeline_run / "ingested"), "--output", str(redo), "--vae",
+    code = main(["encode", "--audio", str(pipeline_run / "ingested"), "--out", str(redo), "--vae",
                  str(pipeline_run / "vae"), "--text-encoder", str(pipeline_run / "t5"), "--max-length", "24",
                  "--window-frames", "64", "--batch-size", "16", "--no-progress"])
     assert code == 2 and "holds a partial encode with other settings" in capsys.readouterr().err
@@ -140,7 +143,7 @@ def test_interrupted_encode_resumes_without_duplicates(pipeline_run, tmp_path, c
     vae = load_vae(pipeline_run / "vae" / "model")
     save_vae(tmp_path / "retrained", VAE(vae.module, jax.tree_util.tree_map(lambda x: x * 1.01, vae.params),
                                          vae.config))
-    code = main(["encode", "--audio", str(pipeline_run / "ingested"), "--output", str(redo), "--vae",
+    code = main(["encode", "--audio", str(pipeline_run / "ingested"), "--out", str(redo), "--vae",
                  str(tmp_path / "retrained"), "--text-encoder", str(pipeline_run / "t5"), "--max-length", "24",
                  "--window-frames", "128", "--batch-size", "16", "--no-progress"])
     err = capsys.readouterr().err
@@ -202,7 +205,7 @@ def test_clap_conditioned_unet_round_trip(pipeline_run, tmp_path, capsys):
     export → generate."""
     clap = _tiny_clap(tmp_path)
     latents, workdir = tmp_path / "latents", tmp_path / "unet"
-    _cli("encode", "--audio", pipeline_run / "ingested", "--output", latents, "--vae", pipeline_run / "vae",
+    _cli("encode", "--audio", pipeline_run / "ingested", "--out", latents, "--vae", pipeline_run / "vae",
          "--text-encoder", clap, "--max-length", 24, "--window-frames", 128, "--batch-size", 16, "--no-progress")
     manifest = read_manifest(latents)
     assert manifest["encoder_config"]["text"]["model"]["width"] == 32 and manifest["text_length"] == 24
@@ -225,7 +228,7 @@ def test_t5_and_clap_together_round_trip(pipeline_run, tmp_path):
     configured for both (configs/dit.py:tiny+clap) → the exported model stores both → generate."""
     clap = _tiny_clap(tmp_path)
     latents, workdir = tmp_path / "latents", tmp_path / "dit"
-    _cli("encode", "--audio", pipeline_run / "ingested", "--output", latents, "--vae", pipeline_run / "vae",
+    _cli("encode", "--audio", pipeline_run / "ingested", "--out", latents, "--vae", pipeline_run / "vae",
          "--text-encoder", f"t5={pipeline_run / 't5'}", "--text-encoder", f"clap={clap}", "--max-length", 24, 16,
          "--window-frames", 128, "--batch-size", 16, "--no-progress")
     manifest = read_manifest(latents)
@@ -252,10 +255,10 @@ def _first_step_loss(config, data_dir, params):
     from stableaudio_jax.parallel.distributed import global_batch
     from stableaudio_jax.parallel.mesh import make_mesh
     from stableaudio_jax.training import diffusion_steps
-    from stableaudio_jax.training.diffusion_train import _data, _model_batch
+    from stableaudio_jax.training.latent_source import model_batch, read_latents
     mesh = make_mesh(config.mesh)
-    _, data = _data(config, str(data_dir), config.training.batch_size, 4)
-    batch = global_batch(_model_batch(next(data)), diffusion_steps.batch_sharding(mesh))
+    _, data = read_latents(config, str(data_dir), config.training.batch_size, 4)
+    batch = global_batch(model_batch(next(data)), diffusion_steps.batch_sharding(mesh))
     compiled = diffusion_steps.compiled(config, mesh, 24, 32)
     run = compiled.run
     state = diffusion_steps.DiffusionTrainState(

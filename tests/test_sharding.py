@@ -189,3 +189,18 @@ def test_ffts_run_on_each_devices_own_rows():
     np.testing.assert_allclose(value, expected, rtol=1e-5)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
     assert " all-gather(" not in text and "all-gather-start" not in text
+
+
+def test_every_chip_figure_names_its_published_source():
+    """A chip's peak and HBM bandwidth are the ones its cited page gives (a figure changed without its source, or
+    a chip added without one, fails here)."""
+    from stableaudio_jax.parallel.hardware import GPU_CHIPS, SOURCES, TPU_CHIPS
+    chips = {**TPU_CHIPS, **GPU_CHIPS}
+    assert set(SOURCES) == set(chips)
+    for name, chip in chips.items():
+        source = SOURCES[name]
+        assert source.startswith("https://"), name
+        assert f"{chip.peak_bf16_flops / 1e12:g} TFLOP" in source, (name, source)
+        bandwidth = chip.hbm_bandwidth / 1e9
+        assert f"{bandwidth:g} GB" in source or f"{bandwidth / 1e3:g} TB/s" in source or \
+            f"{bandwidth:.0f} GB" in source or "(1640e9 above" in source, (name, source)

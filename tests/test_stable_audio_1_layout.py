@@ -4,13 +4,17 @@ not public): `convert` → `generate`."""
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from dac_reference import dac_model
 from helpers import roberta_vocab, synthetic_state_dict
 
 from stableaudio_jax.cli import main
-from stableaudio_jax.store import load_diffusion, read_info
+from stableaudio_jax.store import load_diffusion, load_vae, read_info
+
+pytestmark = pytest.mark.parity
+
 
 DATA = "tests/data/unet_reference.npz"
 COND = 32  # the tiny U-Net's context width = CLAP width (one 32-wide head) = cond_dim
@@ -63,10 +67,11 @@ def _state_and_config(tmp_path):
     from safetensors.numpy import save_file
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp_path / "model.safetensors"))
     (tmp_path / "model_config.json").write_text(json.dumps(config))
+    return decoder
 
 
 def test_a_stable_audio_1_layout_converts_and_generates(tmp_path):
-    _state_and_config(tmp_path)
+    decoder = _state_and_config(tmp_path)
     vocab = roberta_vocab(tmp_path / "roberta")
     out = tmp_path / "sa1"
     assert main(["convert", "--from", "stable-audio-tools", "--checkpoint", str(tmp_path / "model.safetensors"),
@@ -76,6 +81,14 @@ def test_a_stable_audio_1_layout_converts_and_generates(tmp_path):
     diffusion = load_diffusion(out)
     assert diffusion.config.model.type == "unet1d" and diffusion.config.conditioning.timing.style == "int"
     assert not diffusion.model.zero_padded_text
+    # the converted DAC VAE decodes as descript-audio-codec's own Decoder it was written from (same random weights)
+    vae = load_vae(out / "vae")
+    latents = np.random.default_rng(0).standard_normal((2, 16, 8)).astype(np.float32)
+    ours = np.asarray(vae.module.apply(vae.params, latents, method=type(vae.module).decode))
+    with torch.no_grad():
+        want = decoder(torch.from_numpy(latents.transpose(0, 2, 1).copy())).numpy().transpose(0, 2, 1)
+    assert ours.shape == want.shape == (2, 128, 2) and np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(ours, want, atol=1e-4)
     wav = tmp_path / "gen.wav"
     assert main(["generate", "a dog barking", "--checkpoint", str(out), "--out", str(wav), "--steps", "3",
                  "--seconds", "0.01", "--no-progress"]) == 0

@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import (build_tiny_sao_diffusers, finetuned_clap_state, roberta_vocab, sat_model_config,
-                     write_sat_checkpoint)
+from helpers import (build_tiny_sao_diffusers, diffusers_dit_forward, finetuned_clap_state, roberta_vocab,
+                     sat_model_config, write_sat_checkpoint)
 
 from stableaudio_jax.cli import main
-from stableaudio_jax.store import load_diffusion, read_info
+from stableaudio_jax.store import load_diffusion, load_vae, read_info
+
+pytestmark = pytest.mark.parity
+
 
 COND = 128  # CLAP width = cond_dim: 2 heads of 64
 
@@ -45,8 +48,26 @@ def test_a_stable_audio_2_layout_converts_and_generates(tmp_path, finetune, caps
     diffusion = load_diffusion(out)
     assert diffusion.config.conditioning.text.type == "clap" and diffusion.config.conditioning.text.max_length == 77
     assert not diffusion.model.zero_padded_text  # CLAP features reach the DiT as the reference passes them
+    _matches_the_reference_modules(diffusion, load_vae(out / "vae"), parts)
     wav = tmp_path / "gen.wav"
     assert main(["generate", "rain on a tin roof", "--checkpoint", str(out), "--out", str(wav), "--steps", "3",
                  "--seconds", "0.01", "--no-progress"]) == 0
     audio, rate = sf.read(wav)
     assert rate == 44100 and audio.shape == (441, 2) and np.isfinite(audio).all()
+
+
+def _matches_the_reference_modules(diffusion, vae, parts):
+    """The converted DiT and VAE compute what the reference modules they were written from compute (diffusers'
+    StableAudioDiTModel and AutoencoderOobleck, which match stable-audio-tools'), on the same random weights."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 16, 8)).astype(np.float32)
+    t = np.array([0.2, 0.8], np.float32)
+    cross = rng.standard_normal((2, 79, COND)).astype(np.float32)  # 77 CLAP features + 2 timing tokens
+    g = rng.standard_normal((2, 2 * COND)).astype(np.float32)
+    ours = diffusion.model.denoiser.apply(diffusion.params["denoiser"], x, t, cross_attn_cond=cross, global_cond=g)
+    want = diffusers_dit_forward(parts["transformer"], x, t, cross, g)
+    assert np.abs(want).max() > 0.1 and np.abs(np.asarray(ours) - want).max() <= 1e-4
+    decoded = vae.module.apply(vae.params, x, method=type(vae.module).decode)
+    with torch.no_grad():
+        want = parts["vae"].decode(torch.from_numpy(x.transpose(0, 2, 1).copy())).sample.numpy().transpose(0, 2, 1)
+    assert np.abs(want).max() > 1e-3 and np.abs(np.asarray(decoded) - want).max() <= 1e-4

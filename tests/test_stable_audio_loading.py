@@ -11,6 +11,9 @@ from helpers import diffusers_dit_forward, randomized_diffusers_dit, sat_model_c
 
 from stableaudio_jax.convert import CheckpointMismatchError, load_diffusers, load_stable_audio_tools
 
+pytestmark = pytest.mark.parity
+
+
 COND = 128  # cross-attention token width = 2 key/value heads x 64: SAO's grouped-query structure at toy size
 VAE = dict(encoder_hidden_size=16, downsampling_ratios=[2, 4, 2], channel_multiples=[1, 2, 2], decoder_channels=16,
            decoder_input_channels=8, audio_channels=2, sampling_rate=44100)

@@ -16,6 +16,9 @@ from stableaudio_jax.models.autoencoder import count_params
 from stableaudio_jax.models.t5 import relative_position_bucket
 from stableaudio_jax.parallel.mesh import make_mesh
 
+pytestmark = pytest.mark.parity
+
+
 SMALL = dict(vocab_size=160, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_heads=4,
              relative_attention_num_buckets=16, relative_attention_max_distance=24)
 PROMPTS = ["a dog barking in the rain", "", "techno drum loop at 128 bpm with a distorted electric guitar riff "

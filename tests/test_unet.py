@@ -4,7 +4,8 @@
 ``UNetCFG1d`` (commit 50049e3) was built with that config, loaded with ``helpers.synthetic_state_dict`` of its own
 state-dict shapes (stored in the file) and run on the stored inputs, plain, without a mask, with batched CFG + rescale
 (scale 3, phi 0.4) and with a negative prompt. Here the same weights, written under the same key names, go through
-our converter (every key and shape checked) into our U-Net.
+our converter (every key and shape checked) into our U-Net. ``benchmarks/make_unet_reference.py --stable-audio-tools
+PATH`` rebuilds the file from a stable-audio-tools checkout (``--check`` compares instead of writing).
 """
 import json
 import os
@@ -20,6 +21,9 @@ from stableaudio_jax.convert import CheckpointMismatchError
 from stableaudio_jax.convert.unet import unet_config_from_stable_audio_tools, unet_params_from_state_dict
 from stableaudio_jax.models.autoencoder import count_params
 from stableaudio_jax.models.unet import unet_from_config
+
+pytestmark = pytest.mark.parity
+
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "unet_reference.npz")
 

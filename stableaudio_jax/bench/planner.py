@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 REMAT_LADDER = ("none", "dots_no_batch", "dots", "full")
 
 
+class ScreeningError(RuntimeError):
+    """A candidate strategy failed to compile for a reason other than memory: the search stops and says so."""
+
+
 @dataclasses.dataclass
 class Screened:
     strategy: Strategy
@@ -77,11 +81,12 @@ def screen(config, strategy: Strategy, target: Target) -> Screened:
             bound = sharding.bound(est["cost"], est["collectives"], est["analytic_flops"], target)
             return Screened(strategy, memory, bound, targets.fits(memory, target) is not False)
         row = sharding.run_strategy(config, strategy, measure=False, target=target)
-    except Exception as error:  # the TPU compiler refuses what does not fit; anything else is logged and skipped
+    except Exception as error:  # noqa: BLE001 - the TPU compiler refuses what does not fit with an exception
         required = sharding.out_of_memory(str(error))
-        if required is None:
-            logger.warning("%s: %s", strategy.name, str(error).splitlines()[0][:200])
-        return Screened(strategy, required or 0, None, False, error=str(error).splitlines()[0][:500])
+        if required is None:  # anything else is a bug or a setting this model cannot take, not "does not fit"
+            raise ScreeningError(f"screening {strategy.name} on {target.name} failed (not for want of memory): "
+                                 f"{str(error).splitlines()[0][:500]}") from error
+        return Screened(strategy, required, None, False, error=str(error).splitlines()[0][:500])
     fits = row["fits"] is not False
     return Screened(strategy, row["memory"]["total"], row["bound_seconds"], fits, row=row)
 

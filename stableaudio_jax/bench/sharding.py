@@ -40,7 +40,7 @@ WORKLOADS = ("train", "generate", "vae-train")
 
 def text_shape(config) -> tuple[int, int]:
     """(tokens, width) of the text features the denoiser is trained on: the configured encoder's."""
-    from stableaudio_jax.training.diffusion_train import synthetic_text_width
+    from stableaudio_jax.training.latent_source import synthetic_text_width
     text = config.conditioning.get("text") or {}
     return int(text.get("max_length") or 128), synthetic_text_width(config)
 

@@ -1,5 +1,7 @@
 """The CLI's sub-commands: each module has ``add_parser(subparsers)`` and ``run(args, overrides) -> exit code``."""
+import argparse
 import logging
+import sys
 
 
 def setup_logging() -> None:
@@ -11,17 +13,33 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class _OutOrOutput(argparse.Action):
+    """``--out`` (every command's output path); ``--output``, the old spelling of ``ingest``, ``encode`` and
+    ``demo-data``, is still accepted with a note on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string == "--output":
+            print(f"{parser.prog}: --output is deprecated and will be removed; use --out", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_out_argument(p, help: str, **kwargs) -> None:
+    """The command's output path as ``--out`` (``--output`` accepted, deprecated)."""
+    p.add_argument("--out", "--output", dest="out", action=_OutOrOutput, metavar="OUT", help=help, **kwargs)
+
+
 def add_training_args(p, default_config: str, config_example: str, data_help: str, workdir_help: str) -> None:
     """The arguments every resumable trainer takes."""
     p.add_argument("--config", default=default_config, help=f"config file:variant (e.g. {config_example})")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--workdir", required=True, help=workdir_help)
     p.add_argument("--max-steps", type=int, help="stop after this many more steps (default: config.training.steps)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.add_argument("--init-from", metavar="MODEL",
                    help="start from a stored model's weights (exported by a run or converted from stable-audio-tools "
                         "/ diffusers) with its own model config and a fresh optimiser; --config overrides of its "
-                        "sections apply on top (e.g. --config.diffusion.objective=rf) unless they change shapes")
+                        "sections apply on top (e.g. --config.diffusion.objective=rectified_flow) unless they change "
+                        "shapes")
     p.add_argument("--force", action="store_true",
                    help="start even when the compiled step needs more memory per device than a device has (the "
                         "check before the first step; same as --config.training.check_memory=False)")

@@ -80,7 +80,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="JSON lines, one per strategy (appended)")
     p.add_argument("--markdown", help="also write the table here")
     p.add_argument("--plot", help="PNG: memory and step time per strategy")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(run=run)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from stableaudio_jax.commands import setup_logging
+from stableaudio_jax.commands import add_out_argument, setup_logging
 
 
 def add_parser(sub) -> None:
@@ -11,8 +11,8 @@ def add_parser(sub) -> None:
                        description="Run the VAE encoder and T5 over an ingested dataset (`stableaudio-jax ingest`) "
                                    "in fixed windows and write sharded TFRecord files plus manifest.json. Hosts "
                                    "split the files; re-running the same command resumes an interrupted encode.")
-    p.add_argument("--audio", required=True, help="an ingested audio dataset (the --output of `ingest`)")
-    p.add_argument("--output", required=True, help="directory for the TFRecord shards and manifest.json")
+    p.add_argument("--audio", required=True, help="an ingested audio dataset (the --out of `ingest`)")
+    add_out_argument(p, "directory for the TFRecord shards and manifest.json", required=True)
     p.add_argument("--vae", required=True,
                    help="a stored VAE or text-to-audio model (export / convert), or a train-vae workdir (its "
                         "exported model/, else its latest checkpoint, named in the log)")
@@ -33,8 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--latent-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--text-dtype", choices=("float32", "bfloat16", "float16"), default="float16")
     p.add_argument("--shards-per-host", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the VAE posterior samples (default 0: the same seed, the same latents)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(run=run)
 
 
@@ -49,12 +50,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     initialize(None)
     vae = resolve_vae(args.vae)
     text = resolve_text_encoder(args.text_encoder, max_length=args.max_length)
-    manifest = encode_dataset(args.audio, args.output, vae, text, window_frames=args.window_frames,
+    manifest = encode_dataset(args.audio, args.out, vae, text, window_frames=args.window_frames,
                               batch_size=args.batch_size, sample_posterior=args.sample_posterior,
                               text_form=args.text, latent_dtype=args.latent_dtype, text_dtype=args.text_dtype,
                               shards_per_host=args.shards_per_host, seed=args.seed, progress=not args.no_progress,
                               text_source=getattr(text, "locators", None) or text.source)
     if manifest:
         print(f"encoded {manifest['records']} records ({manifest['latent_frames']} x {manifest['latent_channels']} "
-              f"latents, text {manifest['text']}) into {len(manifest['shards'])} shards in {args.output}")
+              f"latents, text {manifest['text']}) into {len(manifest['shards'])} shards in {args.out}")
     return 0

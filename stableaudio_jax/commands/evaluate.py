@@ -9,7 +9,7 @@ def add_parser(sub) -> None:
         "evaluate", help="measure a model on held-out demo data: reconstruction, prompt adherence, timing",
         description="Evaluate a stored text-to-audio model (or a VAE alone) on a held-out split of a `demo-data` "
                     "folder: VAE reconstruction (SI-SDR, multi-resolution STFT and mel distances), prompt adherence "
-                    "(instrument accuracy from a classifier validated at >= 95%% on held-out renders, tempo error, "
+                    "(instrument accuracy from a classifier validated at >= 95% on held-out renders, tempo error, "
                     "Fréchet distance in the classifier's embedding) and timing control (energy after "
                     "seconds_total), each beside real held-out audio and untrained models. Writes evaluation.json "
                     "and evaluation.md.")
@@ -22,8 +22,10 @@ def add_parser(sub) -> None:
     p.add_argument("--classifier", help="instrument classifier .npz: loaded if it exists, else trained on --data's "
                                         "train split and saved there")
     p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the generations and the untrained baselines (default 0)")
     p.add_argument("--no-baselines", action="store_true", help="skip the untrained reference models")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(run=run)
 
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     setup_logging()
     result = run_evaluation(args.data, args.out, model=args.model, vae=args.vae, split=args.split,
                             clips=args.clips, steps=args.steps, classifier=args.classifier, seed=args.seed,
-                            baselines=not args.no_baselines)
+                            baselines=not args.no_baselines, progress=not args.no_progress)
     from stableaudio_jax import paths
     print(paths.read_text(result["files"]["markdown"]))
     print(f"wrote {result['files']['json']} and {result['files']['markdown']} ({result['seconds']:.0f} s)")

@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--sigma-min", type=float, help="v models: smallest noise level (default: the model's, 0.3)")
     p.add_argument("--sigma-max", type=float, help="v models: largest noise level (default: the model's, 500)")
     p.add_argument("--negative-prompt")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed: the same seed, prompt and settings give the same audio (default 0)")
     p.add_argument("--batch", type=int, default=1, help="variations per prompt")
     p.add_argument("--init-audio", help="audio-to-audio: start from this file")
     p.add_argument("--init-noise-level", type=float, default=1.0)
@@ -43,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--inpaint-keep", default="", help="seconds of --inpaint-audio to keep, e.g. 0:10,20:25")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--spectrogram", action="store_true", help="also write a spectrogram PNG per file")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(run=run)
 
 

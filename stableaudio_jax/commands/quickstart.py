@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
                    help="model and data sizes (configs/quickstart.py); default cpu (~15 min on 2 cores)")
     p.add_argument("--denoiser", default="dit", choices=("dit", "unet"), help="DiT (Stable Audio Open) or the 1-D "
                                                                               "U-Net (Stable Audio 1.0)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
     p.set_defaults(run=run)
 
 

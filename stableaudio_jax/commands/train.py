@@ -10,8 +10,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train the diffusion model (DiT or U-Net) on pre-encoded TFRecord latents",
                        description="Train the denoiser on the output of `stableaudio-jax encode` (or --data "
                                    "synthetic). Re-running the same command resumes from the latest checkpoint in "
-                                   "--workdir; Ctrl-C saves a checkpoint and stops. A finished DiT run exports "
-                                   "<workdir>/model for `stableaudio-jax generate --checkpoint`.")
+                                   "--workdir; Ctrl-C saves a checkpoint and stops. A finished run (DiT or U-Net) "
+                                   "exports <workdir>/model for `stableaudio-jax generate --checkpoint`.")
     add_training_args(p, "configs/dit.py:sao", "configs/dit.py:tiny, configs/unet.py:tiny",
                       "a pre-encoded latent dataset (manifest.json + TFRecord shards), or 'synthetic'",
                       "checkpoints, demos, TensorBoard logs and metrics.jsonl go here")

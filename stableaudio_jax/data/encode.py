@@ -104,7 +104,7 @@ def _check_settings(output_dir: str, settings: dict) -> None:
         if previous != settings:
             changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
             raise ValueError(f"{output_dir} holds a partial encode with other settings ({', '.join(changed)} "
-                             f"differ; see {path}); use a new --output or the same settings")
+                             f"differ; see {path}); use a new --out or the same settings")
     elif jax.process_index() == 0:
         paths.write_json_atomic(path, settings, indent=1, sort_keys=True)
 

@@ -422,7 +422,7 @@ class AudioDataset:
 
     def __init__(self, output_dir: str | os.PathLike):
         self.output_dir = paths.absolute(output_dir)
-        hint = f"run `stableaudio-jax ingest --audio DIR --output {self.output_dir}` first"
+        hint = f"run `stableaudio-jax ingest --audio DIR --out {self.output_dir}` first"
         if paths.is_url(self.output_dir):
             if not paths.isfile(paths.join(self.output_dir, REPORT_NAME)):
                 raise FileNotFoundError(f"{self.output_dir!r} is not an ingested audio dataset (no {REPORT_NAME}); "

@@ -116,11 +116,15 @@ def autoencoder_metrics(reconstructions: Sequence[np.ndarray], clips: Sequence[C
 # ------------------------------------------------------------------------------------------------ generation
 
 
-def generate_for(pipe, clips: Sequence[Clip], steps: int, seed: int, batch: int = 8) -> list[np.ndarray]:
+def generate_for(pipe, clips: Sequence[Clip], steps: int, seed: int, batch: int = 8,
+                 progress: str | None = None) -> list[np.ndarray]:
     """One generation per held-out caption, asked for (and cut to) the length of its clip (the model's own
-    sampler). Every call gets ``batch`` prompts (the last batch repeats its last clip): one compiled sampler."""
+    sampler). Every call gets ``batch`` prompts (the last batch repeats its last clip): one compiled sampler.
+    ``progress``: a progress bar over the batches with that name."""
+    from tqdm import tqdm
     out, batch = [], min(batch, len(clips))
-    for start in range(0, len(clips), batch):
+    starts = range(0, len(clips), batch)
+    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
         part = clips[start:start + batch]
         part = part + [part[-1]] * (batch - len(part))
         seconds = [min(c.audio.shape[0] / c.sample_rate, pipe.window_seconds) for c in part]

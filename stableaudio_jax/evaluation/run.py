@@ -59,9 +59,10 @@ def _classifier(path: str | None, data: str, notes: list[str], rate: int, channe
 
 def run_evaluation(data: str, out_dir: str, model: str | None = None, vae: str | None = None, split: str = "test",
                    clips: int = 16, steps: int | None = None, classifier: str | None = None, seed: int = 0,
-                   baselines: bool = True) -> dict[str, Any]:
+                   baselines: bool = True, progress: bool = False) -> dict[str, Any]:
     """Evaluates a stored text-to-audio ``model`` (all sections) or a ``vae`` alone (autoencoder) on the held-out
-    ``split`` of a demo-data folder; writes ``evaluation.json`` + ``evaluation.md`` into ``out_dir``."""
+    ``split`` of a demo-data folder; writes ``evaluation.json`` + ``evaluation.md`` into ``out_dir``. ``progress``:
+    a bar per model's generations (the long part)."""
     from stableaudio_jax.store import load_vae
     if not model and not vae:
         raise ValueError("evaluate: give a text-to-audio model (--model) or a VAE (--vae)")
@@ -80,14 +81,14 @@ def run_evaluation(data: str, out_dir: str, model: str | None = None, vae: str |
     result["sections"]["autoencoder reconstruction"] = autoencoder
     if model:
         result["sections"].update(_generation_sections(model, data, held, reconstructions, steps, classifier, seed,
-                                                       baselines, notes, result))
+                                                       baselines, notes, result, progress))
     result["seconds"] = time.time() - started
     result["files"] = dict(zip(("json", "markdown"), E.write_report(result, out_dir)))
     return result
 
 
 def _generation_sections(model: str, data: str, held, reconstructions, steps, classifier_path, seed: int,
-                         baselines: bool, notes: list[str], result: dict) -> dict:
+                         baselines: bool, notes: list[str], result: dict, progress: bool = False) -> dict:
     from stableaudio_jax.inference.pipeline import TextToAudioPipeline
     pipe = TextToAudioPipeline.from_checkpoint(model)
     rate, channels = pipe.sample_rate, pipe.audio_channels
@@ -100,7 +101,7 @@ def _generation_sections(model: str, data: str, held, reconstructions, steps, cl
         pipelines["untrained model"] = _untrained_pipeline(pipe, seed)
     adherence, timing = {}, {}
     for name, p in pipelines.items():
-        generated = E.generate_for(p, held, steps, seed)
+        generated = E.generate_for(p, held, steps, seed, progress=f"generate ({name})" if progress else None)
         adherence[name] = E.adherence_metrics(generated, held, classifier, real_embeddings, rate)
         timing[name] = E.timing_metrics(p, held[:8], steps, seed)
     adherence["real held-out audio"] = E.real_reference(held, others, classifier)

@@ -16,9 +16,9 @@ from stableaudio_jax.store import load_diffusion
 from stableaudio_jax.training import arc_steps
 from stableaudio_jax.training.checkpoints import TrainCheckpointer
 from stableaudio_jax.training.diffusion_steps import abstract_batch, batch_sharding
-from stableaudio_jax.training.diffusion_train import (_data, _model_batch, _record_data, export_model,
-                                                      latent_channels, synthetic_text_width)
+from stableaudio_jax.training.diffusion_train import export_model, record_data
 from stableaudio_jax.training.init_from import check_data_text, check_same_shapes, placed
+from stableaudio_jax.training.latent_source import LatentSource, model_batch
 from stableaudio_jax.training.loop import check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.memory_fit import Need, check_fits
 from stableaudio_jax.training.metrics import MetricsWriter
@@ -38,13 +38,12 @@ def train_arc(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     mesh = make_mesh(config.mesh)
     check_global_batch(t.batch_size, mesh)
     checkpointer = TrainCheckpointer(workdir, keep=t.keep_checkpoints)
-    manifest, data = _data(config, data_dir, t.batch_size // jax.process_count(), latent_channels(config))
+    source = LatentSource.open(config, data_dir, checkpointer)  # a resume checks the data against its checkpoint
+    manifest, data = source.manifest, source.data
     if manifest is not None:
-        t.data.encoder_config_hash = manifest["encoder_config_hash"]
         check_data_text(config, manifest, data_dir)
-    _record_data(workdir, data_dir, manifest, config)
-    text_length = manifest["text_length"] if manifest else int(t.data.get("synthetic_text_length", 128))
-    text_width = manifest["text_dim"] if manifest else synthetic_text_width(config)
+    record_data(workdir, data_dir, manifest, config)
+    text_length, text_width = source.text_length, source.text_width
     compiled = arc_steps.compiled(config, mesh, text_length, text_width)
     if t.get("check_memory", True):
         check_fits(config, lambda c: _need(c, text_length, text_width), "train-arc")
@@ -61,12 +60,11 @@ def train_arc(config: ml_collections.ConfigDict, workdir: str, data_dir: str, pr
     writer = MetricsWriter(workdir)
     start = int(state.step)
     end = t.steps if max_steps is None else min(t.steps, start + max_steps)
-    ratio = manifest["downsampling_ratio"] / manifest["sample_rate"] if manifest else 2048 / 44100
     try:
-        state, last = run_loop(state, lambda step, s, batch: compiled.step(s, _model_batch(batch)), data,
+        state, last = run_loop(state, lambda step, s, batch: compiled.step(s, model_batch(batch)), data,
                                batch_sharding(mesh), start=start, end=end, checkpointer=checkpointer, writer=writer,
                                config=config, desc="arc", progress=progress,
-                               audio_seconds_per_step=t.batch_size * t.crop_frames * ratio)
+                               audio_seconds_per_step=t.batch_size * t.crop_frames * source.seconds_per_frame)
         checkpointer.wait()
         if int(state.step) == t.steps:
             sampling = dict(sampler="pingpong", steps=int(t.arc.export_steps), cfg_scale=1.0)
@@ -82,4 +80,4 @@ def _need(config, text_length: int, text_width: int) -> Need:
     mesh = make_mesh(config.mesh)
     compiled = arc_steps.compiled(config, mesh, text_length, text_width)
     batch = abstract_batch(compiled.run, config.training.batch_size, mesh)
-    return Need.of(compiled.step.lower(arc_steps.abstract_with(compiled), _model_batch(batch)).compile())
+    return Need.of(compiled.step.lower(arc_steps.abstract_with(compiled), model_batch(batch)).compile())

@@ -22,106 +22,25 @@ import jax
 import ml_collections
 
 from stableaudio_jax import paths
-from stableaudio_jax.data.audio_folder import CheckpointableIterator
 from stableaudio_jax.diffusion.samplers import default_sampling
 from stableaudio_jax.parallel.distributed import initialize
 from stableaudio_jax.parallel.mesh import make_mesh
 from stableaudio_jax.store import StoreError, TextToAudioModel, diffusion_model, save_diffusion, save_text_to_audio
 from stableaudio_jax.store.format import host_arrays
-from stableaudio_jax.store.multi_text import MULTI_TEXT, ordered_parts
+from stableaudio_jax.store.multi_text import ordered_parts
 from stableaudio_jax.training import diffusion_steps
 from stableaudio_jax.training.checkpoints import TrainCheckpointer
 from stableaudio_jax.training.flops import train_step_flops
 from stableaudio_jax.training.init_from import check_data_text, start_diffusion_from_model
 from stableaudio_jax.training.lora_runs import export_adapter, export_merged, lora_base, sampling_params
+from stableaudio_jax.training.latent_source import SYNTHETIC, LatentSource, model_batch, synthetic_text_width
 from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.memory_fit import Need, check_fits
 from stableaudio_jax.training.metrics import MetricsWriter
 from stableaudio_jax.training.sources import EXPORT_DIR, resolve_text_encoder, resolve_vae
 
 logger = logging.getLogger(__name__)
-SYNTHETIC = "synthetic"
 DATA_FILE = "data.json"
-
-
-def synthetic_text_width(config) -> int:
-    """Text feature width for synthetic data: the configured text encoder's, else the conditioning width."""
-    text = config.conditioning.get("text") or {}
-    return int(text.get("width") or (text.get("model") or {}).get("d_model") or config.conditioning.cond_dim)
-
-
-def latent_channels(config) -> int:
-    return int(config.model.io_channels if config.model.type == "dit" else config.model.in_channels)
-
-
-def check_data_fits(manifest: dict, config, data_dir: str) -> None:
-    """Raises ValueError naming the manifest when its latents or text cannot feed this model (a multi-conditioner
-    config's unset part sizes are filled in from the data)."""
-    from stableaudio_jax.data.latent_records import config_hash, manifest_path
-    path = manifest_path(data_dir)
-    if manifest["text"] != "embeddings":
-        raise ValueError(f"{path}: text is {manifest['text']!r}; the diffusion trainer reads pre-computed T5 "
-                         "embeddings: re-encode with `stableaudio-jax encode --text embeddings`")
-    width = (config.conditioning.get("text") or {}).get("width")
-    if width is not None and int(width) != manifest["text_dim"]:
-        raise ValueError(f"{path}: text embeddings are {manifest['text_dim']} wide but config.conditioning.text.width "
-                         f"is {width} (leave it unset to take the data's width)")
-    encoded_by = manifest.get("encoder_config", {}).get("text", {}).get("type", "t5")
-    conditioner = (config.conditioning.get("text") or {}).get("type", "t5")
-    if encoded_by != conditioner:
-        raise ValueError(f"{path}: the text features were encoded by a {encoded_by!r} text encoder but this model's "
-                         f"conditioner is config.conditioning.text.type={conditioner!r}; pass "
-                         f"--config.conditioning.text.type={encoded_by} or encode with a {conditioner} text encoder")
-    if conditioner == MULTI_TEXT:
-        _fit_text_parts(config.conditioning.text, manifest["encoder_config"]["text"]["model"], path)
-    vae = manifest.get("encoder_config", {}).get("vae")
-    if "vae" in config and vae is not None and config_hash(vae) != config_hash(config.vae):
-        raise ValueError(f"{path}: the latents were encoded by a VAE config ({vae}) other than this model's "
-                         f"config.vae ({config.vae.to_dict()})")
-
-
-def _fit_text_parts(text, encoded: dict, path: str) -> None:
-    """The config's text parts must be the data's (ids and types, in order, CLAP's ``layer`` / ``output``); each
-    part's encoder ``model`` and ``max_length`` are the data's (as a single encoder's length is)."""
-    ours = [(name, p.get("type", "t5")) for name, p in ordered_parts(text)]
-    theirs = [(name, p.get("type", "t5")) for name, p in ordered_parts(encoded, f"{path}: the data's text parts")]
-    if ours != theirs:
-        raise ValueError(f"{path}: the text features were encoded by the parts {theirs} (id, type) but "
-                         f"config.conditioning.text.parts are {ours}; encode with one --text-encoder ID=PATH per part, "
-                         "in the config's order")
-    for (name, part), (_, data) in zip(ordered_parts(text), ordered_parts(encoded)):
-        part["model"], part["max_length"] = data["model"], int(data["max_length"])  # as for one encoder: the data's
-        for key in ("layer", "output"):
-            if key in data and part.get(key) not in (None, data[key]):
-                raise ValueError(f"{path}: text part {name!r}: the data has {key}={data[key]!r}, "
-                                 f"config.conditioning.text.parts has {part[key]!r}")
-            elif key in data:
-                part[key] = data[key]
-
-
-def _data(config, data_dir: str, per_host: int, run_channels: int):
-    from stableaudio_jax.data import latent_reader
-    from stableaudio_jax.data.latent_records import read_manifest
-    t = config.training
-    if data_dir == SYNTHETIC:
-        text_length = int(t.data.get("synthetic_text_length", 128))
-        ds = latent_reader.synthetic_latent_dataset(per_host, t.crop_frames, run_channels, text_length,
-                                                    synthetic_text_width(config), seed=config.seed)
-        return None, CheckpointableIterator(ds)
-    manifest = read_manifest(data_dir)
-    check_data_fits(manifest, config, data_dir)
-    expected = t.data.get("encoder_config_hash") or None  # set by the first run, saved with its checkpoints
-    ds = latent_reader.latent_dataset(data_dir, per_host, t.crop_frames, seed=config.seed,
-                                      process_index=jax.process_index(), process_count=jax.process_count(),
-                                      shuffle_buffer=t.data.shuffle_buffer, on_corrupt=t.data.on_corrupt,
-                                      latent_channels=run_channels, encoder_config_hash=expected)
-    return manifest, CheckpointableIterator(ds)
-
-
-def _saved_data_hash(checkpointer: TrainCheckpointer) -> str | None:
-    if checkpointer.latest_step() is None:
-        return None
-    return checkpointer.saved_config().get("training", {}).get("data", {}).get("encoder_config_hash") or None
 
 
 def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: str, progress: bool = False,
@@ -133,17 +52,12 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
     mesh = make_mesh(config.mesh)
     check_global_batch(t.batch_size, mesh)
     checkpointer = TrainCheckpointer(workdir, keep=t.keep_checkpoints)
-    saved_hash = _saved_data_hash(checkpointer)
-    if saved_hash:
-        t.data.encoder_config_hash = saved_hash
-    manifest, data = _data(config, data_dir, t.batch_size // jax.process_count(), latent_channels(config))
-    if manifest is not None:
-        t.data.encoder_config_hash = manifest["encoder_config_hash"]
-        if t.get("init_from"):
-            check_data_text(config, manifest, data_dir)
-    _record_data(workdir, data_dir, manifest, config)
-    text_length = manifest["text_length"] if manifest else int(t.data.get("synthetic_text_length", 128))
-    text_width = manifest["text_dim"] if manifest else synthetic_text_width(config)
+    source = LatentSource.open(config, data_dir, checkpointer)
+    manifest, data = source.manifest, source.data
+    if manifest is not None and t.get("init_from"):
+        check_data_text(config, manifest, data_dir)
+    record_data(workdir, data_dir, manifest, config)
+    text_length, text_width = source.text_length, source.text_width
     compiled = diffusion_steps.compiled(config, mesh, text_length, text_width)
     if t.get("check_memory", True):
         check_fits(config, lambda c: Need.of(diffusion_steps.compiled(c, make_mesh(c.mesh), text_length, text_width)
@@ -164,14 +78,13 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
     end = t.steps if max_steps is None else min(t.steps, start + max_steps)
     demos = _demos(compiled.run, config, manifest, workdir)
     after = None if demos is None else lambda done, s: demos(done, lambda: sampling_params(compiled.run, s, base))
-    ratio = manifest["downsampling_ratio"] / manifest["sample_rate"] if manifest else 2048 / 44100
     try:
         frozen = () if base is None else (base,)
-        state, last = run_loop(state, lambda step, s, batch: compiled.step(s, _model_batch(batch), *frozen), data,
+        state, last = run_loop(state, lambda step, s, batch: compiled.step(s, model_batch(batch), *frozen), data,
                                diffusion_steps.batch_sharding(mesh), start=start, end=end,
                                checkpointer=checkpointer, writer=writer, config=config, desc="train",
                                progress=progress, after_step=after,
-                               audio_seconds_per_step=t.batch_size * t.crop_frames * ratio,
+                               audio_seconds_per_step=t.batch_size * t.crop_frames * source.seconds_per_frame,
                                flops_per_step=train_step_flops(compiled, t.batch_size))
         checkpointer.wait()
         if int(state.step) == t.steps and base is not None:
@@ -184,7 +97,7 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, data_dir: s
     return last
 
 
-def _record_data(workdir: str, data_dir: str, manifest: dict | None, config) -> None:
+def record_data(workdir: str, data_dir: str, manifest: dict | None, config) -> None:
     """``<workdir>/data.json``: what the run trains on (the manifest without its shard list), for exports."""
     if jax.process_index() != 0:
         return
@@ -251,10 +164,6 @@ def render_demos(workdir: str, step: int | None = None, out: str | None = None) 
     vae, text = _load_sources(config, manifest)
     writer = DemoWriter(run, vae, text, config, out or workdir)
     return writer(int(state.step), host_arrays(sampling_params(run, state, None)))
-
-
-def _model_batch(batch: dict) -> dict:
-    return {k: batch[k] for k in diffusion_steps.BATCH_KEYS}
 
 
 def _sources(config, manifest: dict | None) -> tuple[str, str]:

@@ -3,7 +3,7 @@
 
 The run takes the model's own config sections (diffusion: ``model``, ``conditioning``, ``diffusion`` and
 ``guidance``, plus the bundle's VAE config as ``vae``; VAE: ``model``); overrides given on the command line for
-those sections are applied on top (``--config.diffusion.objective=rf`` turns a v-model into a rectified-flow
+those sections are applied on top (``--config.diffusion.objective=rectified_flow`` turns a v-model into a rectified-flow
 fine-tune; ``--config.model.remat=full`` saves memory). Overrides that change parameter shapes are refused with
 the list of mismatched weights. The weights are loaded exactly; the optimiser state is fresh and the EMA starts
 from the loaded weights. The run records ``training.init_from``; re-running the command resumes from the run's
