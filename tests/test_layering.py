@@ -84,3 +84,60 @@ def test_the_checker_sees_a_violation(tmp_path):
     path.write_text("def f():\n    from stableaudio_jax.training.loop import run_loop\n")
     assert _imports(path) == [(2, "stableaudio_jax.training.loop")]
     assert LEVEL[_room("stableaudio_jax.training.loop")] > LEVEL["store"]
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """{module: the package modules it imports}, top-level and function-level imports alike."""
+    modules = {}
+    for path in ROOT.rglob("*.py"):
+        parts = ("stableaudio_jax",) + path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from pkg import sub` imports the module pkg.sub (and pkg's __init__, which does not count here)
+                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                            for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Groups of modules that reach each other through imports (strongly connected, more than one module)."""
+    order, low, stack, found, counter = {}, {}, [], [], [0]
+
+    def visit(node):
+        order[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in order:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], order[nxt])
+        if low[node] == order[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in order:
+            visit(node)
+    return found
+
+
+def test_no_import_circles():
+    """No modules import each other, directly or round a loop, not even through a function-level import (which
+    only hides a circle)."""
+    assert _circles(_module_graph()) == []
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check sees one

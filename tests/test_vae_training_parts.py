@@ -10,7 +10,8 @@ import torch
 from stableaudio_jax.audio.losses import (SAO_FFT_SIZES, SAO_HOP_SIZES, mrstft_loss, sum_and_difference_loss,
                                           vae_reconstruction_loss)
 from stableaudio_jax.data.audio_folder import (CheckpointableIterator, SilentCropCounter, audio_crop_dataset,
-                                               host_files, scan_audio_folder, scan_audio_source)
+                                               host_files, scan_audio_folder)
+from stableaudio_jax.data.audio_source import scan_audio_source
 from stableaudio_jax.models.autoencoder import count_params
 from stableaudio_jax.models.discriminator import (MultiScaleSTFTDiscriminator, discriminator_loss,
                                                   feature_matching_loss, generator_adversarial_loss,

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from stableaudio_jax.bench import compiled as analysis
 from stableaudio_jax.bench import targets
-from stableaudio_jax.bench.strategies import Strategy, apply
+from stableaudio_jax.bench.strategies import Strategy, apply, apply_for_target, text_shape
 from stableaudio_jax.bench.targets import Target
 
 CFG_SCALE = 7.0
@@ -40,7 +40,6 @@ def _compile(fn, args, mesh, rules, in_shardings, out_sharding):
 
 def compile_sampler(config, strategy: Strategy, target: Target, steps: int):
     """The conditioning + sampling scan for ``strategy`` (batch = its global batch, length = its seconds)."""
-    from stableaudio_jax.bench.sharding import apply_for_target, text_shape
     from stableaudio_jax.diffusion.samplers import DEFAULT_SAMPLERS, sample
     from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
     from stableaudio_jax.training import diffusion_steps

@@ -30,28 +30,12 @@ import numpy as np
 from stableaudio_jax import paths
 from stableaudio_jax.bench import compiled as analysis
 from stableaudio_jax.bench import targets
-from stableaudio_jax.bench.strategies import Strategy, apply
+from stableaudio_jax.bench.strategies import Strategy, apply, apply_for_target, text_shape
 from stableaudio_jax.bench.targets import Target
 from stableaudio_jax.training.flops import analytic_train_flops
 
 logger = logging.getLogger(__name__)
 WORKLOADS = ("train", "generate", "vae-train")
-
-
-def text_shape(config) -> tuple[int, int]:
-    """(tokens, width) of the text features the denoiser is trained on: the configured encoder's."""
-    from stableaudio_jax.training.latent_source import synthetic_text_width
-    text = config.conditioning.get("text") or {}
-    return int(text.get("max_length") or 128), synthetic_text_width(config)
-
-
-def apply_for_target(config, strategy: Strategy, target: Target):
-    """``apply`` plus what ``auto`` attention means on an ahead-of-time target ("auto" would resolve on the
-    compiling host's backend, CPU here)."""
-    config = apply(config, strategy)
-    if not target.measured and config.model.get("attention_impl") == "auto":
-        config.model.attention_impl = TARGET_ATTENTION[target.platform]
-    return config
 
 
 def prepare(config, strategy: Strategy, target: Target):
@@ -63,11 +47,6 @@ def prepare(config, strategy: Strategy, target: Target):
     mesh = targets.mesh(resolve_mesh_shape(strategy.mesh, target.device_count), target)
     length, width = text_shape(config)
     return config, mesh, diffusion_steps.compiled(config, mesh, length, width)
-
-
-# cuDNN's fused attention cannot be compiled without the cuDNN library, which the AOT extra does not carry: GPU
-# plans use XLA's attention, whose T x T scores make them pessimistic for long sequences (say so in reports)
-TARGET_ATTENTION = {"tpu": "xla", "cuda": "xla"}
 
 
 def compile_strategy(config, strategy: Strategy, target: Target):

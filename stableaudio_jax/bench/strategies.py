@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from stableaudio_jax.parallel.sharding import MESH_AXES
+from stableaudio_jax.training.latent_source import synthetic_text_width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,3 +106,23 @@ def factorisations(devices: int) -> list[tuple[int, int, int]]:
         rest = devices // tensor
         out += [(rest // fsdp, fsdp, tensor) for fsdp in range(1, rest + 1) if rest % fsdp == 0]
     return sorted(out, key=lambda m: (m[2], m[1]))
+
+
+# cuDNN's fused attention cannot be compiled without the cuDNN library, which the AOT extra does not carry: GPU
+# plans use XLA's attention, whose T x T scores make them pessimistic for long sequences (say so in reports)
+TARGET_ATTENTION = {"tpu": "xla", "cuda": "xla"}
+
+
+def text_shape(config) -> tuple[int, int]:
+    """(tokens, width) of the text features the denoiser is trained on: the configured encoder's."""
+    text = config.conditioning.get("text") or {}
+    return int(text.get("max_length") or 128), synthetic_text_width(config)
+
+
+def apply_for_target(config, strategy: Strategy, target):
+    """``apply`` plus what ``auto`` attention means on an ahead-of-time target ("auto" would resolve on the
+    compiling host's backend, CPU here)."""
+    config = apply(config, strategy)
+    if not target.measured and config.model.get("attention_impl") == "auto":
+        config.model.attention_impl = TARGET_ATTENTION[target.platform]
+    return config

@@ -79,41 +79,6 @@ def scan_audio_folder(root: str | os.PathLike) -> FolderScan:
     return FolderScan(files, skipped)
 
 
-@dataclasses.dataclass(frozen=True)
-class IngestedScan:
-    """The examples of an ingested dataset as crop sources (``AudioFile.path`` holds the example index)."""
-
-    dataset: object  # data.ingest.AudioDataset
-    files: list[AudioFile]
-    skipped: list[tuple[str, str]]  # what ingest skipped
-
-    def report(self) -> str:
-        hours = sum(f.frames / f.sample_rate for f in self.files) / 3600
-        return (f"{len(self.files)} examples ({hours:.2f} h) of the ingested dataset {self.dataset.output_dir}; "
-                f"{len(self.skipped)} files skipped at ingest")
-
-
-def scan_ingested(directory: str | os.PathLike) -> IngestedScan:
-    """Crop sources for every example of an ingested dataset (durations from its index: no audio is decoded)."""
-    from stableaudio_jax.data.ingest import load_audio_dataset
-    dataset = load_audio_dataset(directory)
-    files = [AudioFile(str(i), int(item["frames"]), dataset.sample_rate, dataset.channels)
-             for i, item in enumerate(dataset.items())]
-    skipped = [(s["path"], s["reason"]) for s in dataset.report.get("skipped", [])]
-    return IngestedScan(dataset, files, skipped)
-
-
-def scan_audio_source(path: str | os.PathLike) -> FolderScan | IngestedScan:
-    """An ingested dataset (``ingest_report.json`` inside) or a folder of audio files (a bucket folder is read
-    from a local mirror in the cache)."""
-    from stableaudio_jax.data.ingest import REPORT_NAME
-    if paths.isfile(paths.join(os.fspath(path), REPORT_NAME)):
-        return scan_ingested(path)
-    if paths.is_url(path) and not paths.isdir(path):
-        raise FileNotFoundError(f"audio folder {os.fspath(path)!r} does not exist")
-    return scan_audio_folder(paths.local_folder(path))
-
-
 class RandomCrop(grain.transforms.RandomMap):
     """File index → {'audio': [crop, channels] float32, 'seconds_start', 'seconds_total', 'padding_mask',
     'redraws_exhausted'}; files from a folder (paths) or an ingested dataset (``dataset`` given)."""
@@ -163,13 +128,14 @@ def host_files(files: list, process_index: int, process_count: int) -> tuple[lis
     return list(files), process_index
 
 
-def audio_crop_dataset(scan: FolderScan | IngestedScan, batch_size: int, sample_rate: int, channels: int,
+def audio_crop_dataset(scan, batch_size: int, sample_rate: int, channels: int,
                        crop_samples: int, seed: int = 0, process_index: int = 0, process_count: int = 1,
                        **crop_kwargs) -> grain.IterDataset:
-    """An endless, shuffled, per-host stream of batches of random crops (``batch_size`` per host)."""
+    """An endless, shuffled, per-host stream of batches of random crops (``batch_size`` per host) of a
+    ``FolderScan`` or an ingested dataset's ``audio_source.IngestedScan`` (its ``dataset`` holds the audio)."""
     files, seed_offset = host_files(scan.files, process_index, process_count)
     ds = grain.MapDataset.source(np.arange(len(files))).shuffle(seed=seed + 7919 * seed_offset).repeat()
-    dataset = scan.dataset if isinstance(scan, IngestedScan) else None
+    dataset = getattr(scan, "dataset", None)
     ds = ds.random_map(RandomCrop(files, sample_rate, channels, crop_samples, dataset=dataset, **crop_kwargs),
                        seed=seed + 104729 * (process_index + 1))
     return ds.batch(batch_size, drop_remainder=True).to_iter_dataset()

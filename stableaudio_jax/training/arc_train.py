@@ -14,7 +14,7 @@ from stableaudio_jax.parallel.distributed import initialize
 from stableaudio_jax.parallel.mesh import make_mesh
 from stableaudio_jax.store import load_diffusion
 from stableaudio_jax.training import arc_steps
-from stableaudio_jax.training.checkpoints import TrainCheckpointer
+from stableaudio_jax.training.checkpoints import EXPORT_DIR, TrainCheckpointer
 from stableaudio_jax.training.diffusion_steps import abstract_batch, batch_sharding
 from stableaudio_jax.training.diffusion_train import export_model, record_data
 from stableaudio_jax.training.init_from import check_data_text, check_same_shapes, placed
@@ -22,7 +22,6 @@ from stableaudio_jax.training.latent_source import LatentSource, model_batch
 from stableaudio_jax.training.loop import check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.memory_fit import Need, check_fits
 from stableaudio_jax.training.metrics import MetricsWriter
-from stableaudio_jax.training.sources import EXPORT_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from stableaudio_jax.store.format import StoreError
 
 # One error type for every unusable checkpoint or stored model (the CLI reports it as a clear error).
 CheckpointError = StoreError
+EXPORT_DIR = "model"  # a finished run's export: <workdir>/model
 
 
 def _placed_here(abstract_state: Any) -> Any:

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 from stableaudio_jax import paths
 from stableaudio_jax.store import VAE, StoreError, T5TextEncoder, is_stored_model, load_text_encoder, load_vae
 from stableaudio_jax.store.multi_text import MultiText
+from stableaudio_jax.training.checkpoints import EXPORT_DIR
+from stableaudio_jax.training.vae_train import load_vae_from_workdir
 
 logger = logging.getLogger(__name__)
-EXPORT_DIR = "model"
 
 
 def is_train_workdir(path: str) -> bool:
@@ -40,7 +41,6 @@ def resolve_vae(path: str | os.PathLike, dtype: Any = jnp.float32) -> VAE:
             logger.info("VAE: %s (exported from the train-vae run at step %s)", exported,
                         vae_step(exported))
             return vae
-        from stableaudio_jax.training.vae_train import load_vae_from_workdir
         vae, step, total = load_vae_from_workdir(path, dtype)
         logger.warning("VAE: %s has no exported model (the run is at step %d of %d): using checkpoint step %d's "
                        "EMA weights; `stableaudio-jax export --workdir %s` writes a model", path, step, total, step,

@@ -19,21 +19,20 @@ import jax
 import ml_collections
 
 from stableaudio_jax import paths
-from stableaudio_jax.data.audio_folder import (CheckpointableIterator, SilentCropCounter, audio_crop_dataset,
-                                               scan_audio_source)
+from stableaudio_jax.data.audio_folder import CheckpointableIterator, SilentCropCounter, audio_crop_dataset
+from stableaudio_jax.data.audio_source import scan_audio_source
 from stableaudio_jax.parallel.distributed import initialize
 from stableaudio_jax.parallel.mesh import make_mesh
 from stableaudio_jax.store import VAE, save_vae, vae_from_config
 from stableaudio_jax.store.builders import VAE_TYPES
 from stableaudio_jax.store.format import host_arrays
 from stableaudio_jax.training import vae_steps
-from stableaudio_jax.training.checkpoints import CheckpointError, TrainCheckpointer
+from stableaudio_jax.training.checkpoints import CheckpointError, EXPORT_DIR, TrainCheckpointer
 from stableaudio_jax.training.init_from import start_vae_from_model
 from stableaudio_jax.training.loop import abstract_with_shardings, check_global_batch, resume_or_start, run_loop
 from stableaudio_jax.training.memory_fit import Need, check_fits
 from stableaudio_jax.training.metrics import MetricsWriter
 from stableaudio_jax.training.optim import averaged
-from stableaudio_jax.training.sources import EXPORT_DIR
 
 logger = logging.getLogger(__name__)
 
