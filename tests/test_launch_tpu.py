@@ -7,6 +7,7 @@ devices say TPU, so the worker script's own verification runs; nothing here talk
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -367,12 +368,19 @@ def test_the_run_outlives_the_session_that_started_it(cloud, tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "stableaudio-jax.log"
     _wait(lambda: log.exists() and "step 2" in log.read_text(), "the run did not start")
-    os.killpg(session.pid, 1)  # SIGHUP
-    assert session.wait(timeout=30) != 0
+    os.killpg(session.pid, signal.SIGHUP)
+    try:
+        assert session.wait(timeout=60) != 0
+    except subprocess.TimeoutExpired:  # seen once in a full run, not reproduced: say what was still there
+        left = subprocess.run(["ps", "-o", "pid,pgid,stat,args", "-g", str(session.pid)], capture_output=True,
+                              text=True).stdout
+        os.killpg(session.pid, signal.SIGKILL)
+        pytest.fail(f"the session outlived its SIGHUP by 60 s; its processes:\n{left}")
     steps = log.read_text().count("\nstep ")
-    time.sleep(1)
+    # the run goes on: it logs more steps (waited for, not slept for: a loaded machine may take more than a second)
+    _wait(lambda: log.read_text().count("\nstep ") > steps, "the run ended with the session that started it")
     status = subprocess.run([*worker, "status"], env=env, capture_output=True, text=True).stdout
-    assert ": running (pid " in status and log.read_text().count("\nstep ") > steps
+    assert ": running (pid " in status
     assert "SIGTERM sent" in subprocess.run([*worker, "stop"], env=env, capture_output=True, text=True).stdout
     _wait(lambda: ": stopped 0" in subprocess.run([*worker, "status"], env=env, capture_output=True,
                                                  text=True).stdout, "the run did not stop")
