@@ -376,10 +376,11 @@ def test_the_run_outlives_the_session_that_started_it(cloud, tmp_path):
     os.killpg(session.pid, signal.SIGHUP)
     try:
         assert session.wait(timeout=60) != 0
-    except subprocess.TimeoutExpired:  # say what was still there
+    except subprocess.TimeoutExpired:  # say what was still there, and leave no detached run behind
         left = subprocess.run(["ps", "-o", "pid,pgid,stat,args", "-g", str(session.pid)], capture_output=True,
                               text=True).stdout
         os.killpg(session.pid, signal.SIGKILL)
+        subprocess.run([*worker, "stop"], env=env, capture_output=True)
         pytest.fail(f"the session outlived its SIGHUP by 60 s; its processes:\n{left}")
     steps = log.read_text().count("\nstep ")
     # the run goes on: it logs more steps (waited for, not slept for: a loaded machine may take more than a second)
