@@ -21,6 +21,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from stableaudio_jax.config_loader import apply_overrides
+
 logger = logging.getLogger(__name__)
 GiB = 2 ** 30
 
@@ -176,11 +178,6 @@ def _try(config, change: dict, need_of, capacity: int, base: dict | None = None)
 
 
 def _changed(config, change: dict) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict(config.to_dict())
-    for key, value in change.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return config
+    """A copy of ``config`` with ``change`` applied as the ``--config.key=value`` flags the plan prints (so the flags
+    mean exactly what was compiled)."""
+    return apply_overrides(ml_collections.ConfigDict(config.to_dict()), [f"{k}={v}" for k, v in change.items()])
