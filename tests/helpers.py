@@ -1,8 +1,15 @@
 """Helpers shared by the tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
+import os
 import re
 
 import jax
 import numpy as np
+import soundfile as sf
+
+from stableaudio_jax.config_loader import load_config
+from stableaudio_jax.data.latent_records import LatentRecord, write_manifest
+from stableaudio_jax.data.tfrecord import TFRecordWriter
+from stableaudio_jax.training.checkpoints import TrainCheckpointer
 
 
 def randomize_snake(params, scale=0.3, seed=0):
@@ -272,3 +279,89 @@ def finetuned_clap_state(width, layers=2, intermediate=256, seed=3):
     prefix = "conditioner.conditioners.prompt.model.model."
     state = {f"{prefix}text_branch.{k}": v.numpy() for k, v in branch.state_dict().items()}
     return state | {f"{prefix}text_projection.{k}": v.numpy() for k, v in projection.state_dict().items()}
+
+
+# Training data and run state shared by the training tests
+
+TEXT_LENGTH, TEXT_DIM, FRAMES = 24, 32, 128  # as tests/test_round_trip.py: the compiled DiT step is shared
+
+
+def write_latents(directory, files=4, per_file=8, channels=4, text="embeddings", text_dim=TEXT_DIM):
+    """Latent 'songs': a few sinusoids per file (their frequency set by the file), captions per file."""
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(0)
+    shards = []
+    for f in range(files):
+        name = f"latents-{f:05d}-of-{files:05d}.tfrecord"
+        with TFRecordWriter(os.path.join(directory, name)) as writer:
+            for w in range(per_file):
+                t = np.arange(w * FRAMES, (w + 1) * FRAMES)[:, None]
+                latents = np.sin(2 * np.pi * t * (f + 1) / 32 + np.arange(channels)) + 0.1 * rng.standard_normal(
+                    (FRAMES, channels))
+                text_kw = (dict(text_embeddings=np.full((TEXT_LENGTH, text_dim), f / files, np.float16))
+                           if text == "embeddings" else dict(text_ids=np.full(TEXT_LENGTH, f + 3)))
+                record = LatentRecord(latents=latents.astype(np.float32), latent_length=FRAMES,
+                                      seconds_start=w * FRAMES * 8 / 44100, seconds_total=per_file * FRAMES * 8 / 44100,
+                                      text_mask=np.arange(TEXT_LENGTH) < 4, caption=f"song {f}", source_id=f"{f}.wav",
+                                      window_index=w, **text_kw)
+                writer.write(record.to_bytes())
+        shards.append({"file": name, "records": per_file})
+    write_manifest(directory, {
+        "format": "stableaudio-jax/latents", "version": 1, "encoder_config_hash": "0123456789abcdef",
+        "latent_channels": channels, "latent_frames": FRAMES, "sample_rate": 44100, "downsampling_ratio": 8,
+        "text": text, "text_length": TEXT_LENGTH, "text_dim": text_dim if text == "embeddings" else None,
+        "shards": shards, "records": files * per_file,
+        "encoder_config": {"vae": load_config("configs/vae.py:tiny").model.to_dict()}})
+    return str(directory)
+
+
+
+
+def restored_state(workdir):
+    """The (train state, data position) of a run's latest checkpoint."""
+    checkpointer = TrainCheckpointer(workdir, async_save=False)
+    try:
+        state, data, _ = checkpointer.restore(None)
+        return state, data
+    finally:
+        checkpointer.close()
+
+
+
+
+def write_music_folder(root, count=6, seconds=1.5, seed=0):
+    """Short synthetic 'music': decaying harmonic notes over a soft noise bed, mono and stereo, two rates."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        rate = (44100, 22050)[i % 2]
+        t = np.arange(int(rate * seconds)) / rate
+        audio = 0.02 * rng.standard_normal(t.shape)
+        for onset in np.arange(0, seconds, 0.25):
+            f0 = 110 * 2 ** (rng.integers(0, 24) / 12)
+            env = np.where(t >= onset, np.exp(-(t - onset) * 6), 0)
+            audio += sum(0.3 / h * np.sin(2 * np.pi * f0 * h * t) for h in (1, 2, 3)) * env
+        audio = np.clip(audio, -1, 1).astype(np.float32)
+        if i % 3 == 0:
+            audio = np.stack([audio, np.roll(audio, 37)], axis=1)
+        sf.write(root / f"take_{i}.wav", audio, rate)
+    return root
+
+
+
+
+# small spectral-loss and discriminator FFTs for the tiny VAE: the same compiled steps in every test that uses them
+SMALL_VAE_LOSSES = ["training.spectral.fft_sizes=(256,)", "training.spectral.hop_sizes=(64,)",
+         "training.discriminator.n_ffts=(128,)", "training.discriminator.hops=(32,)"]
+
+
+
+
+def assert_trees_equal(a, b):
+    """Bit-equal pytrees (PRNG keys compared by their data)."""
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -10,7 +10,7 @@ from stableaudio_jax.training.arc_train import train_arc
 from stableaudio_jax.training.diffusion_train import train_diffusion
 from stableaudio_jax.training.init_from import diffusion_config_from_model
 from stableaudio_jax.training.metrics import read_metrics
-from test_diffusion_training import TEXT_DIM, TEXT_LENGTH, _state, write_latents
+from helpers import TEXT_DIM, TEXT_LENGTH, restored_state, write_latents
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def test_arc_trains_and_its_discriminator_learns(rf_model, tmp_path):
     print("discriminator accuracy: initial", initial, "trained", trained)
     assert trained > 0.6 and trained > initial + 0.05
     from stableaudio_jax.store import load_diffusion
-    state, _ = _state(tmp_path / "arc")
+    state, _ = restored_state(tmp_path / "arc")
     start = load_diffusion(source).params["denoiser"]
     moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
              zip(jax.tree_util.tree_leaves(state["params"]["denoiser"]), jax.tree_util.tree_leaves(start))]

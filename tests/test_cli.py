@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import build_tiny_sao_diffusers, sat_model_config, write_sat_checkpoint
+from helpers import (SMALL_VAE_LOSSES, build_tiny_sao_diffusers, sat_model_config, write_music_folder,
+                     write_sat_checkpoint)
 
 COND = 128  # token width 128 = 2 key/value heads of 64, expressible in stable-audio-tools' config too
 CLI = os.path.join(os.path.dirname(sys.executable), "stableaudio-jax")
@@ -122,12 +123,11 @@ def _wait_for_step(workdir, step, process, timeout=300):
 def test_train_vae_command_resumes_after_ctrl_c(tmp_path):
     import json
     import signal
-    from test_vae_training import SMALL, write_music_folder
     data = write_music_folder(tmp_path / "music")
     workdir = str(tmp_path / "run")
     args = [CLI, "train-vae", "--config", "configs/vae.py:tiny", "--data", str(data), "--workdir", workdir,
             "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.training.log_every=2",
-            "--config.training.checkpoint_every=100", *[f"--config.{o}" for o in SMALL]]
+            "--config.training.checkpoint_every=100", *[f"--config.{o}" for o in SMALL_VAE_LOSSES]]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     process = subprocess.Popen(args + ["--config.training.steps=1000"], cwd=root, env=env, text=True,

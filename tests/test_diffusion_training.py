@@ -7,44 +7,10 @@ import numpy as np
 import pytest
 
 from stableaudio_jax.config_loader import load_config
-from stableaudio_jax.data.latent_records import LatentRecord, read_manifest, write_manifest
-from stableaudio_jax.data.tfrecord import TFRecordWriter
-from stableaudio_jax.training.checkpoints import TrainCheckpointer
+from stableaudio_jax.data.latent_records import read_manifest, write_manifest
 from stableaudio_jax.training.diffusion_train import train_diffusion
 from stableaudio_jax.training.metrics import read_metrics
-from test_vae_training import _tree_equal
-
-TEXT_LENGTH, TEXT_DIM, FRAMES = 24, 32, 128  # as tests/test_round_trip.py: the compiled DiT step is shared
-
-
-def write_latents(directory, files=4, per_file=8, channels=4, text="embeddings", text_dim=TEXT_DIM):
-    """Latent 'songs': a few sinusoids per file (their frequency set by the file), captions per file."""
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(0)
-    shards = []
-    for f in range(files):
-        name = f"latents-{f:05d}-of-{files:05d}.tfrecord"
-        with TFRecordWriter(os.path.join(directory, name)) as writer:
-            for w in range(per_file):
-                t = np.arange(w * FRAMES, (w + 1) * FRAMES)[:, None]
-                latents = np.sin(2 * np.pi * t * (f + 1) / 32 + np.arange(channels)) + 0.1 * rng.standard_normal(
-                    (FRAMES, channels))
-                text_kw = (dict(text_embeddings=np.full((TEXT_LENGTH, text_dim), f / files, np.float16))
-                           if text == "embeddings" else dict(text_ids=np.full(TEXT_LENGTH, f + 3)))
-                record = LatentRecord(latents=latents.astype(np.float32), latent_length=FRAMES,
-                                      seconds_start=w * FRAMES * 8 / 44100, seconds_total=per_file * FRAMES * 8 / 44100,
-                                      text_mask=np.arange(TEXT_LENGTH) < 4, caption=f"song {f}", source_id=f"{f}.wav",
-                                      window_index=w, **text_kw)
-                writer.write(record.to_bytes())
-        shards.append({"file": name, "records": per_file})
-    write_manifest(directory, {
-        "format": "stableaudio-jax/latents", "version": 1, "encoder_config_hash": "0123456789abcdef",
-        "latent_channels": channels, "latent_frames": FRAMES, "sample_rate": 44100, "downsampling_ratio": 8,
-        "text": text, "text_length": TEXT_LENGTH, "text_dim": text_dim if text == "embeddings" else None,
-        "shards": shards, "records": files * per_file,
-        "encoder_config": {"vae": load_config("configs/vae.py:tiny").model.to_dict()}})
-    return str(directory)
-
+from helpers import TEXT_DIM, TEXT_LENGTH, assert_trees_equal, restored_state, write_latents
 
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory):
@@ -55,23 +21,14 @@ def _config(*overrides, spec="configs/dit.py:tiny"):
     return load_config(spec, ["training.log_every=5", "training.checkpoint_every=5", *overrides])
 
 
-def _state(workdir):
-    checkpointer = TrainCheckpointer(workdir, async_save=False)
-    try:
-        state, data, _ = checkpointer.restore(None)
-        return state, data
-    finally:
-        checkpointer.close()
-
-
 def test_resume_is_exact(latents, tmp_path):
     train_diffusion(_config("training.steps=10"), str(tmp_path / "straight"), latents)
     train_diffusion(_config("training.steps=10"), str(tmp_path / "halves"), latents, max_steps=5)
     train_diffusion(_config("training.steps=10"), str(tmp_path / "halves"), latents)
-    (a, data_a), (b, data_b) = _state(tmp_path / "straight"), _state(tmp_path / "halves")
+    (a, data_a), (b, data_b) = restored_state(tmp_path / "straight"), restored_state(tmp_path / "halves")
     assert data_a == data_b
     assert len(jax.tree_util.tree_leaves(a)) > 10
-    _tree_equal(a, b)
+    assert_trees_equal(a, b)
     logged = [m["train/loss"] for m in read_metrics(tmp_path / "halves") if "train/loss" in m]
     straight = [m["train/loss"] for m in read_metrics(tmp_path / "straight") if "train/loss" in m]
     assert logged == straight and len(logged) == 2
@@ -90,7 +47,7 @@ def test_unet_trains_on_the_same_data(latents, tmp_path):
     print("U-Net eps losses", np.round(logged, 3))
     assert len(logged) == 12 and np.isfinite(logged).all()
     assert np.mean(logged[-3:]) < 0.5 * np.mean(logged[:2]), logged  # it learns: a stated margin of 50%
-    state, _ = _state(tmp_path / "unet")
+    state, _ = restored_state(tmp_path / "unet")
     assert int(state["step"]) == 60 and set(state["params"]) == {"denoiser", "timing"}
     null = state["params"]["denoiser"]["params"]["fixed_embedding"]["embed"]["embedding"]
     assert null.shape == (26, 32)
@@ -107,9 +64,9 @@ def test_synthetic_source_runs_and_exports_the_diffusion_model(tmp_path):
     info = read_info(tmp_path / "synthetic" / "model")
     assert info.kind == "diffusion" and info.provenance["step"] == 2
     model = load_diffusion(tmp_path / "synthetic" / "model")
-    state, _ = _state(tmp_path / "synthetic")
-    _tree_equal(model.params["denoiser"], state["ema"])
-    _tree_equal(model.params["timing"], state["params"]["timing"])
+    state, _ = restored_state(tmp_path / "synthetic")
+    assert_trees_equal(model.params["denoiser"], state["ema"])
+    assert_trees_equal(model.params["timing"], state["params"]["timing"])
 
 
 @pytest.mark.parametrize("cond_dim,projected", [(32, True), (None, False)])
@@ -118,7 +75,7 @@ def test_a_text_encoder_of_another_width_needs_no_other_change(tmp_path, cond_di
     wide = write_latents(tmp_path / "wide", files=2, per_file=4, text_dim=48)
     overrides = ["training.steps=2"] + ([] if cond_dim else ["conditioning.cond_dim=None"])
     train_diffusion(_config(*overrides), str(tmp_path / "run"), wide)
-    state, _ = _state(tmp_path / "run")
+    state, _ = restored_state(tmp_path / "run")
     assert ("text_projection" in state["params"]) == projected
     width = 32 if projected else 48
     assert state["params"]["timing"]["params"]["seconds_start"]["proj"]["kernel"].shape[-1] == width
@@ -165,17 +122,17 @@ def test_an_ema_in_host_memory_trains_and_resumes_as_on_the_device_and_none_expo
     host = _config("training.steps=6", "training.ema.place=host")
     train_diffusion(host, str(tmp_path / "host"), latents, max_steps=3)
     train_diffusion(host, str(tmp_path / "host"), latents)  # resumes the host EMA from step 3's checkpoint
-    (device, _), (on_host, _) = _state(tmp_path / "device"), _state(tmp_path / "host")
-    _tree_equal(device, on_host)
+    (device, _), (on_host, _) = restored_state(tmp_path / "device"), restored_state(tmp_path / "host")
+    assert_trees_equal(device, on_host)
     compiled = diffusion_steps.compiled(host, make_mesh(host.mesh), TEXT_LENGTH, TEXT_DIM)
     kinds = {s.memory_kind for s in jax.tree_util.tree_leaves(compiled.shardings.ema)}
     assert kinds == {"pinned_host"}
     assert {s.memory_kind for s in jax.tree_util.tree_leaves(compiled.shardings.params)} == {"device"}
 
     train_diffusion(_config("training.steps=6", "training.ema.place=off"), str(tmp_path / "off"), latents)
-    off, _ = _state(tmp_path / "off")
+    off, _ = restored_state(tmp_path / "off")
     assert off["ema"] is None
-    _tree_equal(off["params"], device["params"])  # the EMA never feeds the weights
-    _tree_equal(load_diffusion(tmp_path / "off" / "model").params["denoiser"], off["params"]["denoiser"])
+    assert_trees_equal(off["params"], device["params"])  # the EMA never feeds the weights
+    assert_trees_equal(load_diffusion(tmp_path / "off" / "model").params["denoiser"], off["params"]["denoiser"])
     with pytest.raises(ValueError, match=r"training.ema.place='gpu': expected one of \('device', 'host', 'off'\)"):
         train_diffusion(_config("training.ema.place=gpu"), str(tmp_path / "bad"), latents)

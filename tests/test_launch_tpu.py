@@ -248,7 +248,7 @@ def test_setup_builds_a_verified_venv_and_a_failed_one_leaves_nothing(cloud):
         out = cloud("setup", extra_env={"FAKE_UV_FAIL": fail})
         lines = [line for line in out.stderr.splitlines() if line.startswith("stableaudio-jax setup:")]
         assert out.returncode != 0 and len(lines) == 1, out.stderr
-        assert f"sa worker 0 (" in lines[0] and f"setup step '{step}" in lines[0] and "failed: error: " in lines[0]
+        assert "sa worker 0 (" in lines[0] and f"setup step '{step}" in lines[0] and "failed: error: " in lines[0]
         assert "[launch] setup failed on sa (exit 1)" in out.stderr
         # the working environment is untouched and the failed one is gone
         assert (home / "stableaudio-venv").resolve() == first

@@ -5,7 +5,6 @@ import re
 
 import jax
 import ml_collections
-import pytest
 
 from stableaudio_jax.cli import main
 from stableaudio_jax.config_loader import load_config

@@ -7,7 +7,6 @@ import shutil
 import jax
 import numpy as np
 import pytest
-import soundfile as sf
 
 from stableaudio_jax.config_loader import load_config
 from stableaudio_jax.parallel.mesh import make_mesh
@@ -16,27 +15,9 @@ from stableaudio_jax.training.checkpoints import CheckpointError, TrainCheckpoin
 from stableaudio_jax.training.loop import NonFiniteLossError, abstract_with_shardings
 from stableaudio_jax.training.metrics import read_metrics
 from stableaudio_jax.training.vae_train import train_vae
+from helpers import SMALL_VAE_LOSSES, assert_trees_equal, write_music_folder
 
 FSDP = ["mesh.data=2", "mesh.fsdp=4"]
-
-
-def write_music_folder(root, count=6, seconds=1.5, seed=0):
-    """Short synthetic 'music': decaying harmonic notes over a soft noise bed, mono and stereo, two rates."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        rate = (44100, 22050)[i % 2]
-        t = np.arange(int(rate * seconds)) / rate
-        audio = 0.02 * rng.standard_normal(t.shape)
-        for onset in np.arange(0, seconds, 0.25):
-            f0 = 110 * 2 ** (rng.integers(0, 24) / 12)
-            env = np.where(t >= onset, np.exp(-(t - onset) * 6), 0)
-            audio += sum(0.3 / h * np.sin(2 * np.pi * f0 * h * t) for h in (1, 2, 3)) * env
-        audio = np.clip(audio, -1, 1).astype(np.float32)
-        if i % 3 == 0:
-            audio = np.stack([audio, np.roll(audio, 37)], axis=1)
-        sf.write(root / f"take_{i}.wav", audio, rate)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +27,8 @@ def music(tmp_path_factory):
 
 # The mechanics tests (resume, restore, errors) use one STFT resolution and one discriminator scale: the same code,
 # a fraction of the compile time. The learning test uses the full recipe.
-SMALL = ["training.spectral.fft_sizes=(256,)", "training.spectral.hop_sizes=(64,)",
-         "training.discriminator.n_ffts=(128,)", "training.discriminator.hops=(32,)"]
-
-
 def _config(*overrides, mesh=FSDP, small=True):
-    return load_config("configs/vae.py:tiny", [*mesh, *(SMALL if small else []), *overrides])
+    return load_config("configs/vae.py:tiny", [*mesh, *(SMALL_VAE_LOSSES if small else []), *overrides])
 
 
 def test_training_reduces_the_reconstruction_loss(music, tmp_path):
@@ -77,15 +54,6 @@ def _restore(workdir, config, mesh):
     return state, data
 
 
-def _tree_equal(a, b):
-    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    assert len(leaves_a) == len(leaves_b)
-    for x, y in zip(leaves_a, leaves_b):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def test_resume_is_exact_and_restores_onto_other_meshes(music, tmp_path, caplog):
     from stableaudio_jax.training.sources import resolve_vae
     config = _config("training.steps=8", "training.log_every=4", "training.checkpoint_every=8")
@@ -103,10 +71,10 @@ def test_resume_is_exact_and_restores_onto_other_meshes(music, tmp_path, caplog)
     a, data_a = _restore(straight, config, mesh8)
     b, data_b = _restore(split, config, mesh8)
     assert int(a.step) == 8 and int(a.gen_steps) == 4 and int(a.disc_steps) == 4 and data_a == data_b
-    _tree_equal(a, b)  # bit-identical on CPU
+    assert_trees_equal(a, b)  # bit-identical on CPU
     exported = resolve_vae(split)  # the finished run exported its EMA weights: preferred over checkpoints
     assert exported.source == os.path.join(split, "model")
-    _tree_equal(exported.params, a.ema_params)
+    assert_trees_equal(exported.params, a.ema_params)
     # the 8-device checkpoint restores onto 4 devices and onto 1, with the same values
     for devices, mesh_shape in ((jax.devices()[:4], ["mesh.data=2", "mesh.fsdp=2"]), (jax.devices()[:1],
                                                                                         ["mesh.data=1"])):
@@ -116,7 +84,7 @@ def test_resume_is_exact_and_restores_onto_other_meshes(music, tmp_path, caplog)
         c, _ = _restore(straight, config_n, mesh)
         leaf = c.gen_params["params"]["decoder"]["blocks_0"]["conv_t"]["weight_v"]
         assert len(leaf.sharding.device_set) == len(devices)
-        _tree_equal(a, c)
+        assert_trees_equal(a, c)
 
 
 def test_non_finite_loss_stops_without_saving_it(music, tmp_path):

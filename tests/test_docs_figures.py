@@ -1,0 +1,108 @@
+"""Every figure in a results table of README.md or docs/ comes from a file: the table's section names a JSON under
+docs/results/ (and the benchmarks/ script that wrote it), and each number in the table's figure cells is one of
+that JSON's numbers at the precision shown (in the unit shown: s/ms, bytes/GB/GiB, fraction/percent)."""
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+RESULT_NAME = re.compile(r"[\w./-]+\.jsonl?\b")
+SCRIPT_NAME = re.compile(r"benchmarks/[\w-]+\.(?:py|sh)\b")
+NUMBER = r"[−+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[−+-]?\d+)?"
+UNIT = r"(?:x|×|%|s|ms|µs|min|GB|GiB|MB|MiB|TB|dB|TFLOP/s|M|k)?"
+# a figure cell: one number (bold or not) with an optional unit, or "a / b" pairs of them
+FIGURE_CELL = re.compile(rf"^\**\s*{NUMBER}\s*{UNIT}\s*\**(?:\s*/\s*\**\s*{NUMBER}\s*{UNIT}\s*\**)*$")
+# unit changes a page may make from the stored value (value in the JSON times the factor = the figure shown)
+FACTORS = (1, 100, 1e3, 1e-3, 1e6, 1e-6, 1e-9, 1e-12, 2.0 ** -30, 2.0 ** -20, 1 / 60)
+
+
+def tables(page: Path):
+    """(section text before the table, header cells, body rows) for every markdown table of a page."""
+    section, rows, found = [], [], []
+    for line in page.read_text(encoding="utf-8").splitlines() + [""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        if rows:
+            found.append(("\n".join(section), rows[0], [r for r in rows[2:]]))
+            section.extend("|".join(r) for r in rows)
+            rows = []
+        section = [] if line.startswith("#") else section + [line]
+    return found
+
+
+def figures(row: list[str]) -> list[str]:
+    return [n for cell in row if FIGURE_CELL.match(cell) for n in re.findall(NUMBER, cell)]
+
+
+def json_numbers(path: Path) -> list[float]:
+    text = path.read_text(encoding="utf-8")
+    docs = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else [
+        json.loads(text)]
+    found = []
+
+    def walk(x):
+        if isinstance(x, bool):
+            return
+        if isinstance(x, (int, float)) and math.isfinite(x):
+            found.append(float(x))
+        elif isinstance(x, dict):
+            [walk(v) for v in x.values()]
+        elif isinstance(x, list):
+            [walk(v) for v in x]
+    [walk(d) for d in docs]
+    return found
+
+
+def shown_matches(shown: str, values: list[float]) -> bool:
+    """True when some stored value, in some unit, rounds to the figure as written (its decimals or digits)."""
+    text = shown.replace("−", "-").replace(",", "")
+    target = float(text)
+    mantissa = text.split("e")[0]
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    exponent = int(text.split("e")[1]) if "e" in text else 0
+    step = 10.0 ** (exponent - decimals)
+    for value in values:
+        for factor in FACTORS:
+            if abs(value * factor - target) <= 0.5 * step * (1 + 1e-9) + 1e-12 * abs(target):
+                return True
+    return False
+
+
+def sources(section: str) -> list[Path]:
+    found = []
+    for name in RESULT_NAME.findall(section):
+        for candidate in (ROOT / name, ROOT / "docs" / "results" / name, ROOT / "docs" / "results" / "sharding" / name):
+            if candidate.is_file() and candidate.is_relative_to(ROOT / "docs" / "results"):
+                found.append(candidate)
+                break
+    return found
+
+
+def unsourced(page: Path) -> list[str]:
+    problems = []
+    for section, header, body in tables(page):
+        rows = [r for r in body if figures(r)]
+        if not rows:
+            continue
+        where = f"{page.relative_to(ROOT)} table '{' | '.join(header)[:60]}'"
+        files = sources(section + "\n" + "\n".join("|".join(r) for r in body))
+        if not files:
+            problems.append(f"{where}: names no JSON under docs/results/")
+            continue
+        if not SCRIPT_NAME.search(section):
+            problems.append(f"{where}: names no benchmarks/ script that writes {files[0].name}")
+        values = [v for f in files for v in json_numbers(f)]
+        problems += [f"{where}: {n} is in none of {[f.name for f in files]}"
+                     for r in rows for n in figures(r) if not shown_matches(n, values)]
+    return problems
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_figure_in_a_results_table_is_in_its_json(page):
+    problems = unsourced(page)
+    assert not problems, "\n".join(problems)
