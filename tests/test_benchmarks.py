@@ -73,7 +73,7 @@ def test_few_step_quality_measures_tell_real_from_wrong(tmp_path):
     spec = importlib.util.spec_from_file_location("few_step_bench", os.path.join(ROOT, "benchmarks", "few_step_bench.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    refs = bench.references()
+    refs = bench.references(bench.SPLITS["test"]["reference_seed"])
     rng = np.random.default_rng(5)
     prompts = np.arange(16) % bench.PROMPTS
     real = np.stack([bench.pattern(p, rng.uniform(0, 6.3), rng) for p in prompts])
@@ -81,6 +81,11 @@ def test_few_step_quality_measures_tell_real_from_wrong(tmp_path):
     wrong = bench.quality(real, (prompts + 1) % bench.PROMPTS, refs)
     assert good["spectral_distance"] < 0.1 and good["prompt_accuracy"] == 1.0
     assert wrong["spectral_distance"] > 0.5 and wrong["prompt_accuracy"] == 0.0
+    # the validation split's real spectra are another draw of the same patterns: close, never the same numbers
+    validation = bench.references(bench.SPLITS["validation"]["reference_seed"])
+    assert not np.array_equal(validation, refs) and np.abs(validation - refs).max() < 0.1 * np.abs(refs).max()
+    assert bench.SPLITS["validation"]["noise_seed"] != bench.SPLITS["test"]["noise_seed"]
+    assert bench.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
     data, texts = bench.write_dataset(str(tmp_path / "latents"), per_prompt=2)
     manifest = read_manifest(data)
     assert manifest["records"] == 8 and texts.shape == (bench.PROMPTS, bench.TEXT_LENGTH, bench.TEXT_DIM)
