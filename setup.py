@@ -69,6 +69,8 @@ AOT_REQUIRES = ["jax[tpu]>=0.10.2", "jax-cuda12-plugin>=0.10.2"]
 TEST_REQUIRES = [
     "pytest>=8.0",
     "pytest-timeout>=2.2",  # a hung test fails with every thread's stack (pytest.ini) instead of stalling CI
+    "pytest-xdist>=3.5",  # the suite runs on every core (pytest.ini), whole files per worker
+    "filelock>=3.12",  # workers share one tiny world (tests/conftest.py)
     # The PyTorch reference for parity tests. Pinned: on the project machines `torch==2.13.0` is a local CPU
     # wheel, any other version pulls CUDA. Never add torchaudio/torchvision (they break diffusers' Stable Audio).
     "torch==2.13.0",

@@ -1,4 +1,5 @@
 """Test harness: 8 simulated CPU devices (set before jax is imported), offline Hugging Face, shared helpers."""
+import json
 import os
 
 # 8 fake CPU devices for sharding tests. The tests run tiny models, so XLA compile time dominates: backend
@@ -29,10 +30,66 @@ def _eight_devices():
     assert jax.device_count() == 8, f"expected 8 CPU devices from XLA_FLAGS, got {jax.devices()}"
 
 
+DURATIONS = os.path.join(os.path.dirname(__file__), "durations.json")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help=f"write each test file's total seconds in this run to {DURATIONS}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first, by the per-file seconds of a recorded run (``--record-durations``). pytest.ini hands
+    whole files to the xdist workers in this order, so the run does not end with one worker on a long file while
+    the others idle. A file not in the record goes last; a file keeps its own test order (the sort is stable)."""
+    if os.path.exists(DURATIONS):
+        with open(DURATIONS, encoding="utf-8") as f:
+            seconds = json.load(f)
+        items.sort(key=lambda item: -seconds.get(os.path.basename(str(item.path)), 0.0))
+
+
+_file_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    name = os.path.basename(report.nodeid.split("::")[0])
+    _file_seconds[name] = _file_seconds.get(name, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    # the controller (or a run without workers) sees every test's report; workers leave the writing to it
+    if session.config.getoption("--record-durations") and not os.environ.get("PYTEST_XDIST_WORKER"):
+        with open(DURATIONS, "w", encoding="utf-8") as f:
+            json.dump({k: round(v, 1) for k, v in sorted(_file_seconds.items(), key=lambda kv: -kv[1])}, f, indent=1)
+            f.write("\n")
+
+
 def pytest_configure(config):
     # The reference classes (diffusers' AutoencoderOobleck) still use torch's legacy weight_norm on purpose:
     # its weight_g / weight_v names are what the published checkpoints contain.
     config.addinivalue_line("filterwarnings", "ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """``helpers.build_tiny_world``'s folder (ingested audio, its VAE run, the tiny T5, latents, a trained and
+    exported v-DiT), built once per run: under pytest-xdist the workers share one copy (a file lock, in the folder
+    all workers' temporary folders sit in), so it is trained once, not once per worker. Tests only read it."""
+    import shutil
+
+    from filelock import FileLock
+    from helpers import build_tiny_world
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    world = root / "tiny_world"
+    with FileLock(str(root / "tiny_world.lock")):
+        if not (world / ".complete").exists():
+            shutil.rmtree(world, ignore_errors=True)  # what a worker that failed halfway left
+            world.mkdir()
+            build_tiny_world(world)
+            (world / ".complete").touch()
+    return world
 
 
 @pytest.fixture(scope="session")

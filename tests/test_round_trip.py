@@ -1,5 +1,6 @@
 """The whole product as a user runs it, on 8 CPU devices: audio + captions → ingest → train a tiny VAE → encode to
-TFRecord latents → train a tiny DiT (v) and a tiny U-Net (eps) → each exports a text-to-audio model → generate."""
+TFRecord latents → train a tiny DiT (v) and a tiny U-Net (eps) → each exports a text-to-audio model → generate.
+The shared part (up to the trained DiT) is the session's ``tiny_world`` (tests/conftest.py)."""
 import json
 
 import numpy as np
@@ -9,115 +10,62 @@ import soundfile as sf
 from stableaudio_jax.cli import main
 from stableaudio_jax.data.latent_records import read_manifest
 from stableaudio_jax.store import read_info
-from stableaudio_jax.store.tokenizers import train_sentencepiece
 from stableaudio_jax.training.metrics import read_metrics
+from helpers import TINY_WORLD_RATE, TINY_WORLD_SOUNDS, TINY_WORLD_VAE_FLAGS
 
 pytestmark = pytest.mark.slow
-
-
-RATE = 44100
-SOUNDS = {
-    "a low bass drone": lambda t, r: 0.5 * np.sin(2 * np.pi * 55 * t) + 0.2 * np.sin(2 * np.pi * 110 * t),
-    "a bright bell melody": lambda t, r: 0.4 * np.sin(2 * np.pi * (880 + 440 * (t > 0.6)) * t) * np.exp(-3 * (t % 0.3)),
-    "soft noise bursts": lambda t, r: 0.3 * r.standard_normal(t.shape) * ((t % 0.4) < 0.2),
-    "fast clicks": lambda t, r: 0.8 * ((np.arange(t.size) % 2205) < 20),
-}
-# Same VAE settings as tests/test_vae_training.py's mechanics tests: the compiled steps are shared in one process.
-VAE_CONFIG = ["--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.training.spectral.fft_sizes=(256,)",
-              "--config.training.spectral.hop_sizes=(64,)", "--config.training.discriminator.n_ffts=(128,)",
-              "--config.training.discriminator.hops=(32,)"]
-
-
-def _audio_with_captions(root):
-    rng = np.random.default_rng(0)
-    root.mkdir()
-    t = np.arange(int(RATE * 1.2)) / RATE
-    for i, (caption, make) in enumerate(SOUNDS.items()):
-        for take in range(2):
-            audio = np.clip(make(t, rng) * (0.8 + 0.2 * take), -1, 1).astype(np.float32)
-            sf.write(root / f"{i}_{take}.wav", np.stack([audio, audio], 1), RATE)
-            if take:  # a JSON sidecar with provenance, carried through ingest and encode
-                (root / f"{i}_{take}.json").write_text(json.dumps({"caption": caption, "source": f"synth {i}",
-                                                                   "license": "CC0-1.0"}))
-            else:
-                (root / f"{i}_{take}.txt").write_text(caption)
-    return root
-
-
-def _tiny_t5(root):
-    from transformers import T5Config, T5EncoderModel
-    T5EncoderModel(T5Config(vocab_size=160, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                            feed_forward_proj="relu")).eval().save_pretrained(root)
-    train_sentencepiece(list(SOUNDS) * 20, root / "spiece.model", vocab_size=60)
-    return root
 
 
 def _cli(*args):
     assert main([str(a) for a in args]) == 0
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("round_trip")
-    audio, ingested, latents = _audio_with_captions(root / "audio"), root / "ingested", root / "latents"
-    _cli("ingest", "--audio", audio, "--out", ingested, "--no-progress")
-    _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", ingested, "--workdir", root / "vae",
-         "--config.training.steps=10", "--no-progress", *VAE_CONFIG)
-    t5 = _tiny_t5(root / "t5")
-    _cli("encode", "--audio", ingested, "--out", latents, "--vae", root / "vae", "--text-encoder", t5,
-         "--max-length", 24, "--window-frames", 128, "--batch-size", 16, "--no-progress")
-    _cli("train", "--config", "configs/dit.py:tiny", "--data", latents, "--workdir", root / "dit",
-         "--config.training.steps=300", "--config.training.demo.every=300", "--config.training.demo.steps=10",
-         "--no-progress")
-    return root
-
-
-def test_encode_writes_sharded_records_with_a_manifest(pipeline_run):
-    manifest = read_manifest(pipeline_run / "latents")
-    windows = 8 * -(-int(RATE * 1.2) // (128 * 8))  # 8 files, ceil(52920 / 1024) windows each
+def test_encode_writes_sharded_records_with_a_manifest(tiny_world):
+    manifest = read_manifest(tiny_world / "latents")
+    windows = 8 * -(-int(TINY_WORLD_RATE * 1.2) // (128 * 8))  # 8 files, ceil(52920 / 1024) windows each
     assert manifest["records"] == windows
     assert len(manifest["shards"]) == 4 and manifest["latent_channels"] == 4 and manifest["text_dim"] == 32
     assert max(s["records"] for s in manifest["shards"]) - min(s["records"] for s in manifest["shards"]) <= 53
     # the finished train-vae run exported its VAE; the manifest records it and the hash of its weights
-    assert manifest["sources"]["vae"] == str(pipeline_run / "vae" / "model")
-    assert manifest["encoder_config"]["vae_sha256"] == read_info(pipeline_run / "vae" / "model").weights_sha256
+    assert manifest["sources"]["vae"] == str(tiny_world / "vae" / "model")
+    assert manifest["encoder_config"]["vae_sha256"] == read_info(tiny_world / "vae" / "model").weights_sha256
     # where every encoded file came from, and under which licence
     assert manifest["data"]["licenses"] == {"(none given)": 4, "CC0-1.0": 4}
     provenance = [json.loads(line) for line in
-                  (pipeline_run / "latents" / "provenance.jsonl").read_text().splitlines()]
+                  (tiny_world / "latents" / "provenance.jsonl").read_text().splitlines()]
     assert len(provenance) == 8 and {p["source"] for p in provenance} == {"", "synth 0", "synth 1", "synth 2",
                                                                           "synth 3"}
 
 
-def test_diffusion_loss_falls_and_generation_is_audible(pipeline_run, tmp_path):
-    logged = [m["train/loss"] for m in read_metrics(pipeline_run / "dit") if "train/loss" in m]
+def test_diffusion_loss_falls_and_generation_is_audible(tiny_world, tmp_path):
+    logged = [m["train/loss"] for m in read_metrics(tiny_world / "dit") if "train/loss" in m]
     assert len(logged) == 30
     first, last = np.mean(logged[:3]), np.mean(logged[-5:])
     assert last < 0.7 * first, (first, last)  # a stated margin: at least 30% lower after 300 steps
-    demos = sorted((pipeline_run / "dit" / "demos" / "step_300").iterdir())
+    demos = sorted((tiny_world / "dit" / "demos" / "step_300").iterdir())
     assert [p.suffix for p in demos] == [".png", ".wav"]
     out = tmp_path / "gen.wav"
-    _cli("generate", "a low bass drone", "--checkpoint", pipeline_run / "dit" / "model", "--out", out,
+    _cli("generate", "a low bass drone", "--checkpoint", tiny_world / "dit" / "model", "--out", out,
          "--steps", 20, "--no-progress")
     audio, rate = sf.read(out)
-    assert rate == RATE and audio.shape == (64 * 8, 2)
+    assert rate == TINY_WORLD_RATE and audio.shape == (64 * 8, 2)
     assert np.isfinite(audio).all() and np.sqrt(np.mean(audio ** 2)) > 1e-3
     # any checkpoint of the run exports too (here an earlier one), with its provenance
-    _cli("export", "--workdir", pipeline_run / "dit", "--step", 200, "--out", tmp_path / "step200")
+    _cli("export", "--workdir", tiny_world / "dit", "--step", 200, "--out", tmp_path / "step200")
     info = read_info(tmp_path / "step200")
     assert info.kind == "text-to-audio" and info.provenance["step"] == 200
-    assert info.component_sha256["diffusion"] != read_info(pipeline_run / "dit" / "model").component_sha256[
+    assert info.component_sha256["diffusion"] != read_info(tiny_world / "dit" / "model").component_sha256[
         "diffusion"]
-    config = json.loads((pipeline_run / "dit" / "config.json").read_text())
-    assert config["training"]["data"]["encoder_config_hash"] == read_manifest(pipeline_run / "latents")[
+    config = json.loads((tiny_world / "dit" / "config.json").read_text())
+    assert config["training"]["data"]["encoder_config_hash"] == read_manifest(tiny_world / "latents")[
         "encoder_config_hash"]
 
 
-def test_interrupted_encode_resumes_without_duplicates(pipeline_run, tmp_path, capsys):
+def test_interrupted_encode_resumes_without_duplicates(tiny_world, tmp_path, capsys):
     import shutil
 
     from stableaudio_jax.data.tfrecord import iter_records
-    done, redo = pipeline_run / "latents", tmp_path / "latents"
+    done, redo = tiny_world / "latents", tmp_path / "latents"
     shutil.copytree(done, redo)
     first = sorted(p.name for p in redo.glob("*.tfrecord"))[0]
     (redo / "manifest.json").unlink()  # as after a crash: one shard half written, no manifest yet
@@ -125,26 +73,26 @@ def test_interrupted_encode_resumes_without_duplicates(pipeline_run, tmp_path, c
     (redo / first).rename(redo / f"{first}.partial")
     with open(redo / f"{first}.partial", "r+b") as f:
         f.truncate(1000)
-    _cli("encode", "--audio", pipeline_run / "ingested", "--out", redo, "--vae", pipeline_run / "vae",
-         "--text-encoder", pipeline_run / "t5", "--max-length", 24, "--window-frames", 128, "--batch-size", 16,
+    _cli("encode", "--audio", tiny_world / "ingested", "--out", redo, "--vae", tiny_world / "vae",
+         "--text-encoder", tiny_world / "t5", "--max-length", 24, "--window-frames", 128, "--batch-size", 16,
          "--no-progress")
     assert read_manifest(redo) == read_manifest(done) | {"sources": read_manifest(redo)["sources"]}
     for shard in read_manifest(done)["shards"]:
         assert [r for _, _, r in iter_records(redo / shard["file"])] == [
             r for _, _, r in iter_records(done / shard["file"])]
-    code = main(["encode", "--audio", str(pipeline_run / "ingested"), "--out", str(redo), "--vae",
-                 str(pipeline_run / "vae"), "--text-encoder", str(pipeline_run / "t5"), "--max-length", "24",
+    code = main(["encode", "--audio", str(tiny_world / "ingested"), "--out", str(redo), "--vae",
+                 str(tiny_world / "vae"), "--text-encoder", str(tiny_world / "t5"), "--max-length", "24",
                  "--window-frames", "64", "--batch-size", "16", "--no-progress"])
     assert code == 2 and "holds a partial encode with other settings" in capsys.readouterr().err
     # the same VAE config with other weights (a retrained VAE) would mix two encodings: refused too
     import jax
 
     from stableaudio_jax.store import VAE, load_vae, save_vae
-    vae = load_vae(pipeline_run / "vae" / "model")
+    vae = load_vae(tiny_world / "vae" / "model")
     save_vae(tmp_path / "retrained", VAE(vae.module, jax.tree_util.tree_map(lambda x: x * 1.01, vae.params),
                                          vae.config))
-    code = main(["encode", "--audio", str(pipeline_run / "ingested"), "--out", str(redo), "--vae",
-                 str(tmp_path / "retrained"), "--text-encoder", str(pipeline_run / "t5"), "--max-length", "24",
+    code = main(["encode", "--audio", str(tiny_world / "ingested"), "--out", str(redo), "--vae",
+                 str(tmp_path / "retrained"), "--text-encoder", str(tiny_world / "t5"), "--max-length", "24",
                  "--window-frames", "128", "--batch-size", "16", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "other settings (encoder_config_hash differ" in err, err
@@ -156,11 +104,11 @@ UNET = ["--config.training.crop_frames=16", "--config.model.in_channels=4", "--c
         "--config.model.channels=32", "--config.diffusion.objective=eps"]
 
 
-def test_unet_eps_round_trip(pipeline_run, tmp_path, capsys):
+def test_unet_eps_round_trip(tiny_world, tmp_path, capsys):
     """A U-Net trained with the eps objective exports a text-to-audio model that `generate` runs with the samplers
     eps allows (and refuses the others)."""
     workdir = tmp_path / "unet"
-    _cli("train", "--config", "configs/unet.py:tiny", "--data", pipeline_run / "latents", "--workdir", workdir,
+    _cli("train", "--config", "configs/unet.py:tiny", "--data", tiny_world / "latents", "--workdir", workdir,
          "--config.training.steps=6", "--config.training.log_every=3", "--no-progress", *UNET)
     info = read_info(workdir / "model")
     diffusion = read_info(workdir / "model" / "diffusion")
@@ -171,7 +119,7 @@ def test_unet_eps_round_trip(pipeline_run, tmp_path, capsys):
         _cli("generate", "a low bass drone", "--checkpoint", workdir / "model", "--out", out, "--steps", 4,
              "--sampler", sampler, "--seconds", seconds, "--no-progress")
         audio, rate = sf.read(out)
-        assert rate == RATE and audio.shape == (round(seconds * RATE), 2) and np.isfinite(audio).all()
+        assert rate == TINY_WORLD_RATE and audio.shape == (round(seconds * TINY_WORLD_RATE), 2) and np.isfinite(audio).all()
     capsys.readouterr()
     code = main(["generate", "x", "--checkpoint", str(workdir / "model"), "--sampler", "dpmpp-2m", "--steps", "2",
                  "--out", str(tmp_path / "no.wav"), "--no-progress"])
@@ -189,7 +137,7 @@ def _tiny_clap(root):
     from stableaudio_jax.store.clap_text import ClapText
     from stableaudio_jax.store.clap_tokenizer import ClapTokenizer
     trainer = ByteLevelBPETokenizer()
-    trainer.train_from_iterator(list(SOUNDS) * 10, vocab_size=300, min_frequency=1,
+    trainer.train_from_iterator(list(TINY_WORLD_SOUNDS) * 10, vocab_size=300, min_frequency=1,
                                 special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     (root / "bpe").mkdir(parents=True)
     trainer.save_model(str(root / "bpe"))
@@ -200,12 +148,12 @@ def _tiny_clap(root):
     return save_text_encoder(root / "clap", text)
 
 
-def test_clap_conditioned_unet_round_trip(pipeline_run, tmp_path, capsys):
+def test_clap_conditioned_unet_round_trip(tiny_world, tmp_path, capsys):
     """Stable Audio 1.0's conditioning path: encode with CLAP layer features (unmasked, -2) → train the U-Net →
     export → generate."""
     clap = _tiny_clap(tmp_path)
     latents, workdir = tmp_path / "latents", tmp_path / "unet"
-    _cli("encode", "--audio", pipeline_run / "ingested", "--out", latents, "--vae", pipeline_run / "vae",
+    _cli("encode", "--audio", tiny_world / "ingested", "--out", latents, "--vae", tiny_world / "vae",
          "--text-encoder", clap, "--max-length", 24, "--window-frames", 128, "--batch-size", 16, "--no-progress")
     manifest = read_manifest(latents)
     assert manifest["encoder_config"]["text"]["model"]["width"] == 32 and manifest["text_length"] == 24
@@ -220,16 +168,16 @@ def test_clap_conditioned_unet_round_trip(pipeline_run, tmp_path, capsys):
     _cli("generate", "a bright bell melody", "--checkpoint", workdir / "model", "--out", out, "--steps", 3,
          "--seconds", 0.002, "--no-progress")
     audio, rate = sf.read(out)
-    assert rate == RATE and audio.shape == (round(0.002 * RATE), 2) and np.isfinite(audio).all()
+    assert rate == TINY_WORLD_RATE and audio.shape == (round(0.002 * TINY_WORLD_RATE), 2) and np.isfinite(audio).all()
 
 
-def test_t5_and_clap_together_round_trip(pipeline_run, tmp_path):
+def test_t5_and_clap_together_round_trip(tiny_world, tmp_path):
     """Two text conditioners: encode with T5 and CLAP (their features one after the other) → train the tiny DiT
     configured for both (configs/dit.py:tiny+clap) → the exported model stores both → generate."""
     clap = _tiny_clap(tmp_path)
     latents, workdir = tmp_path / "latents", tmp_path / "dit"
-    _cli("encode", "--audio", pipeline_run / "ingested", "--out", latents, "--vae", pipeline_run / "vae",
-         "--text-encoder", f"t5={pipeline_run / 't5'}", "--text-encoder", f"clap={clap}", "--max-length", 24, 16,
+    _cli("encode", "--audio", tiny_world / "ingested", "--out", latents, "--vae", tiny_world / "vae",
+         "--text-encoder", f"t5={tiny_world / 't5'}", "--text-encoder", f"clap={clap}", "--max-length", 24, 16,
          "--window-frames", 128, "--batch-size", 16, "--no-progress")
     manifest = read_manifest(latents)
     assert manifest["text_length"] == 24 + 16 and manifest["text_dim"] == 32
@@ -245,7 +193,7 @@ def test_t5_and_clap_together_round_trip(pipeline_run, tmp_path):
     _cli("generate", "a bright bell melody", "--checkpoint", workdir / "model", "--out", out, "--steps", 3,
          "--seconds", 0.002, "--no-progress")
     audio, rate = sf.read(out)
-    assert rate == RATE and audio.shape == (round(0.002 * RATE), 2) and np.isfinite(audio).all()
+    assert rate == TINY_WORLD_RATE and audio.shape == (round(0.002 * TINY_WORLD_RATE), 2) and np.isfinite(audio).all()
 
 
 def _first_step_loss(config, data_dir, params):
@@ -268,19 +216,19 @@ def _first_step_loss(config, data_dir, params):
     return float(metrics["loss"])
 
 
-def test_init_from_an_exported_model_starts_from_its_weights_exactly(pipeline_run, tmp_path, capsys):
+def test_init_from_an_exported_model_starts_from_its_weights_exactly(tiny_world, tmp_path, capsys):
     """`train --init-from MODEL` takes the model's config and weights: its first loss is the loss of the stored
     weights on the same batch; an override that changes shapes is refused with the weights it breaks."""
     from stableaudio_jax.config_loader import load_config
     from stableaudio_jax.store import load_diffusion
     from stableaudio_jax.training.init_from import diffusion_config_from_model
-    source, workdir = pipeline_run / "dit" / "model", tmp_path / "finetune"
-    args = ["train", "--config", "configs/dit.py:tiny", "--data", pipeline_run / "latents", "--workdir", workdir,
+    source, workdir = tiny_world / "dit" / "model", tmp_path / "finetune"
+    args = ["train", "--config", "configs/dit.py:tiny", "--data", tiny_world / "latents", "--workdir", workdir,
             "--init-from", source, "--config.training.steps=2", "--config.training.log_every=1", "--no-progress"]
     _cli(*args)
     first = [m["train/loss"] for m in read_metrics(workdir) if "train/loss" in m][0]
     config = diffusion_config_from_model(load_config("configs/dit.py:tiny"), str(source))
-    expected = _first_step_loss(config, pipeline_run / "latents", load_diffusion(source).params)
+    expected = _first_step_loss(config, tiny_world / "latents", load_diffusion(source).params)
     assert first == pytest.approx(expected, rel=1e-6, abs=1e-7)
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["training"]["init_from"] == str(source)
@@ -291,7 +239,7 @@ def test_init_from_an_exported_model_starts_from_its_weights_exactly(pipeline_ru
     assert "does not match the stored weights" in err and "denoiser/params/" in err
 
 
-def test_train_vae_init_from_loads_the_vae_and_a_fresh_discriminator(pipeline_run, tmp_path):
+def test_train_vae_init_from_loads_the_vae_and_a_fresh_discriminator(tiny_world, tmp_path):
     import jax
 
     from stableaudio_jax.config_loader import load_config
@@ -299,8 +247,8 @@ def test_train_vae_init_from_loads_the_vae_and_a_fresh_discriminator(pipeline_ru
     from stableaudio_jax.store import load_vae
     from stableaudio_jax.training import vae_steps
     from stableaudio_jax.training.init_from import start_vae_from_model, vae_config_from_model
-    source = pipeline_run / "vae" / "model"
-    config = vae_config_from_model(load_config("configs/vae.py:tiny", VAE_CONFIG), str(source))
+    source = tiny_world / "vae" / "model"
+    config = vae_config_from_model(load_config("configs/vae.py:tiny", TINY_WORLD_VAE_FLAGS), str(source))
     compiled = vae_steps.compiled(config, make_mesh(config.mesh))
     state = start_vae_from_model(compiled, str(source), config.seed)()
     stored = load_vae(source).params
@@ -308,22 +256,22 @@ def test_train_vae_init_from_loads_the_vae_and_a_fresh_discriminator(pipeline_ru
         assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(ours),
                                                         jax.tree_util.tree_leaves(theirs)))
     assert not any(np.asarray(m).any() for m in jax.tree_util.tree_leaves(state.gen_opt) if np.ndim(m))
-    _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", pipeline_run / "ingested", "--workdir",
-         tmp_path / "vae", "--init-from", source, "--config.training.steps=2", "--no-progress", *VAE_CONFIG)
+    _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", tiny_world / "ingested", "--workdir",
+         tmp_path / "vae", "--init-from", source, "--config.training.steps=2", "--no-progress", *TINY_WORLD_VAE_FLAGS)
     assert read_info(tmp_path / "vae" / "model").kind == "vae"
 
 
-def test_lora_trains_only_adapters_and_generates_with_them(pipeline_run, tmp_path):
+def test_lora_trains_only_adapters_and_generates_with_them(tiny_world, tmp_path):
     """A rank-8 LoRA on a barely trained model (one step) learns the data; only the adapters are checkpointed and
     exported; `generate --lora` and the merged export give the same audio; the base files are untouched."""
     from stableaudio_jax.store.adapters import load_lora
     from stableaudio_jax.training.checkpoints import TrainCheckpointer
     base = tmp_path / "base"
-    _cli("train", "--config", "configs/dit.py:tiny", "--data", pipeline_run / "latents", "--workdir", base,
+    _cli("train", "--config", "configs/dit.py:tiny", "--data", tiny_world / "latents", "--workdir", base,
          "--config.training.steps=1", "--no-progress")
     before = read_info(base / "model").component_sha256
     workdir = tmp_path / "lora"
-    _cli("train", "--config", "configs/dit.py:tiny", "--data", pipeline_run / "latents", "--workdir", workdir,
+    _cli("train", "--config", "configs/dit.py:tiny", "--data", tiny_world / "latents", "--workdir", workdir,
          "--init-from", base / "model", "--config.training.lora.rank=8", "--config.training.lora.targets=attention+mlp",
          "--config.training.optimizer.lr=3e-3", "--config.training.steps=60", "--config.training.log_every=5",
          "--no-progress")
