@@ -141,3 +141,35 @@ def test_no_import_circles():
     only hides a circle)."""
     assert _circles(_module_graph()) == []
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check sees one
+
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 50  # training/ stays in small rooms (issue 27)
+
+
+def _too_long(folder: Path) -> list[str]:
+    """Files of ``folder`` over MAX_FILE_LINES lines and functions (methods and nested ones too) over
+    MAX_FUNCTION_LINES, from the ``def`` line to the last line of the body."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            found.append(f"{path.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{path.name}:{node.lineno} {node.name}: {length} lines")
+    return found
+
+
+def test_training_files_and_functions_are_small():
+    assert _too_long(ROOT / "training") == []
+
+
+def test_the_size_check_sees_a_long_file_and_a_long_function(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))  # the def line makes it one too long
+    (tmp_path / "long.py").write_text("class A:\n    def f(self):\n" + body.replace("    ", "        ")
+                                      + "\n" * (MAX_FILE_LINES - MAX_FUNCTION_LINES))
+    (tmp_path / "fits.py").write_text("def g():\n" + "".join(body.splitlines(True)[:-1]))
+    assert _too_long(tmp_path) == [f"long.py: {MAX_FILE_LINES + 2} lines",
+                                   f"long.py:2 f: {MAX_FUNCTION_LINES + 1} lines"]

@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,23 +24,22 @@ from stableaudio_jax.audio.io import write_audio, write_spectrogram_png
 from stableaudio_jax.diffusion.samplers import DEFAULT_SAMPLERS, sample
 from stableaudio_jax.store.format import host_arrays
 from stableaudio_jax.training import diffusion_steps
+from stableaudio_jax.training.loop import LoopStep
 
 logger = logging.getLogger(__name__)
 
 
 class DemoHook:
-    """``hook(done, params_fn)`` after every step, on every process: at each ``every``-th step the weights
-    ``params_fn()`` returns are gathered to the host (every process must take part when they are sharded over
-    hosts) and ``writer`` (process 0's :class:`DemoWriter`; None elsewhere) renders them."""
+    """A loop hook (``(training.demo.every, hook)``) that every process runs: the weights ``params_fn(state)``
+    returns are gathered to the host (every process must take part when they are sharded over hosts) and
+    ``writer`` (process 0's :class:`DemoWriter`; None elsewhere) renders them."""
 
-    def __init__(self, every: int, writer: "DemoWriter | None"):
-        self.every, self.writer = int(every), writer
+    def __init__(self, writer: "DemoWriter | None", params_fn: Callable[[Any], dict]):
+        self.writer, self.params_fn = writer, params_fn
 
-    def __call__(self, done: int, params_fn) -> list[str]:
-        if done % self.every:
-            return []
-        params = host_arrays(params_fn())
-        return [] if self.writer is None else self.writer(done, params)
+    def __call__(self, step: LoopStep) -> list[str]:
+        params = host_arrays(self.params_fn(step.state))
+        return [] if self.writer is None else self.writer(step.done, params)
 
 
 class DemoWriter:

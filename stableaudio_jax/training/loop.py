@@ -1,4 +1,6 @@
-"""Pieces every training loop shares: resume-or-start, stop on signals/preemption, non-finite guard, step timing.
+"""The training loop and the pieces every run shares: resume-or-start, stop on signals/preemption, non-finite guard,
+step timing. What happens between steps (logging, checkpoints, demos, profiling, the progress bar) is a list of
+hooks, each with its own cadence (``training/hooks.py`` has the standard ones).
 
 Resuming is strict: if ``<workdir>/checkpoints`` holds a checkpoint, it is restored (into the current mesh's
 shardings) together with the data position, and its model config must equal the current one; anything else
@@ -6,16 +8,14 @@ raises. A fresh start happens only when there is no checkpoint at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -145,110 +145,84 @@ class StepTimer:
         return per_step
 
 
-class StepProfiler:
-    """A JAX profiler trace of ``steps`` steps, from the end of the run's first (compiling) step, into ``folder``.
-    Every process records its own host (``plugins/profile/<time>/<host>.xplane.pb``); a bucket folder gets the
-    trace uploaded when it stops (the profiler writes local files)."""
+class MetricsWindow:
+    """The steps since the last log: their finiteness (accumulated on the device), their time and the latest value
+    of each metric (device arrays until a log turns them into floats)."""
 
-    def __init__(self, steps: int, folder: str, start: int):
-        self.steps, self.folder, self.first = int(steps), folder, start
-        self.active, self.done = False, start + 1
+    def __init__(self):
+        self.guard, self.timer, self.latest = FiniteGuard(), StepTimer(), {}
 
-    def after(self, step: int, state: Any) -> None:
-        if self.steps <= 0:
-            return
-        if step == self.first:
-            jax.block_until_ready(state)  # the compile and the first step stay out of the trace
-            self.local = tempfile.mkdtemp(prefix="stableaudio_jax-profile-") if paths.is_url(self.folder) \
-                else self.folder
-            jax.profiler.start_trace(self.local)
-            self.active = True
-        elif self.active:
-            self.done = step + 1
-            if step == self.first + self.steps:
-                self.close(state)
+    def add(self, step: int, metrics: dict) -> None:
+        self.guard.update(metrics.pop("finite"), step)
+        self.timer.tick()
+        self.latest.update({f"train/{k}": v for k, v in metrics.items()})
 
-    def close(self, state: Any = None) -> None:
-        if self.active:
-            jax.block_until_ready(state)
-            jax.profiler.stop_trace()
-            self.active = False
-            if self.local != self.folder:
-                paths.upload_tree(self.local, self.folder)
-                shutil.rmtree(self.local, ignore_errors=True)
-            logger.info("profile of steps %d-%d written to %s (TensorBoard's profile tab, xprof or Perfetto)",
-                        self.first + 2, self.done, self.folder)
+    def check(self, done: int) -> None:
+        """Raises :class:`NonFiniteLossError` when a step since the last check had a non-finite loss."""
+        self.guard.check(done, self.latest)
+
+    def floats(self) -> dict:
+        return {k: float(np.asarray(v)) for k, v in self.latest.items()}
 
 
-def run_loop(state: Any, step_fn: Callable, data, batch_sharding, *, start: int, end: int, checkpointer:
-             TrainCheckpointer, writer, config: ml_collections.ConfigDict, audio_seconds_per_step: float,
-             desc: str, progress: bool = False, after_step: Callable[[int, Any], None] | None = None,
-             flops_per_step: float | None = None):
-    """The shared training loop: ``state, metrics = step_fn(step, state, batch)`` for steps ``start..end-1``.
+@dataclasses.dataclass
+class LoopStep:
+    """What a hook sees after a step."""
+    done: int  # steps done: the step just taken + 1, the number logs and checkpoints carry
+    end: int  # the step this run stops at
+    state: Any
+    window: MetricsWindow
+    stopping: bool = False  # a stop signal arrived (every process agrees): the loop ends after this step
+    stop: bool = False  # set by a hook to end the loop after this step (a preemption notice)
 
-    Every ``log_every`` steps: finiteness check and metrics (+ step time, audio-seconds/s and, given the step's
-    model FLOPs, achieved TFLOP/s and MFU against this chip's peak where it is known); every
-    ``checkpoint_every`` steps, at the end, and on a stop signal or preemption notice: a checkpoint with the data
-    position and config. ``after_step(done, state)`` runs after each step (demos). Returns (state, last metrics).
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """``fn(step)`` after every ``every``-th step; with ``at_end`` also after the run's last step, with ``at_stop``
+    also after the step a stop signal ends the run at; ``close(state)`` when the loop ends, however it ends."""
+    every: int
+    fn: Callable[[LoopStep], Any]
+    at_end: bool = False
+    at_stop: bool = False
+    close: Callable[[Any], None] | None = None
+
+    @classmethod
+    def of(cls, hook: "Hook | tuple[int, Callable[[LoopStep], Any]]") -> "Hook":
+        return hook if isinstance(hook, Hook) else cls(*hook)
+
+    def due(self, step: LoopStep) -> bool:
+        return (self.every > 0 and step.done % self.every == 0) or (self.at_end and step.done == step.end) or (
+            self.at_stop and step.stopping)
+
+
+def run_loop(state: Any, step_fn: Callable, batches: Callable[[], Any],
+             hooks: Sequence[Hook | tuple[int, Callable[[LoopStep], Any]]], *, start: int, end: int,
+             poll_every: int) -> tuple[Any, dict]:
+    """``state, metrics = step_fn(step, state, batches())`` for steps ``start..end-1``; after each step, the hooks
+    that are due, in order. Returns (state, the latest metrics as floats: the last log's, with later steps' values).
+
+    A stop signal (SIGTERM/SIGINT) ends the loop after the hooks of the step it is seen at: one process polls every
+    step; several agree every ``poll_every`` steps (a collective, not one per step). A hook ends it by setting
+    ``step.stop``.
     """
-    from stableaudio_jax.parallel.distributed import global_batch
-    t = config.training
-    guard, timer, last = FiniteGuard(), StepTimer(), {}
-    bar = _progress_bar(progress, start, end, desc)
-    profiler = StepProfiler(t.get("profile_steps", 0),
-                            paths.join(os.path.dirname(checkpointer.directory), "profile"), start)
+    hooks = [Hook.of(h) for h in hooks]
+    window = MetricsWindow()
     try:
         with StopSignal() as stop:
             for step in range(start, end):
-                state, metrics = step_fn(step, state, global_batch(next(data), batch_sharding))
-                profiler.after(step, state)
-                guard.update(metrics.pop("finite"), step)
-                timer.tick()
-                last.update({f"train/{k}": v for k, v in metrics.items()})
-                if bar is not None:
-                    bar.update(1)
+                state, metrics = step_fn(step, state, batches())
+                window.add(step, metrics)
                 done = step + 1
-                if done % t.log_every == 0 or done == end:
-                    last = _log(writer, guard, timer, last, done, audio_seconds_per_step, flops_per_step)
-                if after_step is not None:
-                    after_step(done, state)
-                # one process: poll the flag every step; several: agree at log steps (a collective, not per step)
                 stopping = stop.requested if jax.process_count() == 1 else (
-                    done % t.log_every == 0 and stop.any_process())
-                if done % t.checkpoint_every == 0 or done == end or stopping:
-                    guard.check(done, last)
-                    checkpointer.save(done, state, data.state(), config)
-                    if stopping and done < end:
-                        logger.warning("stopped at step %d; re-run the same command to resume", done)
-                        break
-                    if checkpointer.reached_preemption(done):
-                        logger.warning("preemption at step %d: checkpoint saved", done)
-                        break
+                    done % poll_every == 0 and stop.any_process())
+                info = LoopStep(done, end, state, window, stopping)
+                for hook in hooks:
+                    if hook.due(info):
+                        hook.fn(info)
+                if info.stop or stopping:
+                    break
     finally:
-        profiler.close(state)
-        if bar is not None:
-            bar.close()
-    return state, {k: float(np.asarray(v)) for k, v in last.items()}
-
-
-def _log(writer, guard: FiniteGuard, timer: StepTimer, last: dict, step: int, audio_seconds: float,
-         flops: float | None = None) -> dict:
-    from stableaudio_jax.parallel.hardware import local_chip, mfu
-    guard.check(step, last)
-    seconds = timer.lap()
-    values = {k: float(np.asarray(jax.device_get(v))) for k, v in last.items()}
-    values.update({"perf/step_time_s": seconds, "perf/audio_seconds_per_s": audio_seconds / seconds})
-    if flops:
-        values["perf/tflops_per_s"] = flops / seconds / 1e12
-        utilisation = mfu(flops, seconds, local_chip(), jax.device_count())
-        if utilisation is not None:
-            values["perf/mfu"] = utilisation
-    writer.write(step, values)
-    return values
-
-
-def _progress_bar(enabled: bool, start: int, end: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=end, initial=start, desc=desc, unit="step")
+        for hook in hooks:
+            if hook.close is not None:
+                hook.close(state)
+    return state, window.floats()

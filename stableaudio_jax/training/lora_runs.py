@@ -1,5 +1,5 @@
 """LoRA fine-tuning runs (``train --init-from MODEL --config.training.lora.rank=R``): the frozen base, the weights
-demos sample with, and the exports (the adapter alone, or merged into the base).
+demos sample with and the trained adapters (``training/export.py`` writes them alone or merged into the base).
 
 The base model's weights are loaded from ``--init-from`` at every start (never checkpointed: a checkpoint holds
 the adapters, their optimiser moments and EMA); the run records the base's weights hash and refuses to resume
@@ -8,16 +8,11 @@ on other weights. Only the adapters train: timing conditioners and text projecti
 from __future__ import annotations
 
 import logging
-import os
 
-import jax
 import ml_collections
 
-from stableaudio_jax import paths
 from stableaudio_jax.models import lora
-from stableaudio_jax.store import load_diffusion, load_text_to_audio, read_info, save_diffusion, save_text_to_audio
-from stableaudio_jax.store.adapters import LoraAdapter, base_record, save_lora
-from stableaudio_jax.store.format import host_arrays
+from stableaudio_jax.store import load_diffusion
 from stableaudio_jax.training.checkpoints import CheckpointError
 from stableaudio_jax.training.init_from import check_same_shapes, placed
 from stableaudio_jax.training.optim import averaged
@@ -57,40 +52,3 @@ def sampling_params(run, state, base: dict | None) -> dict:
     if getattr(run, "lora", None) is None:  # a full fine-tune, or ARC's generator
         return dict(state.params, denoiser=averaged(state.ema, state.params["denoiser"]))
     return dict(base, denoiser=lora.merge(base["denoiser"], trained_adapters(run, state)))
-
-
-def export_adapter(run, state, config, directory: str) -> str:
-    """The adapter alone as a stored ``lora`` model (what ``generate --lora`` reads)."""
-    adapters = host_arrays(trained_adapters(run, state))
-    if jax.process_index() != 0:
-        return directory
-    t = config.training
-    adapter = LoraAdapter(run.lora, adapters, base_record(paths.absolute(t.init_from), t.lora.get("base_sha256", ""),
-                                                          run.config.model.to_dict()))
-    provenance = {"run": paths.absolute(os.path.dirname(paths.absolute(directory))), "step": int(state.step)}
-    save_lora(directory, adapter, overwrite=True, provenance=provenance)
-    logger.info("exported the LoRA adapter (%d parameters) to %s (stableaudio-jax generate --checkpoint %s --lora %s)",
-                adapter.parameters, directory, t.init_from, directory)
-    return directory
-
-
-def export_merged(run, state, config, directory: str) -> str:
-    """The base model with the adapter merged in, stored as the base was (text-to-audio bundle or diffusion)."""
-    adapters = host_arrays(trained_adapters(run, state))
-    if jax.process_index() != 0:
-        return directory
-    source = config.training.init_from
-    provenance = {"base": paths.absolute(source), "step": int(state.step),
-                  "lora": {"rank": run.lora.rank, "alpha": run.lora.alpha}}
-    if read_info(source).kind == "text-to-audio":
-        bundle = load_text_to_audio(source)
-        diffusion = bundle.diffusion
-        merged = type(diffusion)(diffusion.model, dict(diffusion.params,
-                                                       denoiser=lora.merge(diffusion.params["denoiser"], adapters)),
-                                 diffusion.config, directory)
-        bundle = type(bundle)(bundle.text, merged, bundle.vae, bundle.config, directory)
-        return save_text_to_audio(directory, bundle, overwrite=True, provenance=provenance)
-    model = load_diffusion(source)
-    merged = type(model)(model.model, dict(model.params, denoiser=lora.merge(model.params["denoiser"], adapters)),
-                         model.config, directory)
-    return save_diffusion(directory, merged, overwrite=True, provenance=provenance)

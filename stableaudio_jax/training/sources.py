@@ -7,6 +7,10 @@
                  (``ID=PATH`` each) make one multi-conditioner encoder (T5 and CLAP together)
 
 Every loaded model carries its content hash (``.sha256``), which pre-encoded data and training runs record.
+
+A denoiser run's data names the VAE and text encoder that encoded it (its manifest's ``sources``, or the run's
+``training.demo.vae`` / ``.text_encoder``): :func:`load_data_models` loads them for demos and exports, checked
+against the weights the manifest records.
 """
 from __future__ import annotations
 
@@ -19,9 +23,9 @@ import jax.numpy as jnp
 
 from stableaudio_jax import paths
 from stableaudio_jax.store import VAE, StoreError, T5TextEncoder, is_stored_model, load_text_encoder, load_vae
-from stableaudio_jax.store.multi_text import MultiText
+from stableaudio_jax.store.multi_text import MultiText, ordered_parts
 from stableaudio_jax.training.checkpoints import EXPORT_DIR
-from stableaudio_jax.training.vae_train import load_vae_from_workdir
+from stableaudio_jax.training.workdirs import load_vae_from_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +110,27 @@ def resolve_text_encoder(path: str | os.PathLike | Sequence[str], max_length: in
     raise FileNotFoundError(f"text encoder {path!r}: expected a Hugging Face T5 directory (config.json, weights, "
                             "spiece.model), a Hugging Face CLAP directory (config.json, weights, vocab.json + "
                             "merges.txt) or a stored text encoder / text-to-audio model (stableaudio_jax.json)")
+
+
+def data_model_paths(config, manifest: dict | None) -> tuple[str, str]:
+    """(VAE, text encoder) of a denoiser run's data: ``training.demo``'s when set, else the manifest's; "" when
+    neither names one (synthetic data)."""
+    d, sources = config.training.demo, (manifest or {}).get("sources", {})
+    return d.vae or sources.get("vae", ""), d.text_encoder or sources.get("text_encoder", "")
+
+
+def load_data_models(config, manifest: dict | None):
+    """The data's VAE and text encoder, checked against the weights the manifest says encoded the data."""
+    vae_path, text_path = data_model_paths(config, manifest)
+    vae = resolve_vae(vae_path)
+    encoder = (manifest or {}).get("encoder_config", {})
+    length = manifest["text_length"] if manifest else None
+    if not isinstance(text_path, str):  # several text encoders, each tokenizing to the length it encoded with
+        length = [int(p["max_length"]) for _, p in ordered_parts(encoder["text"]["model"])]
+    text = resolve_text_encoder(text_path, max_length=length)
+    for what, model, recorded in (("VAE", vae, encoder.get("vae_sha256")),
+                                  ("text encoder", text, encoder.get("text", {}).get("sha256"))):
+        if recorded and model.sha256 != recorded:
+            raise StoreError(f"the {what} at {model.source} is not the one that encoded this data (weights "
+                             f"{model.sha256[:12]}..., the manifest records {recorded[:12]}...)")
+    return vae, text
