@@ -181,6 +181,22 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _span(d: dict, fmt: str) -> str:
+    return f"{d['median']:{fmt}} ({d['min']:{fmt}}–{d['max']:{fmt}})"
+
+
+def markdown_table(result: dict) -> str:
+    """docs/benchmarks.md's table, every figure from ``result``: quality as the median (min–max) over seeds on
+    the test split, seconds per call as the median (min–max) over the timed calls."""
+    lines = ["| model | sampler | CFG | steps | spectral distance | prompt accuracy | s / call | SAO audio s / s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['cfg_scale']:g} | {r['steps']} | "
+                     f"{_span(r['spectral_distance'], '.3f')} | {_span(r['prompt_accuracy'], '.2f')} | "
+                     f"{_span(r['seconds_per_call'], '.2f')} | {r['sao_audio_seconds_per_s']:.1f} |")
+    return "\n".join(lines)
+
+
 def train_runs(root: str, data: str, seed: int, args, arc_lr: float | None) -> dict:
     """The seed's rectified-flow model and, with ``arc_lr``, its ARC post-training; a finished run in ``root``
     is reused (training resumes at its end), so reruns re-time without retraining."""
@@ -239,7 +255,12 @@ def main(argv=None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no training progress bars")
     parser.add_argument("--out", required=True)
     parser.add_argument("--plot")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of an existing --out and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        with open(args.out) as f:
+            print(markdown_table(json.load(f)))
+        return
     if args.seeds < 1 or args.calls < 1:
         parser.error(f"--seeds and --calls must be >= 1, got {args.seeds} and {args.calls}")
 

@@ -14,8 +14,9 @@ RESULT_NAME = re.compile(r"[\w./-]+\.jsonl?\b")
 SCRIPT_NAME = re.compile(r"benchmarks/[\w-]+\.(?:py|sh)\b")
 NUMBER = r"[−+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[−+-]?\d+)?"
 UNIT = r"(?:x|×|%|s|ms|µs|min|GB|GiB|MB|MiB|TB|dB|TFLOP/s|M|k)?"
-# a figure cell: one number (bold or not) with an optional unit, or "a / b" pairs of them
-FIGURE_CELL = re.compile(rf"^\**\s*{NUMBER}\s*{UNIT}\s*\**(?:\s*/\s*\**\s*{NUMBER}\s*{UNIT}\s*\**)*$")
+# a figure cell: numbers with optional units and nothing else but bold marks, spaces and the separators of
+# "a / b", "median (min–max)" and "a, b" (a cell with words in it is a description, not a figure)
+FIGURE_CELL = re.compile(rf"^(?:{NUMBER}\s*{UNIT}(?![\w])|[\s*/(),–±])+$")
 # unit changes a page may make from the stored value (value in the JSON times the factor = the figure shown)
 FACTORS = (1, 100, 1e3, 1e-3, 1e6, 1e-6, 1e-9, 1e-12, 2.0 ** -30, 2.0 ** -20, 1 / 60)
 
@@ -36,7 +37,7 @@ def tables(page: Path):
 
 
 def figures(row: list[str]) -> list[str]:
-    return [n for cell in row if FIGURE_CELL.match(cell) for n in re.findall(NUMBER, cell)]
+    return [n for cell in row if re.search(r"\d", cell) and FIGURE_CELL.match(cell) for n in re.findall(NUMBER, cell)]
 
 
 def json_numbers(path: Path) -> list[float]:
@@ -80,7 +81,7 @@ def sources(section: str) -> list[Path]:
             if candidate.is_file() and candidate.is_relative_to(ROOT / "docs" / "results"):
                 found.append(candidate)
                 break
-    return found
+    return list(dict.fromkeys(found))  # each file once, however often the section names it
 
 
 def unsourced(page: Path) -> list[str]:
@@ -106,3 +107,21 @@ def unsourced(page: Path) -> list[str]:
 def test_every_figure_in_a_results_table_is_in_its_json(page):
     problems = unsourced(page)
     assert not problems, "\n".join(problems)
+
+
+def test_the_check_reads_figure_cells_and_catches_a_figure_no_json_holds(tmp_path, monkeypatch):
+    assert figures(["1.839 (1.783–1.895)", "**0.94**", "0.25 / 0.25", "2-core CPU", "batch 8", "—"]) == [
+        "1.839", "1.783", "1.895", "0.94", "0.25", "0.25"]
+    results = tmp_path / "docs" / "results"
+    results.mkdir(parents=True)
+    (results / "r.json").write_text(json.dumps({"seconds": 0.0123, "ratio": 1.0449, "bytes": 19.31e9}))
+    page = tmp_path / "docs" / "page.md"
+    page.write_text("## A\n\nFrom `docs/results/r.json` (`benchmarks/r.py`).\n\n| run | ms | ratio | GB |\n|---|---|---|---|\n"
+                    "| r.json | 12.3 | 1.04x | 19.31 |\n")
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    assert unsourced(page) == []
+    page.write_text(page.read_text().replace("1.04x", "1.05x"))
+    assert unsourced(page) == ["docs/page.md table 'run | ms | ratio | GB': 1.05 is in none of ['r.json']"]
+    page.write_text(page.read_text().replace("From `docs/results/r.json` (`benchmarks/r.py`).", "Measured once."))
+    assert unsourced(page)[0] == ("docs/page.md table 'run | ms | ratio | GB': names no benchmarks/ script that "
+                                  "writes r.json")
