@@ -149,6 +149,12 @@ def test_link_bandwidth_per_mesh_axis():
         hardware.ici_bandwidth(v6e, [(1, 1), (1, 1)], (8, 8))
 
 
+def test_a_gpu_module_calling_cublas_gives_no_cost_rather_than_an_undercount():
+    call = '%gemm = (bf16[8,8]{1,0}, s8[4]{0}) custom-call(%a, %b), custom_call_target="__cublas$lt$matmul"'
+    assert "cublas" in analysis.library_calls(call)
+    assert analysis.library_calls('%d = f32[8,8]{1,0} dot(%a, %b), lhs_contracting_dims={1}') is None
+
+
 def test_replica_groups_name_the_mesh_axes():
     names, shape = ("data", "fsdp", "tensor"), (2, 4, 1)
     line = "  %ar = f32[8]{0} all-reduce(f32[8]{0} %x), channel_id=1, replica_groups=GROUPS, to_apply=%add"

@@ -171,7 +171,7 @@ def run_strategy(config, strategy: Strategy, workload: str = "train", measure: b
     row = {"workload": workload, "strategy": strategy.as_dict(), "target": target.as_dict(), "devices": mesh.size,
            "device_kind": mesh.devices.flat[0].device_kind, "frames": int(config.training.crop_frames),
            "attention": config.model.get("attention_impl"), "compile_seconds": round(seconds, 2),
-           **analysis.describe(executable, mesh), "cost_method": "compiled",
+           "cost_method": "compiled", **analysis.describe(executable, mesh),
            "analytic_flops": analytic_train_flops(steps.run, global_batch)}
     row["traffic"] = targets.with_bandwidth(row["traffic"], mesh, target)
     row["fits"] = targets.fits(row["memory"]["total"], target)
@@ -181,6 +181,8 @@ def run_strategy(config, strategy: Strategy, workload: str = "train", measure: b
                    cost_method="unrolled at depth 1 and 2, extrapolated")
     elif scanned_layers(config):
         row["cost_method"] = "compiled (the scanned layer counted once)"
+    if "cost_note" in row:
+        row["cost_method"] = row.pop("cost_note")
     finish_bounds(row, target)
     if measure and target.measured:
         row["step_seconds"] = _measure(steps, executable, mesh, config.seed, global_batch, repeats)
