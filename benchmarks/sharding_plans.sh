@@ -26,6 +26,9 @@ declare -A plans=(
   [sao_v6e-256_fsdp]="$sao --target tpu:v6e-256 --mesh 1x256x1,2x128x1,4x64x1,8x32x1"
   [sao_h100x8]="$sao --target gpu:h100x8 --find"
   [sao_finetune_l4x1]="$sao --target gpu:l4x1 --find --remat none,full --opt-dtype float32,bfloat16 --param-dtype float32,bfloat16"
+  # the same step with and without full remat, each costed from its 1- and 2-layer twins: remat's recomputation
+  # is in XLA's cost analysis of the compiled GPU module, so the bounds differ (bfloat16 parameters: both compile)
+  [sao_remat_l4x1]="$sao --target gpu:l4x1 --mesh 1x1x1 --remat none,full --param-dtype bfloat16"
   [sao_finetune_l4x8]="$sao --target gpu:l4x8 --find --remat none,dots,full"
   # full fine-tune on one 24 GB card, each EMA placement compiled in full (no estimates); then LoRA rank 16 / 64
   [sao_finetune_ema_device_l4x1]="$lean"
@@ -50,7 +53,7 @@ declare -A plans=(
 l4_gemm="--xla_gpu_enable_triton_gemm=false"
 declare -A xla_flags=([sao_finetune_ema_device_l4x1]=$l4_gemm [sao_finetune_ema_host_l4x1]=$l4_gemm
   [sao_finetune_ema_off_l4x1]=$l4_gemm [sao_lora16_l4x1]=$l4_gemm [sao_lora64_l4x1]=$l4_gemm)
-order=(sao_v5p-8 sao_v5e-8 sao_v5p-64 sao_v6e-64 sao_h100x8 sao_finetune_l4x1 sao_finetune_l4x8 sao_finetune_ema_device_l4x1
+order=(sao_v5p-8 sao_v5e-8 sao_v5p-64 sao_v6e-64 sao_h100x8 sao_finetune_l4x1 sao_remat_l4x1 sao_finetune_l4x8 sao_finetune_ema_device_l4x1
        sao_finetune_ema_host_l4x1 sao_finetune_ema_off_l4x1 sao_lora16_l4x1 sao_lora64_l4x1 dit3b_v5p-64
        dit3b_v6e-64 sao_attention_v5e-8 vae_h100x8 sao_generate_tp_v5p-8 sao_generate_dp_v5p-8 sao_generate_length_v5p-8 sao_v5p-64_batch sao_v6e-64_batch
        sao_v6e-256_fsdp sao_v6e-256 sao_batch256_v5p)

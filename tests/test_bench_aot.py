@@ -193,7 +193,7 @@ def test_find_prints_the_fastest_strategy_that_fits(tmp_path, capsys):
     per_example = lambda s: s["bound_seconds"] / s["strategy"]["global_batch"]  # noqa: E731
     assert per_example(best) == pytest.approx(min(per_example(s) for s in screened))
     printed = capsys.readouterr().out
-    assert f"best: {best['strategy']['name']} — global batch 8" in printed and "GiB per device of 16 GiB" in printed
+    assert f"best: {best['strategy']['name']} — global batch 8" in printed and "GiB per device of 16.00 GiB usable" in printed
 
 
 def test_find_reports_when_nothing_fits(capsys):

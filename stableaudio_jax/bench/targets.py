@@ -45,6 +45,7 @@ class Target:
     def as_dict(self) -> dict:
         return {"name": self.name, "platform": self.platform, "devices": self.device_count,
                 "device_kind": self.devices[0].device_kind, "hbm_bytes": self.hbm_bytes,
+                "usable_bytes": usable_bytes(self),
                 "peak_flops": self.peak_flops, "measured": self.measured}
 
 

@@ -150,7 +150,7 @@ def _find(args, config) -> int:
                           f"{target['device_kind']}), {len(found['screened'])} screened:")
     m = best["memory"]
     print(f"best: {best['strategy']['name']} — global batch {best['strategy']['global_batch']}, "
-          f"{m['total'] / 2 ** 30:.2f} GiB per device of {target['hbm_bytes'] / 2 ** 30:.0f} GiB, "
+          f"{m['total'] / 2 ** 30:.2f} GiB per device of {target['usable_bytes'] / 2 ** 30:.2f} GiB usable, "
           f"lower bounds per step: roofline {best['bound_seconds'] * 1e3:.1f} ms, XLA {sharding.xla_cell(best)} ms"
           + (f", MFU at best {best['mfu_at_bound']:.0%}" if best.get("mfu_at_bound") else ""))
     return 0
