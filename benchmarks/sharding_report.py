@@ -31,8 +31,8 @@ def _ms(value) -> str:
     return "-" if value is None else f"{value * 1e3:.1f}"
 
 
-OLD_MODEL = (" (a file written before per-axis links: its roofline charges collectives to the chip's total link "
-             "bandwidth, and GPU rows count analytic FLOPs at peak without remat)")
+OLD_MODEL = ("written before per-axis links: the roofline charges collectives to the chip's total link bandwidth "
+             "and GPU rows count analytic FLOPs at peak without remat, a looser lower bound")
 
 
 def _xla(seconds, known: bool) -> str:
@@ -50,7 +50,7 @@ def best_line(best: dict) -> str:
             f"{_gib(m['total'])} GiB per device (compiled); lower bounds per step: roofline "
             f"{_ms(best['bound_seconds'])} ms (at most {s['global_batch'] / best['bound_seconds']:.1f} examples/s), "
             f"XLA {_xla(best.get('xla_optimal_seconds'), known)}" + (" ms" if best.get("xla_optimal_seconds") else "")
-            + f"{mfu}." + ("" if "traffic" in best else OLD_MODEL))
+            + f"{mfu}." + ("" if "traffic" in best else f" (A file {OLD_MODEL}.)"))
 
 
 def find_section(found: dict) -> str:
@@ -103,9 +103,14 @@ def rows_section(rows: list[dict]) -> str:
                          f"{'yes' if r['fits'] else '**no**'} | {_tflop(r['cost']['flops'])} | "
                          f"{split}**{generation_seconds(r):.3f}** | "
                          f"{clips / generation_seconds(r):.1f} |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + old_model_note(rows)
     from stableaudio_jax.bench.sharding import markdown
-    return markdown(rows)
+    return markdown(rows) + old_model_note(rows)
+
+
+def old_model_note(rows: list[dict]) -> str:
+    """A line under a table whose rows were written before the per-axis link model (no ``traffic``)."""
+    return "" if all("traffic" in r for r in rows) else f"\n*Rows {OLD_MODEL}.*\n"
 
 
 def length_plot(rows: list[dict], path: str) -> None:
