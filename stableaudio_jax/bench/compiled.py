@@ -2,9 +2,11 @@
 
 Every number here comes from the compiler, not from running anything: ``memory_analysis()`` (per-device bytes of
 arguments, outputs, aliased donations and temporaries), ``cost_analysis()`` (FLOPs, bytes accessed and, on TPU,
-XLA's optimal-seconds lower bound) and the optimized HLO text, from which the collectives are read with the bytes
-their results hold. A collective inside a ``while`` body (a scanned layer stack, a sampling scan) appears once in
-the text and is counted once, as ``cost_analysis`` counts the body once: unrolled layers give whole-step figures.
+XLA's optimal-seconds lower bound; on GPU, whose executables report none, XLA's HLO cost analysis of the optimized
+modules) and the optimized HLO text, from which the collectives are read with the bytes their results hold and the
+mesh axes their replica groups span (``traffic``: what each axis's links carry). A collective inside a ``while``
+body (a scanned layer stack, a sampling scan) appears once in the text and is counted once, as ``cost_analysis``
+counts the body once: unrolled layers give whole-step figures.
 """
 from __future__ import annotations
 
