@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,3 +90,31 @@ def test_few_step_quality_measures_tell_real_from_wrong(tmp_path):
     data, texts = bench.write_dataset(str(tmp_path / "latents"), per_prompt=2)
     manifest = read_manifest(data)
     assert manifest["records"] == 8 and texts.shape == (bench.PROMPTS, bench.TEXT_LENGTH, bench.TEXT_DIM)
+
+
+def test_sharding_report_fits_the_fine_tune_table_against_the_reserve_and_jax_default(tmp_path):
+    """The fine-tune memory table (benchmarks/sharding_report.py) checks each compiled total against three
+    capacities: an L4 under JAX's default 75 % preallocation (16.87 GiB), an L4 less the 1.5 GiB runtime reserve
+    (20.99 GiB) and an H100 80 GB less the reserve; a plan whose JSON is missing names the script that makes it."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import sharding_report
+    finally:
+        sys.path.pop(0)
+    gib = 2 ** 30
+    totals = {"sao_finetune_ema_device_l4x1": 20.5, "sao_finetune_ema_host_l4x1": 16.5,
+              "sao_finetune_ema_off_l4x1": 21.5, "sao_lora16_l4x1": 80.0, "sao_lora64_l4x1": 4.0}
+    for name, total in totals.items():
+        row = {"strategy": {"global_batch": 8, "remat": "full", "opt_dtype": None},
+               "memory": {"arguments": 1 * gib, "temporaries": 2 * gib, "total": int(total * gib), "host": 0}}
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    lines = sharding_report.finetune_table(str(tmp_path)).splitlines()
+    assert "JAX default (16.87)" in lines[0] and "all but the reserve (20.99)" in lines[0] and "(77.64)" in lines[0]
+    fits = {line.split(" | ")[6]: line.split(" | ")[-3:] for line in lines[2:]}
+    assert fits["**20.50**"] == ["**no**", "yes", "yes |"]
+    assert fits["**16.50**"] == ["yes", "yes", "yes |"]
+    assert fits["**21.50**"] == ["**no**", "**no**", "yes |"]
+    assert fits["**80.00**"] == ["**no**", "**no**", "**no** |"]
+    (tmp_path / "sao_lora64_l4x1.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="run benchmarks/sharding_plans.sh sao_lora64_l4x1"):
+        sharding_report.finetune_table(str(tmp_path))

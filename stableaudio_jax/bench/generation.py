@@ -116,12 +116,26 @@ def bilinear(values: dict[tuple[int, int], float | None], depth: int, steps: int
     return v11 - b - c - e + b * depth + c * steps + e * depth * steps
 
 
+COLLECTIVE_FIELDS = ("count", "bytes", "moved")
+
+
+def _known(key: str, value: float | None) -> float | None:
+    """A cost figure, with XLA's negative (unknown) ``optimal_seconds`` as None so that no fit or sum uses it."""
+    return None if key == "optimal_seconds" and value is not None and value < 0 else value
+
+
+def _summed(a: dict, b: dict, fields) -> dict:
+    """Two ``{key: {field: n}}`` tables added key by key (a key missing from one counts zero)."""
+    return {key: {f: a.get(key, {}).get(f, 0) + b.get(key, {}).get(f, 0) for f in fields} for key in sorted({*a, *b})}
+
+
 def run_generation(config, strategy: Strategy, target: Target, steps: int = 100) -> dict[str, Any]:
     """One row of the generate workload: memory of the real sampler and of a decode chunk, the whole-run cost
     (sampling fitted from small unrolled compiles, decode = chunks x one chunk) and its bound."""
     # the loop's memory does not grow with its trip count, and the TPU compiler unrolls short loops (100 steps
     # around 24 scanned layers took it over 30 min on 2 cores): the memory comes from a 2-step sampler
     sampler, applied = compile_sampler(config, strategy, target, min(steps, 2))
+    mesh = _mesh(strategy, target)
     decoder, chunks = compile_decode_chunk(config, strategy, target)
     depth = int(applied.model.depth) if applied.model.type == "dit" else 1
     small = {}
@@ -130,22 +144,25 @@ def run_generation(config, strategy: Strategy, target: Target, steps: int = 100)
         if applied.model.type == "dit":
             twin.model.depth, twin.model.scan_layers = layers, False
         small[(layers, n)] = analysis.describe(compile_sampler(twin, dataclasses.replace(strategy, scan_layers=False),
-                                                               target, n)[0])
+                                                               target, n)[0], mesh)
     if applied.model.type != "dit":  # no layer scan to fit: the (1, s) and (2, s) compiles are the same program
         depth = 1
     fit = lambda get: bilinear({k: get(v) for k, v in small.items()}, depth, steps)  # noqa: E731
-    sampling = ({key: fit(lambda d: d["cost"][key]) for key in small[(1, 1)]["cost"]},
-                {kind: {f: int(fit(lambda d: d["collectives"][kind][f])) for f in ("count", "bytes", "moved")}
-                 for kind in small[(1, 1)]["collectives"]})
-    decode_collectives = analysis.collectives(decoder.as_text())
-    decoding = ({key: None if value is None else chunks * value for key, value in analysis.cost(decoder).items()},
-                {kind: {f: chunks * c[f] for f in ("count", "bytes", "moved")} for kind, c in decode_collectives.items()})
+    fitted = lambda name, fields: {  # noqa: E731  (per collective kind, or per mesh axes)
+        key: {f: int(fit(lambda d: d[name].get(key, dict.fromkeys(fields, 0))[f])) for f in fields}
+        for key in sorted({k for d in small.values() for k in d[name]})}
+    sampling = ({key: fit(lambda d: _known(key, d["cost"][key])) for key in small[(1, 1)]["cost"]},
+                fitted("collectives", COLLECTIVE_FIELDS), fitted("traffic", ("count", "moved")))
+    decoded = analysis.describe(decoder, mesh)
+    decoding = ({key: None if _known(key, value) is None else chunks * value for key, value in decoded["cost"].items()},
+                *({key: {f: chunks * v for f, v in c.items()} for key, c in decoded[name].items()}
+                  for name in ("collectives", "traffic")))
     cost = {key: None if sampling[0].get(key) is None or decoding[0][key] is None
             else sampling[0][key] + decoding[0][key] for key in decoding[0]}
-    collectives = {kind: {f: sampling[1].get(kind, {}).get(f, 0) + decoding[1].get(kind, {}).get(f, 0)
-                          for f in ("count", "bytes", "moved")} for kind in {*sampling[1], *decoding[1]}}
-    parts = {name: targets.roofline_seconds(*part, target) if part[0]["flops"] is not None else None
-             for name, part in (("sampling", sampling), ("decode", decoding))}
+    collectives = _summed(sampling[1], decoding[1], COLLECTIVE_FIELDS)
+    traffic = targets.with_bandwidth(_summed(sampling[2], decoding[2], ("count", "moved")), mesh, target)
+    parts = {name: targets.roofline_seconds(part[0], targets.with_bandwidth(part[2], mesh, target), target)
+             if part[0]["flops"] is not None else None for name, part in (("sampling", sampling), ("decode", decoding))}
     memory = {"sampler": analysis.memory(sampler), "decode_chunk": analysis.memory(decoder)}
     peak = max(m["total"] for m in memory.values())
     frames = int(applied.training.crop_frames)
@@ -156,7 +173,7 @@ def run_generation(config, strategy: Strategy, target: Target, steps: int = 100)
     return {"workload": "generate", "strategy": strategy.as_dict(), "target": target.as_dict(),
             "devices": target.device_count, "frames": frames, "audio_seconds": seconds_audio, "steps": steps,
             "cfg": True, "decode_chunks": chunks, "memory": dict(memory["sampler"], total=peak, parts=memory),
-            "fits": targets.fits(peak, target), "cost": cost, "collectives": collectives,
+            "fits": targets.fits(peak, target), "cost": cost, "collectives": collectives, "traffic": traffic,
             "bound_parts": parts,
             "cost_method": "sampler: bilinear fit of unrolled (depth, steps) in {1,2}^2 compiles; decode: chunks x "
                            "one chunk", "bound_seconds": bound, "xla_optimal_seconds": cost["optimal_seconds"]

@@ -5,7 +5,7 @@ The search space is every data x fsdp x tensor mesh of the target's devices (ten
 parallelism pays its collectives on every layer, so it is searched only when asked) crossed with a *memory
 ladder*: the remat policies, optimizer-state and parameter dtypes in the order given, from the least to the most
 memory-saving. For each mesh the planner keeps the first rung that fits (more recomputation or lower precision
-only costs), ranks those by the compiler's bound per example, and confirms the ranking top-down with the real
+only costs), ranks those by the roofline lower bound per example, and confirms the ranking top-down with the real
 compile until one fits. A scanned DiT is screened with its 1-layer unrolled twin scaled by the depth (cheap, and
 the only way to cost a scan), and the winner is costed exactly from its 1- and 2-layer twins; anything else is
 screened with the real compile.
@@ -32,10 +32,11 @@ class ScreeningError(RuntimeError):
 class Screened:
     strategy: Strategy
     memory: int                  # per-device bytes (an estimate for a scanned DiT)
-    bound_seconds: float | None
+    bound_seconds: float | None  # the roofline lower bound (what candidates are ranked by)
     fits: bool
     row: dict | None = None      # the real compile's row, once confirmed
     error: str | None = None
+    xla_optimal_seconds: float | None = None  # XLA's own lower bound (TPU; None where unknown)
 
     @property
     def seconds_per_example(self) -> float:
@@ -44,6 +45,7 @@ class Screened:
     def as_dict(self) -> dict:
         return {"strategy": self.strategy.as_dict(), "memory_estimate": self.memory, "fits_estimate": self.fits,
                 "bound_seconds": self.bound_seconds, "compiled": self.row is not None,
+                "xla_optimal_seconds": self.row["xla_optimal_seconds"] if self.row else self.xla_optimal_seconds,
                 "memory": self.row["memory"]["total"] if self.row else None,
                 "fits": self.row["fits"] if self.row else None, "error": self.error}
 
@@ -78,8 +80,9 @@ def screen(config, strategy: Strategy, target: Target) -> Screened:
         if sharding.scanned_layers(apply(config, strategy)):
             est = sharding.unrolled_cost(config, strategy, target, quick=True)
             memory = est["memory"]["total"]
-            bound = sharding.bound(est["cost"], est["collectives"], est["analytic_flops"], target)
-            return Screened(strategy, memory, bound, targets.fits(memory, target) is not False)
+            bound = sharding.bound(est["cost"], est["traffic"], target)
+            return Screened(strategy, memory, bound, targets.fits(memory, target) is not False,
+                            xla_optimal_seconds=sharding.xla_lower_bound(est["cost"]["optimal_seconds"]))
         row = sharding.run_strategy(config, strategy, measure=False, target=target)
     except Exception as error:  # noqa: BLE001 - the TPU compiler refuses what does not fit with an exception
         required = sharding.out_of_memory(str(error))
@@ -153,7 +156,7 @@ def confirm(config, candidate: Screened, target: Target) -> dict:
                                                  unroll_cost=False)
     if candidate.row is None and "out_of_memory" not in row:  # a scanned DiT: the twins give the cost
         est = sharding.unrolled_cost(config, candidate.strategy, target)
-        row.update(cost=est["cost"], collectives=est["collectives"],
+        row.update(cost=est["cost"], collectives=est["collectives"], traffic=est["traffic"],
                    cost_method="unrolled at depth 1 and 2, extrapolated")
         sharding.finish_bounds(row, target)
     candidate.row = row

@@ -1,8 +1,9 @@
 """``stableaudio-jax bench sharding``: the denoiser's full training step (AdamW, EMA, CFG dropout) compiled for
 each sharding strategy on a target — the local devices, or a TPU slice / GPU node compiled ahead of time — with
-what the compiler plans (per-device memory and whether it fits, FLOPs, collectives, a step-time bound from the
-compiled counts and the MFU it implies, XLA's own optimal-seconds bound on TPU) and, on local devices, what a run
-measures (median step time after warm-up, MFU).
+what the compiler plans (per-device memory and whether it fits, FLOPs, collectives and their traffic per mesh axis,
+two lower bounds on the step time: the roofline of the compiled counts over each axis's links and, on TPU, XLA's
+own ``optimal_seconds``; the MFU the roofline implies, a ceiling) and, on local devices, what a run measures
+(median step time after warm-up, MFU).
 
 Rows are JSON lines; a markdown table and a PNG (memory and time per strategy) summarise them. Compiled figures
 are per device and come from XLA (``bench/compiled.py``). A scanned layer stack is costed by compiling the same
@@ -35,6 +36,7 @@ from stableaudio_jax.bench.targets import Target
 from stableaudio_jax.training.flops import analytic_train_flops
 
 logger = logging.getLogger(__name__)
+TRAFFIC = ("count", "moved")
 WORKLOADS = ("train", "generate", "vae-train")
 
 
@@ -78,18 +80,22 @@ def unrolled_cost(config, strategy: Strategy, target: Target, quick: bool = Fals
     for layers in (1,) if quick else (1, 2):
         twin = apply(config, strategy)
         twin.model.depth, twin.model.scan_layers = layers, False
-        twins.append(analysis.describe(compile_strategy(twin, dataclasses.replace(strategy, scan_layers=False),
-                                                        target)[3]))
+        _, mesh, _, executable, _ = compile_strategy(twin, dataclasses.replace(strategy, scan_layers=False), target)
+        twins.append(analysis.describe(executable, mesh))
     first, second = twins[0], twins[-1]
 
     def grow(a, b):
-        if a is None or b is None:
+        if a is None or b is None or a < 0 or b < 0:  # XLA's optimal_seconds: negative means unknown
             return None
         return a * depth if quick else a + (depth - 1) * (b - a)
 
+    def grow_all(name, fields):  # per collective kind or per mesh axes: union of both twins' keys
+        a, b, zero = first[name], second[name], dict.fromkeys(fields, 0)
+        return {k: {f: int(grow(a.get(k, zero)[f], b.get(k, zero)[f])) for f in fields} for k in sorted({*a, *b})}
+
     return {"cost": {key: grow(first["cost"][key], second["cost"][key]) for key in first["cost"]},
-            "collectives": {kind: {f: int(grow(first["collectives"][kind][f], second["collectives"][kind][f]))
-                                   for f in ("count", "bytes", "moved")} for kind in first["collectives"]},
+            "collectives": grow_all("collectives", ("count", "bytes", "moved")),
+            "traffic": targets.with_bandwidth(grow_all("traffic", TRAFFIC), mesh, target),
             "memory": {key: int(grow(first["memory"][key], second["memory"][key])) for key in first["memory"]},
             "analytic_flops": analytic}
 
@@ -115,30 +121,28 @@ def out_of_memory_row(workload: str, strategy: Strategy, target: Target, require
             "memory": {"arguments": None, "outputs": None, "aliased": None, "temporaries": None, "total": required},
             "fits": False, "out_of_memory": message.splitlines()[0][:300],
             "cost": {"flops": None, "bytes_accessed": None, "optimal_seconds": None}, "collectives": {},
-            "bound_seconds": None, "mfu_at_bound": None}
+            "traffic": {}, "bound_seconds": None, "xla_optimal_seconds": None, "mfu_at_bound": None}
 
 
-def bound(cost: dict, collectives: dict, analytic_flops: float | None, target: Target) -> float | None:
-    """The roofline bound of a whole-step cost; where the backend gives no cost (XLA's GPU backend), the model's
-    analytic FLOPs spread over the devices stand in for the compiled count."""
-    if cost["flops"] is None and analytic_flops:
-        cost = dict(cost, flops=analytic_flops / target.device_count)
-    return targets.roofline_seconds(cost, collectives, target)
+def bound(cost: dict, traffic: dict, target: Target) -> float | None:
+    """The roofline lower bound of a whole-step cost (``targets.roofline_seconds``)."""
+    return targets.roofline_seconds(cost, traffic, target)
+
+
+def xla_lower_bound(seconds: float | None) -> float | None:
+    """XLA's ``optimal_seconds`` (TPU only) where it is known: negative means unknown."""
+    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def finish_bounds(row: dict, target: Target) -> dict:
-    """The step-time bounds of a row whose cost is whole-step: XLA's ``optimal_seconds`` where it gives one (TPU;
-    negative = unknown) and the roofline of the compiled counts (``targets.roofline_seconds``, what strategies
-    are ranked by), with the MFU the roofline implies."""
+    """The step-time lower bounds of a row whose cost is whole-step: XLA's ``optimal_seconds`` where it gives one
+    (TPU; negative = unknown) and the roofline of the compiled counts over each axis's links
+    (``targets.roofline_seconds``, what strategies are ranked by), with the MFU the roofline implies: a ceiling,
+    since the bound is."""
     whole = "counted once" not in row["cost_method"]
-    xla = row["cost"]["optimal_seconds"]
-    row["xla_optimal_seconds"] = xla if whole and xla is not None and xla >= 0 else None
-    if row["cost"]["flops"] is None and row.get("analytic_flops"):
-        row["cost_method"] = "no XLA cost on this backend: analytic FLOPs, no HBM traffic"
-    row["bound_seconds"] = bound(row["cost"], row["collectives"], row.get("analytic_flops"), target) if whole else None
-    # a bound built from the analytic FLOPs at peak says nothing about utilisation
-    measured_cost = row["cost"]["flops"] is not None
-    row["mfu_at_bound"] = targets.mfu(row["analytic_flops"], row["bound_seconds"], target) if measured_cost else None
+    row["xla_optimal_seconds"] = xla_lower_bound(row["cost"]["optimal_seconds"]) if whole else None
+    row["bound_seconds"] = bound(row["cost"], row["traffic"], target) if whole else None
+    row["mfu_at_bound"] = targets.mfu(row["analytic_flops"], row["bound_seconds"], target)
     return row
 
 
@@ -167,15 +171,18 @@ def run_strategy(config, strategy: Strategy, workload: str = "train", measure: b
     row = {"workload": workload, "strategy": strategy.as_dict(), "target": target.as_dict(), "devices": mesh.size,
            "device_kind": mesh.devices.flat[0].device_kind, "frames": int(config.training.crop_frames),
            "attention": config.model.get("attention_impl"), "compile_seconds": round(seconds, 2),
-           **analysis.describe(executable), "cost_method": "compiled",
+           "cost_method": "compiled", **analysis.describe(executable, mesh),
            "analytic_flops": analytic_train_flops(steps.run, global_batch)}
+    row["traffic"] = targets.with_bandwidth(row["traffic"], mesh, target)
     row["fits"] = targets.fits(row["memory"]["total"], target)
     if scanned_layers(config) and unroll_cost:
         unrolled = unrolled_cost(config, strategy, target)
-        row.update(cost=unrolled["cost"], collectives=unrolled["collectives"],
+        row.update(cost=unrolled["cost"], collectives=unrolled["collectives"], traffic=unrolled["traffic"],
                    cost_method="unrolled at depth 1 and 2, extrapolated")
     elif scanned_layers(config):
         row["cost_method"] = "compiled (the scanned layer counted once)"
+    if "cost_note" in row:
+        row["cost_method"] = row.pop("cost_note")
     finish_bounds(row, target)
     if measure and target.measured:
         row["step_seconds"] = _measure(steps, executable, mesh, config.seed, global_batch, repeats)
@@ -222,12 +229,13 @@ def run_bench(config, strategies: Sequence[Strategy], workload: str = "train", m
 
 
 def markdown(rows: Sequence[dict]) -> str:
-    """One line per strategy: per-device memory and fit, compiled FLOPs, collectives, the compiler's bound and the
-    MFU it implies, measured time and MFU (where measured)."""
+    """One line per strategy: per-device memory and fit, compiled FLOPs, collectives, the two lower bounds on the
+    step time (the roofline; XLA's own on TPU) and the MFU the roofline implies (at best), measured time and MFU
+    (where measured)."""
     unit, scale = ("GiB", 2 ** 30) if max(r["memory"]["total"] for r in rows) > 4 * 2 ** 30 else ("MiB", 2 ** 20)
     lines = [f"| strategy | global batch | memory / device ({unit}): args, temp, **total** | fits | TFLOP / device "
-             "| collectives (count, MiB sent) | bound (ms) | MFU at bound | XLA bound (ms) | step (ms) | examples / s "
-             "| MFU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| collectives (count, MiB sent) | per mesh axis: MiB sent at GB/s | roofline lower bound (ms) "
+             "| MFU at best | XLA lower bound (ms) | step (ms) | examples / s | MFU |", "|---" * 13 + "|"]
     fmt = lambda value, f: "-" if value is None else f.format(value)  # noqa: E731
     for row in rows:
         m, c = row["memory"], row["cost"]
@@ -241,12 +249,27 @@ def markdown(rows: Sequence[dict]) -> str:
                  if m["arguments"] is not None else f"needs > {m['total'] / scale:.2f} (compiler out of memory)")
         lines.append(
             f"| {row['strategy']['name']} | {batch} | {parts} | {fits} "
-            f"| {fmt(c['flops'] and c['flops'] / 1e12, '{:.3f}')} | {coll} "
+            f"| {fmt(c['flops'] and c['flops'] / 1e12, '{:.3f}')} | {coll} | {traffic_cell(row)} "
             f"| {fmt(bound and bound * 1e3, '{:.1f}')} | {fmt(row.get('mfu_at_bound'), '{:.0%}')} "
-            f"| {fmt(row.get('xla_optimal_seconds') and row['xla_optimal_seconds'] * 1e3, '{:.1f}')} "
+            f"| {xla_cell(row)} "
             f"| {fmt(step and step * 1e3, '{:.1f}')} | {fmt(step and batch / step, '{:.1f}')} "
             f"| {fmt(row.get('mfu'), '{:.1%}')} |")
     return "\n".join(lines) + "\n"
+
+
+def traffic_cell(row: dict) -> str:
+    """What each device sends per set of mesh axes and the one-way link bandwidth it is charged to."""
+    parts = [f"{axes} {t['moved'] / 2 ** 20:.1f}" + (f" at {t['bandwidth'] / 1e9:.0f}" if t.get("bandwidth") else "")
+             for axes, t in (row.get("traffic") or {}).items() if t["moved"]]
+    return ", ".join(parts) or "none"
+
+
+def xla_cell(row: dict) -> str:
+    """XLA's lower bound in ms; "unknown" where XLA gave a negative one (TPU), "-" where it gives none (GPU, CPU)."""
+    if row.get("xla_optimal_seconds") is not None:
+        return f"{row['xla_optimal_seconds'] * 1e3:.1f}"
+    known = row.get("cost", {}).get("optimal_seconds") is not None
+    return "unknown" if known else "-"
 
 
 def plot(rows: Sequence[dict], path: str) -> str:
@@ -276,7 +299,7 @@ def plot(rows: Sequence[dict], path: str) -> str:
     if panels == 2:
         axes[0, 1].bar(x, [r["strategy"]["global_batch"] / t for r, t in zip(rows, seconds)], color="tab:gray")
         axes[0, 1].set(ylabel="examples / s", title="measured throughput (median step)" if timed
-                       else "bound from the compiled counts")
+                       else "roofline lower bound from the compiled counts")
     for ax in axes[0]:
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
     fig.tight_layout()

@@ -45,6 +45,7 @@ class Target:
     def as_dict(self) -> dict:
         return {"name": self.name, "platform": self.platform, "devices": self.device_count,
                 "device_kind": self.devices[0].device_kind, "hbm_bytes": self.hbm_bytes,
+                "usable_bytes": usable_bytes(self),
                 "peak_flops": self.peak_flops, "measured": self.measured}
 
 
@@ -168,18 +169,54 @@ def mfu(flops: float | None, seconds: float | None, target: Target) -> float | N
     return hardware.mfu(flops, seconds, target.chip, target.device_count)
 
 
-def roofline_seconds(cost: dict, collectives: dict, target: Target) -> float | None:
-    """A step-time bound from the compiled per-device counts: the slower of compute at peak (FLOPs) and HBM traffic
-    (bytes accessed), plus every collective's ring traffic over the device's links, not overlapped. ``None`` for a
-    device of unknown figures (the host CPU). Used to rank strategies on every target alike: XLA's own
-    ``optimal_seconds`` exists only on TPU and is negative (unknown) for some combined all-reduces."""
+def axis_bandwidth(mesh, axes: str, target: Target) -> float | None:
+    """One-way bytes / s per device of a collective over the mesh axes ``axes`` ("fsdp", "data+fsdp"; see
+    ``compiled.group_axes``) on the target's links (``hardware.ici_bandwidth`` / ``gpu_bandwidth``): the group of
+    device 0 along those axes, placed where the mesh put it. ``None`` for a device of unknown figures."""
+    import numpy as np
+    chip, names = target.chip, tuple(mesh.axis_names)
+    if chip is None or axes == "none":
+        return None
+    unknown = set(axes.split("+")) - set(names)
+    if unknown:
+        raise ValueError(f"axes {axes!r}: {sorted(unknown)} not in the mesh's {names}")
+    group = list(np.asarray(mesh.devices)[tuple(slice(None) if n in axes.split("+") else 0 for n in names)].flat)
+    if target.platform == "tpu":
+        extents = [1 + max(d.coords[i] for d in target.devices) for i in range(chip.dims)]
+        return hardware.ici_bandwidth(chip, [d.coords for d in group], extents)
+    return hardware.gpu_bandwidth(chip, len({d.process_index for d in group}))
+
+
+def with_bandwidth(traffic: dict, mesh, target: Target) -> dict:
+    """``traffic`` (``compiled.traffic``) with each entry's link ``bandwidth`` (``axis_bandwidth``)."""
+    return {axes: dict(entry, bandwidth=axis_bandwidth(mesh, axes, target)) for axes, entry in traffic.items()}
+
+
+def roofline_seconds(cost: dict, traffic: dict, target: Target) -> float | None:
+    """A lower bound on the step time from the compiled per-device counts: the slower of compute at peak (FLOPs)
+    and HBM traffic (bytes accessed), plus every collective's ring traffic over the links of the mesh axes it runs
+    over (``traffic``: ``{axes: {"moved", "bandwidth"}}``, ``with_bandwidth``), not overlapped. Every term is an
+    ideal (peak FLOPs, full link and HBM bandwidth), so the sum is a lower bound, not an estimate of the real time.
+    ``None`` for a device of unknown figures (the host CPU). It ranks strategies on every target alike: XLA's own
+    lower bound (``optimal_seconds``) exists only on TPU and is negative (unknown) for some combined all-reduces."""
     chip = target.chip
     if chip is None or cost.get("flops") is None:
         return None
     compute = max(cost["flops"] / chip.peak_bf16_flops, (cost.get("bytes_accessed") or 0) / chip.hbm_bandwidth)
-    return compute + sum(c.get("moved", 0) for c in collectives.values()) / chip.link_bandwidth
+    links = [(entry["moved"], entry.get("bandwidth")) for entry in traffic.values() if entry["moved"]]
+    if any(bandwidth is None for _, bandwidth in links):
+        raise ValueError(f"traffic without link bandwidth on {target.name}: {traffic}")
+    return compute + sum(moved / bandwidth for moved, bandwidth in links)
+
+
+def usable_bytes(target: Target) -> int | None:
+    """What a program may use per device: the HBM less the runtime's reserve (``Chip.runtime_reserve_bytes``:
+    CUDA context and library workspaces on a GPU; nothing on a TPU, whose figure is already JAX's)."""
+    if target.hbm_bytes is None:
+        return None
+    return target.hbm_bytes - (target.chip.runtime_reserve_bytes if target.chip and not target.measured else 0)
 
 
 def fits(total_bytes: int, target: Target) -> bool | None:
-    return None if target.hbm_bytes is None else total_bytes <= target.hbm_bytes
-
+    usable = usable_bytes(target)
+    return None if usable is None else total_bytes <= usable

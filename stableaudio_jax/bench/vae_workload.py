@@ -59,19 +59,23 @@ def run_vae_train(config, strategy: Strategy, target: Target) -> dict[str, Any]:
     generator, discriminator, _ = vae_steps.make_steps(run, shardings, mesh, rules)
     caching = contextlib.nullcontext() if target.measured else analysis.without_persistent_cache()
     with caching, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        steps = {name: analysis.describe(step.lower(state, audio).compile())
+        steps = {name: analysis.describe(step.lower(state, audio).compile(), mesh)
                  for name, step in (("generator", generator), ("discriminator", discriminator))}
     cost = {key: None if any(s["cost"][key] is None for s in steps.values())
             else sum(s["cost"][key] for s in steps.values()) for key in steps["generator"]["cost"]}
     collectives = {kind: {f: sum(s["collectives"][kind][f] for s in steps.values()) for f in ("count", "bytes", "moved")}
                    for kind in steps["generator"]["collectives"]}
+    traffic = {axes: {f: sum(s["traffic"].get(axes, {}).get(f, 0) for s in steps.values()) for f in ("count", "moved")}
+               for axes in sorted({a for s in steps.values() for a in s["traffic"]})}
+    traffic = targets.with_bandwidth(traffic, mesh, target)
     memory = dict(max((s["memory"] for s in steps.values()), key=lambda m: m["total"]),
                   parts={name: s["memory"] for name, s in steps.items()})
     return {"workload": "vae-train", "strategy": strategy.as_dict(), "target": target.as_dict(),
             "devices": target.device_count, "device_kind": target.devices[0].device_kind,
             "audio_seconds": crop / float(config.model.sample_rate), "memory": memory,
             "fits": targets.fits(memory["total"], target), "cost": cost, "collectives": collectives,
+            "traffic": traffic,
             "cost_method": "compiled: one generator + one discriminator step",
-            "bound_seconds": targets.roofline_seconds(cost, collectives, target),
+            "bound_seconds": targets.roofline_seconds(cost, traffic, target),
             "xla_optimal_seconds": cost["optimal_seconds"] if (cost["optimal_seconds"] or -1) >= 0 else None,
             "mfu_at_bound": None}

@@ -9,8 +9,9 @@
 Each strategy (every combination of --mesh, --batch, --remat, --seconds, --scan, --attention, --param-dtype,
 --opt-dtype) is compiled for --target and reported: per-device memory as XLA plans it (arguments, outputs,
 donated, temporaries) and whether it fits the target's HBM, compiled FLOPs and bytes, the collectives in the
-optimized HLO (count, result bytes, bytes each device sends), a step-time bound from those counts and the MFU it
-implies, XLA's own bound on TPU, the model's analytic FLOPs, and — on local devices, unless --no-measure — the
+optimized HLO (count, result bytes, bytes each device sends, per mesh axis), two lower bounds on the step time
+(the roofline of those counts over each axis's links, and XLA's own on TPU), the MFU the roofline implies (a
+ceiling: "MFU at best"), the model's analytic FLOPs, and — on local devices, unless --no-measure — the
 median step time after warm-up and its MFU. Targets: cpu (the local devices, measured), tpu:v5e-8, tpu:v5p-64,
 tpu:v6e-256, ... and gpu:h100x8, ... (compiled ahead of time without the hardware: pip install
 'stableaudio-jax[aot]'). Rows go to --out as JSON lines (appended as they come), a markdown table to stdout (and
@@ -118,7 +119,7 @@ def _report(args, rows, title: str) -> None:
 def _find(args, config) -> int:
     import json
 
-    from stableaudio_jax.bench import planner, targets
+    from stableaudio_jax.bench import planner, sharding, targets
     if len(args.seconds) > 1 or len(args.attention) > 1:
         raise SystemExit("--find searches meshes and the memory ladder: give one --seconds and one --attention")
     options = dict(seconds=args.seconds[0], remats=None if args.remat == [None] else args.remat,
@@ -149,7 +150,7 @@ def _find(args, config) -> int:
                           f"{target['device_kind']}), {len(found['screened'])} screened:")
     m = best["memory"]
     print(f"best: {best['strategy']['name']} — global batch {best['strategy']['global_batch']}, "
-          f"{m['total'] / 2 ** 30:.2f} GiB per device of {target['hbm_bytes'] / 2 ** 30:.0f} GiB, "
-          f"bound {best['bound_seconds'] * 1e3:.1f} ms per step"
-          + (f", MFU at bound {best['mfu_at_bound']:.0%}" if best.get("mfu_at_bound") else ""))
+          f"{m['total'] / 2 ** 30:.2f} GiB per device of {target['usable_bytes'] / 2 ** 30:.2f} GiB usable, "
+          f"lower bounds per step: roofline {best['bound_seconds'] * 1e3:.1f} ms, XLA {sharding.xla_cell(best)} ms"
+          + (f", MFU at best {best['mfu_at_bound']:.0%}" if best.get("mfu_at_bound") else ""))
     return 0
