@@ -11,7 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RESULT_NAME = re.compile(r"[\w./-]+\.jsonl?\b")
-SCRIPT_NAME = re.compile(r"benchmarks/[\w-]+\.(?:py|sh)\b")
+SCRIPT_NAME = re.compile(r"benchmarks/[\w-]+\.(?:py|sh)\b|<!-- plan:")
+PLAN_MARKER = re.compile(r"<!-- plan:([\w.-]+) -->")
+PLAN_RUN = re.compile(r"sharding_plans\.sh((?:\s+[\w{},.-]+)+)")
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 NUMBER = r"[−+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[−+-]?\d+)?"
 UNIT = r"(?:x|×|%|s|ms|µs|min|GB|GiB|MB|MiB|TB|dB|TFLOP/s|M|k)?"
 # a figure cell: numbers with optional units and nothing else but bold marks, spaces and the separators of
@@ -21,10 +24,16 @@ FIGURE_CELL = re.compile(rf"^(?:{NUMBER}\s*{UNIT}(?![\w])|[\s*/(),–±])+$")
 FACTORS = (1, 100, 1e3, 1e-3, 1e6, 1e-6, 1e-9, 1e-12, 2.0 ** -30, 2.0 ** -20, 1 / 60)
 
 
+# regions benchmarks/sharding_report.py renders from the plans' JSON: checked whole, against its output
+RENDERED = re.compile(r"(<!-- (plan:[\w.-]+|finetune-memory) -->\n).*?(<!-- /\2 -->)", re.S)
+
+
 def tables(page: Path):
-    """(section text before the table, header cells, body rows) for every markdown table of a page."""
+    """(section text before the table, header cells, body rows) for every markdown table of a page, outside the
+    regions sharding_report.py renders."""
     section, rows, found = [], [], []
-    for line in page.read_text(encoding="utf-8").splitlines() + [""]:
+    text = RENDERED.sub(lambda m: m.group(1) + m.group(3), page.read_text(encoding="utf-8"))
+    for line in text.splitlines() + [""]:
         if line.startswith("|"):
             rows.append([c.strip() for c in line.strip().strip("|").split("|")])
             continue
@@ -37,7 +46,8 @@ def tables(page: Path):
 
 
 def figures(row: list[str]) -> list[str]:
-    return [n for cell in row if re.search(r"\d", cell) and FIGURE_CELL.match(cell) for n in re.findall(NUMBER, cell)]
+    return [n for cell in row if re.search(r"\d", cell) and not DATE.search(cell) and FIGURE_CELL.match(cell)
+            for n in re.findall(NUMBER, cell)]
 
 
 def json_numbers(path: Path) -> list[float]:
@@ -74,11 +84,29 @@ def shown_matches(shown: str, values: list[float]) -> bool:
     return False
 
 
+def expand_braces(word: str) -> list[str]:
+    """Shell brace expansion, as the docs write plan names: ``a_{x,y}_b`` → ``a_x_b``, ``a_y_b``."""
+    match = re.search(r"\{([^{}]*)\}", word)
+    if not match:
+        return [word]
+    return [w for part in match.group(1).split(",")
+            for w in expand_braces(word[:match.start()] + part + word[match.end():])]
+
+
 def sources(section: str) -> list[Path]:
+    """The result files a table's section names: a plan block (``<!-- plan:NAME -->``, rendered by
+    benchmarks/sharding_report.py) is its own plan's JSON only; otherwise every JSON named, and the plans named
+    after ``sharding_plans.sh``."""
+    results = ROOT / "docs" / "results"
+    plans = PLAN_MARKER.findall(section)
+    if plans:
+        return [results / "sharding" / f"{plans[-1]}.jsonl"]
+    names = RESULT_NAME.findall(section) + [f"{plan}.jsonl" for run in PLAN_RUN.findall(section)
+                                            for word in run.split() for plan in expand_braces(word)]
     found = []
-    for name in RESULT_NAME.findall(section):
-        for candidate in (ROOT / name, ROOT / "docs" / "results" / name, ROOT / "docs" / "results" / "sharding" / name):
-            if candidate.is_file() and candidate.is_relative_to(ROOT / "docs" / "results"):
+    for name in names:
+        for candidate in (ROOT / name, results / name, results / "sharding" / name):
+            if candidate.is_file() and candidate.is_relative_to(results):
                 found.append(candidate)
                 break
     return list(dict.fromkeys(found))  # each file once, however often the section names it
@@ -107,6 +135,22 @@ def unsourced(page: Path) -> list[str]:
 def test_every_figure_in_a_results_table_is_in_its_json(page):
     problems = unsourced(page)
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if RENDERED.search(p.read_text(encoding="utf-8"))],
+                         ids=lambda p: p.name)
+def test_rendered_plan_tables_are_what_the_report_script_writes_from_their_json(page, monkeypatch):
+    """Every ``<!-- plan:NAME -->`` / ``<!-- finetune-memory -->`` region is exactly what
+    ``benchmarks/sharding_report.py`` renders from docs/results/sharding/ (derived columns included)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sharding_report", ROOT / "benchmarks" / "sharding_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    monkeypatch.setattr(report, "length_plot", lambda rows, path: None)  # a test writes no file into docs/
+    text = page.read_text(encoding="utf-8")
+    rendered = report.render(str(page), str(ROOT / "docs" / "results" / "sharding"))
+    stale = [m.group(2) for m, r in zip(RENDERED.finditer(text), RENDERED.finditer(rendered)) if m.group(0) != r.group(0)]
+    assert not stale, f"{page.name}: regions not as rendered from their JSON (run benchmarks/sharding_report.py): {stale}"
 
 
 def test_the_check_reads_figure_cells_and_catches_a_figure_no_json_holds(tmp_path, monkeypatch):
