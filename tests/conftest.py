@@ -70,6 +70,17 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """A file's compiled programs are dropped when the file ends. Two workers that kept every file's executables
+    grew past 5 GB each (with the multi-host tests' processes beside them, near this machine's 24 GB); a later
+    file that compiles the same program again finds it in the persistent compilation cache."""
+    yield
+    import gc
+    jax.clear_caches()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """``helpers.build_tiny_world``'s folder (ingested audio, its VAE run, the tiny T5, latents, a trained and
