@@ -272,3 +272,19 @@ def finetuned_clap_state(width, layers=2, intermediate=256, seed=3):
     prefix = "conditioner.conditioners.prompt.model.model."
     state = {f"{prefix}text_branch.{k}": v.numpy() for k, v in branch.state_dict().items()}
     return state | {f"{prefix}text_projection.{k}": v.numpy() for k, v in projection.state_dict().items()}
+
+
+def assert_interleaved_pairs(timing, pairs):
+    """A benchmark's interleaved-pairs record (benchmarks/common.py) keeps every pair, and its summary is what the
+    pairs say: each ratio is reference / ours, the summary's median and range are the pairs' own."""
+    import statistics
+    rows = timing["pairs"]
+    assert len(rows) == pairs == timing["summary"]["n_pairs"], (len(rows), pairs, timing["summary"])
+    for row in rows:
+        assert row["ours_s"] > 0 and row["reference_s"] > 0
+        assert np.isclose(row["ratio"], row["reference_s"] / row["ours_s"])
+    for key, values in (("ratio", [r["ratio"] for r in rows]), ("ours_s", [r["ours_s"] for r in rows]),
+                        ("reference_s", [r["reference_s"] for r in rows])):
+        summary = timing["summary"][key]
+        assert np.isclose(summary["median"], statistics.median(values)), (key, summary, values)
+        assert summary["min"] == min(values) and summary["max"] == max(values), (key, summary, values)
