@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from common import MIN_DOC_PAIRS, environment, interleaved_pairs, median_seconds, write_report
@@ -44,14 +45,15 @@ def run(model_cfg, batch: int, max_length: int, pairs: int, dtype: str, skip_tor
     ids, mask = _tokens(batch, max_length, model_cfg.vocab_size)
     result = {"batch": batch, "max_length": max_length, "dtype": dtype}
     if skip_torch:
-        import jax
         params = jax.jit(module.init)(jax.random.key(0), jnp.asarray(ids[:1]), jnp.asarray(mask[:1]))
     else:
         import torch
         from transformers import T5EncoderModel
         torch.manual_seed(0)
         ref = T5EncoderModel(_hf_config(model_cfg)).eval()
-        params = t5_params_from_state_dict({k: v.numpy() for k, v in ref.state_dict().items()}, module)
+        # on the device once, as the pipeline holds them (numpy arguments are copied in on every call)
+        params = jax.device_put(t5_params_from_state_dict({k: v.numpy() for k, v in ref.state_dict().items()},
+                                                          module))
     encoder = T5TextEncoder(module, params, max_length=max_length)
     ids_dev, mask_dev = jnp.asarray(ids), jnp.asarray(mask)
     ours = lambda: encoder.encode(ids_dev, mask_dev).block_until_ready()  # noqa: E731

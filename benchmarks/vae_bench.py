@@ -51,7 +51,8 @@ def speed(model_cfg, seconds: float, batch: int, pairs: int, skip_torch: bool) -
     else:
         torch, ref = _torch_reference(model_cfg)
         state = {k: v.numpy() for k, v in ref.state_dict().items()}
-        params = vae_params_from_state_dict(state, vae, "diffusers", "diffusers AutoencoderOobleck")
+        # on the device once, as the pipeline holds them (numpy arguments are copied in on every call)
+        params = jax.device_put(vae_params_from_state_dict(state, vae, "diffusers", "diffusers AutoencoderOobleck"))
     encode = jax.jit(lambda p, a: vae.apply(p, a, method=OobleckVAE.encode))
     decode = jax.jit(lambda p, z: vae.apply(p, z, method=OobleckVAE.decode))
     a_dev, z_dev = jnp.asarray(audio), jnp.asarray(latents)
