@@ -67,6 +67,25 @@ def test_dit_benchmark_writes_json(tmp_path):
     assert_environment(report)
 
 
+def test_dit_profile_sums_the_trace_by_kind(tmp_path):
+    """The profile reads XLA's trace back: shares sum to one, matmuls dominate, and only the scanned layers pay
+    for slicing each layer's weights out of the stacked params."""
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "dit_profile.py"), "--config", "configs/dit.py:tiny",
+           "--frames", "16", "--tokens", "8", "--calls", "2", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr
+    scanned, unrolled = json.loads(out.read_text())["rows"]
+    assert scanned["scan_layers"] and not unrolled["scan_layers"]
+    for row in (scanned, unrolled):
+        shares = {k: v["share"] for k, v in row["by_kind"].items()}
+        assert np.isclose(sum(shares.values()), 1.0) and row["op_seconds_per_call"] > 0
+        assert shares["projection matmuls"] > 0 and shares["attention matmuls"] > 0
+    assert scanned["by_kind"]["layer weight slices"]["seconds"] > 0
+    assert unrolled["by_kind"]["layer weight slices"]["seconds"] == 0
+
+
 def assert_environment(report):
     """What the docs state beside each table: threads, BLAS / oneDNN, JAX flags, versions, the code measured."""
     assert report["torch"]["num_threads"] == report["host"]["schedulable_cpus"]
