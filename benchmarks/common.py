@@ -77,7 +77,11 @@ def summarize(rows: list[dict], warmup: int) -> dict:
     """The summary ``interleaved_pairs`` reports, recomputable from ``rows`` (tests check that it is)."""
     return {"n_pairs": len(rows), "warmup_pairs": warmup, "order": "ours, reference",
             "ratio": spread([r["ratio"] for r in rows]), "ours_s": spread([r["ours_s"] for r in rows]),
-            "reference_s": spread([r["reference_s"] for r in rows])}
+            "reference_s": spread([r["reference_s"] for r in rows]),
+            # the same ratio in process-CPU seconds: steadier than wall time on a shared host when each side runs
+            # on one core (taskset), since waiting for the core is not counted; with several threads it counts
+            # spinning (OpenMP) and idle workers too, so quote it only for one-core runs
+            "cpu_ratio": spread([r["reference_cpu_s"] / max(r["ours_cpu_s"], 1e-9) for r in rows])}
 
 
 def environment(with_torch: bool) -> dict:

@@ -288,3 +288,5 @@ def assert_interleaved_pairs(timing, pairs):
         summary = timing["summary"][key]
         assert np.isclose(summary["median"], statistics.median(values)), (key, summary, values)
         assert summary["min"] == min(values) and summary["max"] == max(values), (key, summary, values)
+    cpu = [r["reference_cpu_s"] / max(r["ours_cpu_s"], 1e-9) for r in rows]
+    assert np.isclose(timing["summary"]["cpu_ratio"]["median"], statistics.median(cpu))
