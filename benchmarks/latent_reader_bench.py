@@ -5,15 +5,16 @@
 
 Writes ``--files`` shards of SAO-sized records (``--frames`` x ``--channels`` float32 latents + ``--text-length`` x
 ``--text-dim`` float16 T5 embeddings, ~450 KB a record) to a temporary directory, then times one pass over all of
-them, median of ``--repeats`` passes after a warm-up pass (so the files are in the page cache: this measures the
-CPU cost of the reader, not the disk):
+them as ``--pairs`` interleaved pairs of passes (ours, grain's, ours, ...) after a warm-up pair (so the files
+are in the page cache: this measures the CPU cost of the reader, not the disk):
 
 1. ``read``: records/s of raw record bytes, interleaving the files (``cycle_length`` = ``--files``): ours with both
    CRC32C checksums verified vs grain's reader (no checks).
 2. ``pipeline``: records/s through the whole training pipeline of one host (shuffle buffer, parse, random crop of
    ``--crop`` frames, batch of ``--batch``): ``latent_dataset`` vs the same stages on grain's reader.
 
-The figures are the ratios ours / grain's; a ratio near 1 means checksum verification is close to free.
+The figures are the per-pair ratios grain seconds / ours (= our records/s over grain's), median and min-max; a
+ratio near 1 means checksum verification is close to free.
 """
 from __future__ import annotations
 
@@ -22,12 +23,11 @@ import importlib.metadata
 import os
 import sys
 import tempfile
-import time
 
 import grain
 import numpy as np
 
-from common import environment, write_report
+from common import MIN_DOC_PAIRS, environment, interleaved_pairs, write_report
 
 from stableaudio_jax.data.latent_reader import CropLatents, RawRecord, TFRecordFileIterDataset, latent_dataset
 from stableaudio_jax.data.latent_records import LatentRecord, read_manifest, write_manifest
@@ -87,13 +87,20 @@ def grain_pipeline(directory: str, args) -> grain.IterDataset:
     return ds.batch(args.batch, drop_remainder=True)
 
 
-def records_per_second(make, per_element: int, repeats: int) -> float:
-    def one_pass() -> float:
-        start = time.perf_counter()
-        n = sum(per_element for _ in make())
-        return n / (time.perf_counter() - start)
-    one_pass()  # warm-up: page cache, imports, thread start-up
-    return float(np.median([one_pass() for _ in range(repeats)]))
+def one_pass(make) -> int:
+    """Iterates one pass of the dataset ``make()`` builds; returns the elements seen (blocking until done)."""
+    return sum(1 for _ in make())
+
+
+def compare(make_ours, make_grain, per_element: int, pairs: int) -> dict:
+    """One pass of ours against one pass of grain's, as interleaved pairs after a warm-up pair (page cache,
+    imports, thread start-up). Both passes read the same records, so the ratio grain seconds / our seconds is
+    our records/s over grain's."""
+    n = one_pass(make_ours) * per_element
+    timing = interleaved_pairs(lambda: one_pass(make_ours), lambda: one_pass(make_grain), pairs)
+    summary = timing["summary"]
+    return dict(timing, records_per_pass=n, ours_verified_records_per_s=n / summary["ours_s"]["median"],
+                grain_unverified_records_per_s=n / summary["reference_s"]["median"])
 
 
 def main(argv=None) -> int:
@@ -107,21 +114,16 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--shuffle-buffer", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", "--repeats", dest="pairs", type=int, default=MIN_DOC_PAIRS,
+                        help="timed interleaved pairs (ours, grain) per figure (--repeats: the older name)")
     parser.add_argument("--out", help="write the JSON here (also printed)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="latent-reader-bench-") as directory:
         data = write_dataset(directory, args)
-        read = {"ours_verified_records_per_s": records_per_second(lambda: ours_read(directory), 1, args.repeats),
-                "grain_unverified_records_per_s": records_per_second(lambda: grain_read(directory), 1,
-                                                                     args.repeats)}
-        pipe = {"ours_verified_records_per_s": records_per_second(lambda: ours_pipeline(directory, args),
-                                                                  args.batch, args.repeats),
-                "grain_unverified_records_per_s": records_per_second(lambda: grain_pipeline(directory, args),
-                                                                     args.batch, args.repeats)}
-    for result in (read, pipe):
-        result["ours_over_grain"] = result["ours_verified_records_per_s"] / result["grain_unverified_records_per_s"]
+        read = compare(lambda: ours_read(directory), lambda: grain_read(directory), 1, args.pairs)
+        pipe = compare(lambda: ours_pipeline(directory, args), lambda: grain_pipeline(directory, args), args.batch,
+                       args.pairs)
     read["ours_verified_mb_per_s"] = read["ours_verified_records_per_s"] * data["record_bytes"] / 1e6
     report = {"benchmark": "latent_reader", **environment(False), "grain": importlib.metadata.version("grain"),
               "dataset": {**data, "latents": [args.frames, args.channels, "float32"],

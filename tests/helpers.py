@@ -282,6 +282,24 @@ def finetuned_clap_state(width, layers=2, intermediate=256, seed=3):
     return state | {f"{prefix}text_projection.{k}": v.numpy() for k, v in projection.state_dict().items()}
 
 
+def assert_interleaved_pairs(timing, pairs):
+    """A benchmark's interleaved-pairs record (benchmarks/common.py) keeps every pair, and its summary is what the
+    pairs say: each ratio is reference / ours, the summary's median and range are the pairs' own."""
+    import statistics
+    rows = timing["pairs"]
+    assert len(rows) == pairs == timing["summary"]["n_pairs"], (len(rows), pairs, timing["summary"])
+    for row in rows:
+        assert row["ours_s"] > 0 and row["reference_s"] > 0
+        assert np.isclose(row["ratio"], row["reference_s"] / row["ours_s"])
+    for key, values in (("ratio", [r["ratio"] for r in rows]), ("ours_s", [r["ours_s"] for r in rows]),
+                        ("reference_s", [r["reference_s"] for r in rows])):
+        summary = timing["summary"][key]
+        assert np.isclose(summary["median"], statistics.median(values)), (key, summary, values)
+        assert summary["min"] == min(values) and summary["max"] == max(values), (key, summary, values)
+    cpu = [r["reference_cpu_s"] / max(r["ours_cpu_s"], 1e-9) for r in rows]
+    assert np.isclose(timing["summary"]["cpu_ratio"]["median"], statistics.median(cpu))
+
+
 # Training data and run state shared by the training tests
 
 TEXT_LENGTH, TEXT_DIM, FRAMES = 24, 32, 128  # as tests/test_round_trip.py: the compiled DiT step is shared
@@ -316,8 +334,6 @@ def write_latents(directory, files=4, per_file=8, channels=4, text="embeddings",
     return str(directory)
 
 
-
-
 def restored_state(workdir):
     """The (train state, data position) of a run's latest checkpoint."""
     checkpointer = TrainCheckpointer(workdir, async_save=False)
@@ -326,8 +342,6 @@ def restored_state(workdir):
         return state, data
     finally:
         checkpointer.close()
-
-
 
 
 def write_music_folder(root, count=6, seconds=1.5, seed=0):
@@ -349,13 +363,9 @@ def write_music_folder(root, count=6, seconds=1.5, seed=0):
     return root
 
 
-
-
 # small spectral-loss and discriminator FFTs for the tiny VAE: the same compiled steps in every test that uses them
 SMALL_VAE_LOSSES = ["training.spectral.fft_sizes=(256,)", "training.spectral.hop_sizes=(64,)",
          "training.discriminator.n_ffts=(128,)", "training.discriminator.hops=(32,)"]
-
-
 
 
 def assert_trees_equal(a, b):
