@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RESULT_NAME = re.compile(r"[\w./-]+\.jsonl?\b")
-SCRIPT_NAME = re.compile(r"benchmarks/[\w-]+\.(?:py|sh)\b|<!-- plan:")
+# what writes a results file: a script in benchmarks/, the package's own `bench` command, or a rendered plan block
+SCRIPT_NAME = re.compile(r"benchmarks/[\w-]+\.(?:py|sh)\b|stableaudio-jax bench \w+|<!-- plan:")
 PLAN_MARKER = re.compile(r"<!-- plan:([\w.-]+) -->")
 PLAN_RUN = re.compile(r"sharding_plans\.sh((?:\s+[\w{},.-]+)+)")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -19,7 +20,7 @@ NUMBER = r"[−+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[−+-]?\d+)?"
 UNIT = r"(?:x|×|%|s|ms|µs|min|GB|GiB|MB|MiB|TB|dB|TFLOP/s|M|k)?"
 # a figure cell: numbers with optional units and nothing else but bold marks, spaces and the separators of
 # "a / b", "median (min–max)" and "a, b" (a cell with words in it is a description, not a figure)
-FIGURE_CELL = re.compile(rf"^(?:{NUMBER}\s*{UNIT}(?![\w])|[\s*/(),–±])+$")
+FIGURE_CELL = re.compile(rf"^(?:{NUMBER}\s*{UNIT}(?![\w])|\)\s*{UNIT}(?![\w])|[\s*/(),–±])+$")
 # unit changes a page may make from the stored value (value in the JSON times the factor = the figure shown)
 FACTORS = (1, 100, 1e3, 1e-3, 1e6, 1e-6, 1e-9, 1e-12, 2.0 ** -30, 2.0 ** -20, 1 / 60)
 
@@ -46,6 +47,7 @@ def tables(page: Path):
 
 
 def figures(row: list[str]) -> list[str]:
+    row = [re.sub(r"(?<=\d)-(?=\d)", "–", cell) for cell in row]  # "2.90-4.50" is a range, not a minus
     return [n for cell in row if re.search(r"\d", cell) and not DATE.search(cell) and FIGURE_CELL.match(cell)
             for n in re.findall(NUMBER, cell)]
 
@@ -154,6 +156,7 @@ def test_rendered_plan_tables_are_what_the_report_script_writes_from_their_json(
 
 
 def test_the_check_reads_figure_cells_and_catches_a_figure_no_json_holds(tmp_path, monkeypatch):
+    assert figures(["2.79 (2.08-3.51)x", "−2.85"]) == ["2.79", "2.08", "3.51", "−2.85"]
     assert figures(["1.839 (1.783–1.895)", "**0.94**", "0.25 / 0.25", "2-core CPU", "batch 8", "—"]) == [
         "1.839", "1.783", "1.895", "0.94", "0.25", "0.25"]
     results = tmp_path / "docs" / "results"
