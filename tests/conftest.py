@@ -70,6 +70,18 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
 
 
+@pytest.fixture(autouse=True)
+def _root_logger_restored():
+    """A command under test calls ``setup_logging`` (root logger at INFO with a stderr handler); without this the
+    next test in the same worker would see that command's INFO lines in its captured stderr."""
+    import logging
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_programs():
     """A file's compiled programs are dropped when the file ends. Two workers that kept every file's executables

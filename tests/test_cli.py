@@ -185,3 +185,18 @@ def test_help_texts_show_percent_signs_once(capsys):
             build_parser().parse_args([command, "--help"])
         shown = capsys.readouterr().out
         assert "%%" not in shown and "%" in shown, command
+
+
+def test_command_logs_follow_stderr_after_it_is_swapped_and_closed(monkeypatch):
+    """setup_logging's handler writes to the stderr of the moment: a closed earlier stream (pytest's capture, a
+    notebook's redirect) gets nothing and raises nothing."""
+    import io
+    import logging
+    from stableaudio_jax.commands import setup_logging
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging()
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("stableaudio_jax.test").info("after the swap")
+    assert second.getvalue().rstrip().endswith("INFO stableaudio_jax.test: after the swap"), second.getvalue()

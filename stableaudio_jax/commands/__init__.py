@@ -4,11 +4,30 @@ import logging
 import sys
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream it was when the handler was
+    made: a caller that swaps stderr (pytest's capture, a notebook's redirect) and closes the old one would
+    otherwise leave the root logger writing to a closed file."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging() -> None:
     """INFO logs with timestamps for the long-running commands; orbax's per-save INFO lines and jax's backend
     probing ("Unable to initialize backend 'tpu'" on every non-TPU machine) and fsspec's line per opened bucket
     file are silenced."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     for noisy in ("absl", "jax", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
