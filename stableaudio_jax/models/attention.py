@@ -99,14 +99,28 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
         bias_mask = None if mask is None else mask[:, None, None, :].astype(bool)
         return jax.nn.dot_product_attention(q, k, v, mask=bias_mask,
                                             implementation=None if impl == "dot_product" else impl)
-    group = heads // kv_heads
-    qg = q.reshape(q.shape[0], q.shape[1], kv_heads, group, head_dim)
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    return _heads_major_attention(q, k, v, mask)
+
+
+def _heads_major_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Softmax attention as two plain batched matmuls over (batch, key/value head).
+
+    The queries of one key/value group are stacked along the rows (``[B, KV, G * Lq, D]``), so keys and values are
+    never repeated and each score matrix is one ``[G * Lq, D] x [D, Lk]`` product. Written this way (rather than
+    one einsum over ``[B, Lq, KV, G, D]``) XLA:CPU needs a single transpose of q in and of the output back; the
+    5-D einsum made it transpose the ``Lq x Lk`` scores twice and run its batched matmuls on transposed operands:
+    on one core a depth-2 SAO-width DiT forward (256 frames, batch 2) went from 973 to 915 ms. Same operations,
+    same order, same float32 logits and softmax: the outputs agree to float32 rounding.
+    """
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    qh = q.transpose(0, 2, 1, 3).reshape(batch, kv_heads, heads // kv_heads * q_len, head_dim)
+    logits = jnp.einsum("bkqd,bskd->bkqs", qh, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
     if mask is not None:
-        logits = jnp.where(mask[:, None, None, None, :].astype(bool), logits, jnp.finfo(jnp.float32).min)
+        logits = jnp.where(mask[:, None, None, :].astype(bool), logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
-    return out.reshape(q.shape)
+    out = jnp.einsum("bkqs,bskd->bkqd", weights, v)
+    return out.reshape(batch, heads, q_len, head_dim).transpose(0, 2, 1, 3)
 
 
 def _per_shard(kernel, q, k, v, mask):
