@@ -89,7 +89,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
                           impl: str = "auto") -> jax.Array:
     """Softmax attention with grouped-query heads. q ``[B, Lq, H, D]``; k, v ``[B, Lk, KV, D]`` with H % KV == 0;
     mask ``[B, Lk]`` (True = attend) or None. Returns ``[B, Lq, H, D]`` in q's dtype."""
-    heads, kv_heads, head_dim = q.shape[2], k.shape[2], q.shape[3]
+    heads, kv_heads = q.shape[2], k.shape[2]
     if heads % kv_heads:
         raise ValueError(f"attention: {heads} query heads are not a multiple of {kv_heads} key/value heads")
     impl = _resolve_impl(impl)
