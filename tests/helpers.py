@@ -425,10 +425,24 @@ def _cli(*args):
     assert main([str(a) for a in args]) == 0, args
 
 
+def cli_optimized(*args):
+    """The CLI in a subprocess whose XLA optimises what it compiles. tests/conftest.py turns XLA's backend
+    optimisation off for the test processes, because compiles dominate most tests; a run of many steps is the
+    exception: the tiny DiT's training step on the 8 simulated devices takes 0.24 s optimised and 0.55 s not."""
+    import subprocess
+    import sys
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_backend_optimization_level")]
+    done = subprocess.run([sys.executable, "-m", "stableaudio_jax.cli", *map(str, args)], capture_output=True,
+                          text=True, env=dict(os.environ, XLA_FLAGS=" ".join(flags)),
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, (args, done.stderr[-3000:])
+
+
 def build_tiny_world(root):
     """The product's main path once, as a user runs it (``tests/conftest.py``'s ``tiny_world`` fixture): captioned
-    audio → ``ingest`` → ``train-vae`` (10 steps) → ``encode`` with a tiny T5 → ``train`` a tiny v-DiT (300 steps,
-    a demo at the end) → its exported text-to-audio model in ``dit/model``."""
+    audio → ``ingest`` → ``train-vae`` (10 steps) → ``encode`` with a tiny T5 → ``train`` a tiny v-DiT (150 steps,
+    checkpoints at 100 and 150, a demo at the end; optimised XLA, see ``cli_optimized``) → its exported
+    text-to-audio model in ``dit/model``."""
     audio, ingested, latents = audio_with_captions(root / "audio"), root / "ingested", root / "latents"
     _cli("ingest", "--audio", audio, "--out", ingested, "--no-progress")
     _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", ingested, "--workdir", root / "vae",
@@ -436,7 +450,7 @@ def build_tiny_world(root):
     t5 = tiny_t5(root / "t5")
     _cli("encode", "--audio", ingested, "--out", latents, "--vae", root / "vae", "--text-encoder", t5,
          "--max-length", 24, "--window-frames", 128, "--batch-size", 16, "--no-progress")
-    _cli("train", "--config", "configs/dit.py:tiny", "--data", latents, "--workdir", root / "dit",
-         "--config.training.steps=300", "--config.training.demo.every=300", "--config.training.demo.steps=10",
-         "--no-progress")
+    cli_optimized("train", "--config", "configs/dit.py:tiny", "--data", latents, "--workdir", root / "dit",
+                  "--config.training.steps=150", "--config.training.demo.every=150",
+                  "--config.training.demo.steps=10", "--no-progress")
     return root

@@ -78,3 +78,29 @@ def test_capacity_on_cpu_is_the_hosts_available_memory_over_its_devices():
     assert "host memory available" in source and f"over {jax.local_device_count()} local cpu devices" in source
     config.training.device_memory_gib = 1.5
     assert device_capacity(config) == (int(1.5 * GiB), "training.device_memory_gib")
+
+
+def test_a_warmup_only_vae_run_checks_only_the_step_it_takes(caplog):
+    """Every step of a run with ``warmup_steps >= steps`` is a warm-up step (the CPU quickstart's VAE): the memory
+    check compiles that step alone, not the generator's and discriminator's adversarial steps it never takes."""
+    import logging
+
+    from stableaudio_jax.training import vae_steps
+    from stableaudio_jax.training.vae_train import VAERun
+
+    def check(*overrides):
+        config = load_config("configs/vae.py:tiny", [*(v.removeprefix("--config.") for v in VAE), *overrides])
+        caplog.clear()
+        with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+            need = VAERun(config, "unused").need(config)
+        return config, need, sum("Compiling jit(step)" in r.getMessage() for r in caplog.records)
+    config, need, compiles = check("training.steps=4", "training.warmup_steps=4")
+    assert compiles == 1
+    from stableaudio_jax.training.loop import abstract_with_shardings
+    mesh = make_mesh(config.mesh)
+    compiled = vae_steps.compiled(config, mesh)
+    audio = jax.ShapeDtypeStruct((config.training.batch_size, config.training.crop_samples, 2), jax.numpy.float32,
+                                 sharding=vae_steps.batch_sharding(mesh))
+    state = abstract_with_shardings(compiled.abstract, compiled.shardings)
+    assert need == Need.of(compiled.warmup_step.lower(state, audio).compile())
+    assert check("training.steps=8", "training.warmup_steps=4")[2] == 2  # generator and discriminator

@@ -55,15 +55,18 @@ class VAERun(Run):
         self.mesh, self.compiled = mesh, vae_steps.compiled(self.config, mesh)
 
     def need(self, config) -> Need:
-        """The larger per-device memory of the generator's and the discriminator's compiled steps."""
+        """The largest per-device memory of the compiled steps this run takes: the generator's and the
+        discriminator's, or only the warm-up step's when every step is a warm-up step (``training.warmup_steps``
+        >= ``training.steps``, as in the CPU quickstart): the other two would be compiled and never run."""
         mesh = make_mesh(config.mesh)
         compiled = vae_steps.compiled(config, mesh)
         t = config.training
         state = abstract_with_shardings(compiled.abstract, compiled.shardings)
         audio = jax.ShapeDtypeStruct((t.batch_size, t.crop_samples, config.model.audio_channels), jax.numpy.float32,
                                      sharding=vae_steps.batch_sharding(mesh))
-        needs = [Need.of(step.lower(state, audio).compile())
-                 for step in (compiled.generator_step, compiled.discriminator_step)]
+        steps = ((compiled.warmup_step,) if int(t.get("warmup_steps", 0)) >= int(t.steps)
+                 else (compiled.generator_step, compiled.discriminator_step))
+        needs = [Need.of(step.lower(state, audio).compile()) for step in steps]
         return max(needs, key=lambda n: n.total)
 
     def init(self, checkpointer):
