@@ -126,7 +126,7 @@ def test_sharding_notebook_on_a_single_device_plans_a_slice_ahead_of_time(tmp_pa
             "tpu:v5e-8 (8 x TPU v5 lite, 16 GiB each)") in printed
     assert "nothing is run or timed" in printed and "2 strategies" in printed
     fastest = printed.split("highest throughput: ")[1].splitlines()[0]
-    assert fastest.endswith(" examples/s, roofline bound, not measured)"), fastest
+    assert fastest.endswith(" examples/s, at most: the roofline lower bound, not measured)"), fastest
     tables = [o["data"]["text/markdown"] for o in _outputs(nb, "display_data") if "text/markdown" in o["data"]]
     assert len(tables) == 1 and "| 1x8x1 b1 remat=none | 8 |" in tables[0]
     assert (tmp_path / "sharding.png").is_file()
