@@ -43,7 +43,8 @@ def _xla(seconds, known: bool) -> str:
 def best_line(best: dict) -> str:
     """The fastest fitting strategy in one sentence, with both lower bounds and the MFU ceiling."""
     s, m = best["strategy"], best["memory"]
-    known = best.get("cost", {}).get("optimal_seconds") is not None
+    # TPU rows costed with per-axis links record XLA's bound or "unknown" (XLA returned a negative value)
+    known = best["target"]["name"].startswith("tpu:") and "traffic" in best
     mfu = f", MFU at best {best['mfu_at_bound']:.0%}" if best.get("mfu_at_bound") else ""
     return (f"**Fastest that fits {best['target']['name']}** ({best['devices']} x {best['device_kind']}, "
             f"{best['target']['hbm_bytes'] / GiB:.0f} GiB each): `{s['name']}` — global batch {s['global_batch']}, "
