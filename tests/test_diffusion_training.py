@@ -18,20 +18,28 @@ def latents(tmp_path_factory):
 
 
 def _config(*overrides, spec="configs/dit.py:tiny"):
-    return load_config(spec, ["training.log_every=5", "training.checkpoint_every=5", *overrides])
+    return load_config(spec, ["training.log_every=3", "training.checkpoint_every=3", *overrides])
 
 
-def test_resume_is_exact(latents, tmp_path):
-    train_diffusion(_config("training.steps=10"), str(tmp_path / "straight"), latents)
-    train_diffusion(_config("training.steps=10"), str(tmp_path / "halves"), latents, max_steps=5)
-    train_diffusion(_config("training.steps=10"), str(tmp_path / "halves"), latents)
-    (a, data_a), (b, data_b) = restored_state(tmp_path / "straight"), restored_state(tmp_path / "halves")
+@pytest.fixture(scope="module")
+def straight(latents, tmp_path_factory):
+    """Six steps of the tiny DiT in one go, the device EMA: what the resumed runs below must equal bit for bit
+    (one run shared by the tests that compare against it)."""
+    workdir = tmp_path_factory.mktemp("straight")
+    train_diffusion(_config("training.steps=6"), str(workdir), latents)
+    return workdir
+
+
+def test_resume_is_exact(latents, straight, tmp_path):
+    train_diffusion(_config("training.steps=6"), str(tmp_path / "halves"), latents, max_steps=3)
+    train_diffusion(_config("training.steps=6"), str(tmp_path / "halves"), latents)
+    (a, data_a), (b, data_b) = restored_state(straight), restored_state(tmp_path / "halves")
     assert data_a == data_b
     assert len(jax.tree_util.tree_leaves(a)) > 10
     assert_trees_equal(a, b)
     logged = [m["train/loss"] for m in read_metrics(tmp_path / "halves") if "train/loss" in m]
-    straight = [m["train/loss"] for m in read_metrics(tmp_path / "straight") if "train/loss" in m]
-    assert logged == straight and len(logged) == 2
+    once = [m["train/loss"] for m in read_metrics(straight) if "train/loss" in m]
+    assert logged == once and len(logged) == 2
 
 
 def test_unet_trains_on_the_same_data(latents, tmp_path):
@@ -104,7 +112,7 @@ def test_data_that_cannot_feed_the_model_is_refused(latents, tmp_path):
 
 def test_resuming_on_re_encoded_data_raises(latents, tmp_path):
     other = write_latents(tmp_path / "other", files=2, per_file=4)
-    train_diffusion(_config("training.steps=5"), str(tmp_path / "run"), other)
+    train_diffusion(_config("training.steps=2"), str(tmp_path / "run"), other)
     data = read_manifest(other)
     data["encoder_config_hash"] = "fedcba9876543210"
     write_manifest(other, data)
@@ -112,17 +120,17 @@ def test_resuming_on_re_encoded_data_raises(latents, tmp_path):
         train_diffusion(_config("training.steps=10"), str(tmp_path / "run"), other)
 
 
-def test_an_ema_in_host_memory_trains_and_resumes_as_on_the_device_and_none_exports_the_weights(latents, tmp_path):
+def test_an_ema_in_host_memory_trains_and_resumes_as_on_the_device_and_none_exports_the_weights(latents, straight,
+                                                                                                  tmp_path):
     """training.ema.place: 'host' keeps the EMA in pinned host memory (sharded as the weights) with the same
     arithmetic, resumable; 'off' keeps no EMA and exports the online weights."""
     from stableaudio_jax.parallel.mesh import make_mesh
     from stableaudio_jax.store import load_diffusion
     from stableaudio_jax.training import diffusion_steps
-    train_diffusion(_config("training.steps=6"), str(tmp_path / "device"), latents)
     host = _config("training.steps=6", "training.ema.place=host")
     train_diffusion(host, str(tmp_path / "host"), latents, max_steps=3)
     train_diffusion(host, str(tmp_path / "host"), latents)  # resumes the host EMA from step 3's checkpoint
-    (device, _), (on_host, _) = restored_state(tmp_path / "device"), restored_state(tmp_path / "host")
+    (device, _), (on_host, _) = restored_state(straight), restored_state(tmp_path / "host")
     assert_trees_equal(device, on_host)
     compiled = diffusion_steps.compiled(host, make_mesh(host.mesh), TEXT_LENGTH, TEXT_DIM)
     kinds = {s.memory_kind for s in jax.tree_util.tree_leaves(compiled.shardings.ema)}

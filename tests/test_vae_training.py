@@ -47,6 +47,18 @@ def test_training_reduces_the_reconstruction_loss(music, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["channels"] == 8
 
 
+EIGHT = ("training.steps=8", "training.log_every=4", "training.checkpoint_every=8")
+
+
+@pytest.fixture(scope="module")
+def straight(music, tmp_path_factory):
+    """Eight steps (4 generator, 4 discriminator updates) in one go on the FSDP mesh: the run the resumed one must
+    equal, and the checkpoint the broken-checkpoint test corrupts (a copy of it)."""
+    workdir = tmp_path_factory.mktemp("vae") / "straight"
+    train_vae(_config(*EIGHT), str(workdir), str(music))
+    return workdir
+
+
 def _restore(workdir, config, mesh):
     compiled = vae_steps.compiled(config, mesh)
     state, data, saved = TrainCheckpointer(workdir).restore(abstract_with_shardings(compiled.abstract,
@@ -54,11 +66,10 @@ def _restore(workdir, config, mesh):
     return state, data
 
 
-def test_resume_is_exact_and_restores_onto_other_meshes(music, tmp_path, caplog):
+def test_resume_is_exact_and_restores_onto_other_meshes(music, straight, tmp_path, caplog):
     from stableaudio_jax.training.sources import resolve_vae
-    config = _config("training.steps=8", "training.log_every=4", "training.checkpoint_every=8")
-    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-    train_vae(config, straight, str(music))
+    config = _config(*EIGHT)
+    straight, split = str(straight), str(tmp_path / "split")
     train_vae(config, split, str(music), max_steps=4)  # stop halfway ...
     assert TrainCheckpointer(split).latest_step() == 4
     # an unfinished run has no exported VAE: its latest checkpoint is used, and the log says which
@@ -78,8 +89,7 @@ def test_resume_is_exact_and_restores_onto_other_meshes(music, tmp_path, caplog)
     # the 8-device checkpoint restores onto 4 devices and onto 1, with the same values
     for devices, mesh_shape in ((jax.devices()[:4], ["mesh.data=2", "mesh.fsdp=2"]), (jax.devices()[:1],
                                                                                         ["mesh.data=1"])):
-        config_n = _config("training.steps=8", "training.log_every=4", "training.checkpoint_every=8",
-                           mesh=mesh_shape)
+        config_n = _config(*EIGHT, mesh=mesh_shape)
         mesh = make_mesh(config_n.mesh, devices=devices)
         c, _ = _restore(straight, config_n, mesh)
         leaf = c.gen_params["params"]["decoder"]["blocks_0"]["conv_t"]["weight_v"]
@@ -100,18 +110,19 @@ def test_non_finite_loss_stops_without_saving_it(music, tmp_path):
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state.gen_params))
 
 
-def test_broken_or_mismatched_checkpoints_raise(music, tmp_path):
-    config = _config("training.steps=4", "training.log_every=4", "training.checkpoint_every=4")
+def test_broken_or_mismatched_checkpoints_raise(music, straight, tmp_path):
     workdir = tmp_path / "run"
-    train_vae(config, str(workdir), str(music))
-    other = _config("training.steps=8", "model.channels=16")
+    shutil.copytree(straight, workdir)  # a finished 8-step run (a copy: the fixture's run is shared)
+    # no memory check: it would compile the 16-channel steps only to be refused by the checkpoint's config
+    other = _config("training.steps=16", "model.channels=16", "training.check_memory=False")
     with pytest.raises(CheckpointError, match="different model config"):
         train_vae(other, str(workdir), str(music))
     broken = tmp_path / "broken"
     shutil.copytree(workdir, broken)
-    state_dir = broken / "checkpoints" / "4" / "state"
+    state_dir = broken / "checkpoints" / "8" / "state"
+    assert state_dir.is_dir()
     for path in state_dir.rglob("*"):
         if path.is_file() and "manifest" in path.name:
             path.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot restore the train state"):
-        train_vae(_config("training.steps=8"), str(broken), str(music))
+        train_vae(_config("training.steps=16"), str(broken), str(music))
