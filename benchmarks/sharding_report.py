@@ -40,11 +40,15 @@ def _xla(seconds, known: bool) -> str:
     return _ms(seconds) if seconds is not None else ("unknown" if known else "-")
 
 
+def _xla_recorded(row: dict | None) -> bool:
+    """TPU rows costed with per-axis links record XLA's bound, or "unknown" where XLA returned a negative value."""
+    return bool(row) and row["target"]["name"].startswith("tpu:") and "traffic" in row
+
+
 def best_line(best: dict) -> str:
     """The fastest fitting strategy in one sentence, with both lower bounds and the MFU ceiling."""
     s, m = best["strategy"], best["memory"]
-    # TPU rows costed with per-axis links record XLA's bound or "unknown" (XLA returned a negative value)
-    known = best["target"]["name"].startswith("tpu:") and "traffic" in best
+    known = _xla_recorded(best)
     mfu = f", MFU at best {best['mfu_at_bound']:.0%}" if best.get("mfu_at_bound") else ""
     return (f"**Fastest that fits {best['target']['name']}** ({best['devices']} x {best['device_kind']}, "
             f"{best['target']['hbm_bytes'] / GiB:.0f} GiB each): `{s['name']}` — global batch {s['global_batch']}, "
@@ -74,7 +78,7 @@ def find_section(found: dict) -> str:
         fits = c["fits"] if c.get("compiled") else c["fits_estimate"]
         rate = "-" if not c["bound_seconds"] else f"{s['global_batch'] / c['bound_seconds']:.1f}"
         note = "" if c.get("compiled") else " (estimate)"
-        xla = _xla(c.get("xla_optimal_seconds"), target.get("name", "").startswith("tpu:") and "traffic" in (best or {}))
+        xla = _xla(c.get("xla_optimal_seconds"), _xla_recorded(best))
         lines.append(f"| {s['name']} | {s['global_batch']} | {_gib(c['memory_estimate'])} | {_gib(c.get('memory'))} "
                      f"| {'yes' if fits else '**no**'}{note if fits is not None else ''} | {_ms(c['bound_seconds'])} "
                      f"| {xla} | {rate} |")
