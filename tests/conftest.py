@@ -1,5 +1,6 @@
 """Test harness: 8 simulated CPU devices (set before jax is imported), offline Hugging Face, shared helpers."""
 import json
+import logging
 import os
 
 # 8 fake CPU devices for sharding tests. The tests run tiny models, so XLA compile time dominates: backend
@@ -70,16 +71,25 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
 
 
+_ROOT_LOGGER_AT_START = (logging.getLogger().handlers[:], logging.getLogger().level)
+
+
 @pytest.fixture(autouse=True)
 def _root_logger_restored():
     """A command under test calls ``setup_logging`` (root logger at INFO with a stderr handler); without this the
-    next test in the same worker would see that command's INFO lines in its captured stderr."""
-    import logging
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    next test in the same worker would see that command's INFO lines in its captured stderr. The state restored is
+    the one from before the session, not from before the test: a session or module fixture (``tiny_world``) that
+    runs a command sets the root logger up before this fixture's snapshot, so a per-test snapshot would keep its
+    handler for every later file in the worker (CI's failure on stop 33: httpx's INFO lines in test_hub's stderr)."""
+    _restore_root_logger()  # after the wider fixtures this test uses, which are set up first
     yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    _restore_root_logger()
+
+
+def _restore_root_logger():
+    root = logging.getLogger()
+    root.handlers[:] = _ROOT_LOGGER_AT_START[0]
+    root.setLevel(_ROOT_LOGGER_AT_START[1])
 
 
 @pytest.fixture(scope="module", autouse=True)
