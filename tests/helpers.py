@@ -442,7 +442,8 @@ def build_tiny_world(root):
     """The product's main path once, as a user runs it (``tests/conftest.py``'s ``tiny_world`` fixture): captioned
     audio → ``ingest`` → ``train-vae`` (10 steps) → ``encode`` with a tiny T5 → ``train`` a tiny v-DiT (150 steps,
     checkpoints at 100 and 150, a demo at the end; optimised XLA, see ``cli_optimized``) → its exported
-    text-to-audio model in ``dit/model``."""
+    text-to-audio model in ``dit/model`` → that model fine-tuned for 30 steps as a rectified-flow one
+    (``train --init-from``), exported in ``rf/model``."""
     audio, ingested, latents = audio_with_captions(root / "audio"), root / "ingested", root / "latents"
     _cli("ingest", "--audio", audio, "--out", ingested, "--no-progress")
     _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", ingested, "--workdir", root / "vae",
@@ -453,4 +454,8 @@ def build_tiny_world(root):
     cli_optimized("train", "--config", "configs/dit.py:tiny", "--data", latents, "--workdir", root / "dit",
                   "--config.training.steps=150", "--config.training.demo.every=150",
                   "--config.training.demo.steps=10", "--no-progress")
+    # the v-DiT fine-tuned into a rectified-flow model, as SAO is before ARC post-training (tests/test_arc.py)
+    cli_optimized("train", "--config", "configs/dit.py:tiny", "--data", latents, "--workdir", root / "rf",
+                  "--init-from", root / "dit" / "model", "--config.diffusion.objective=rectified_flow",
+                  "--config.training.steps=30", "--config.training.checkpoint_every=30", "--no-progress")
     return root

@@ -7,34 +7,22 @@ import pytest
 from stableaudio_jax.config_loader import load_config
 from stableaudio_jax.training import arc_steps
 from stableaudio_jax.training.arc_train import train_arc
-from stableaudio_jax.training.diffusion_train import train_diffusion
 from stableaudio_jax.training.init_from import diffusion_config_from_model
 from stableaudio_jax.training.metrics import read_metrics
-from helpers import TEXT_DIM, TEXT_LENGTH, restored_state, write_latents
+from helpers import TEXT_DIM, TEXT_LENGTH, restored_state
 
 pytestmark = pytest.mark.slow
 
 
-LOOP = ["training.steps=30", "training.log_every=10", "training.checkpoint_every=30"]
-
-
 @pytest.fixture(scope="module")
-def rf_model(tmp_path_factory):
-    """A v-objective model fine-tuned into a rectified-flow one (`train --init-from V
-    --config.diffusion.objective=rectified_flow`), as SAO would be before ARC."""
-    root = tmp_path_factory.mktemp("arc")
-    latents = write_latents(root / "latents")
-    train_diffusion(load_config("configs/dit.py:tiny", LOOP), str(root / "v"), latents)
-    config = diffusion_config_from_model(load_config("configs/dit.py:tiny", LOOP), str(root / "v" / "model"),
-                                         ["--config.diffusion.objective=rectified_flow"])
-    assert config.diffusion.objective == "rectified_flow"
-    train_diffusion(config, str(root / "rf"), latents)
-    return root, latents
+def rf_model(tiny_world):
+    """The tiny world's v-DiT fine-tuned into a rectified-flow one (`train --init-from V
+    --config.diffusion.objective=rectified_flow`), as SAO would be before ARC, and the latents it trained on."""
+    return tiny_world / "rf" / "model", tiny_world / "latents"
 
 
 def test_arc_trains_and_its_discriminator_learns(rf_model, tmp_path):
-    root, latents = rf_model
-    source = str(root / "rf" / "model")
+    source, latents = map(str, rf_model)
     config = diffusion_config_from_model(load_config("configs/dit.py:tiny", [
         "training.steps=60", "training.log_every=1", "training.checkpoint_every=60"]), source)
     train_arc(config, str(tmp_path / "arc"), latents)
@@ -107,12 +95,14 @@ def _accuracies(config, workdir, latents, source):
     from stableaudio_jax.parallel.mesh import make_mesh
     from stableaudio_jax.store import load_diffusion
     from stableaudio_jax.training.diffusion_steps import batch_sharding
+    from stableaudio_jax.data.latent_records import read_manifest
     from stableaudio_jax.training.checkpoints import TrainCheckpointer
     from stableaudio_jax.training.latent_source import model_batch, read_latents
     from stableaudio_jax.training.init_from import placed
     config = ml_collections.ConfigDict(config.to_dict())
     mesh = make_mesh(config.mesh)
-    compiled = arc_steps.compiled(config, mesh, TEXT_LENGTH, TEXT_DIM)
+    manifest = read_manifest(latents)
+    compiled = arc_steps.compiled(config, mesh, int(manifest["text_length"]), int(manifest["text_dim"]))
     _, data = read_latents(config, latents, config.training.batch_size, 4)
     batch = global_batch(model_batch(next(data)), batch_sharding(mesh))
     checkpointer = TrainCheckpointer(workdir, async_save=False)
