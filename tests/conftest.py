@@ -106,8 +106,9 @@ def _release_compiled_programs():
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """``helpers.build_tiny_world``'s folder (ingested audio, its VAE run, the tiny T5, latents, a trained and
-    exported v-DiT and its rectified-flow fine-tune), built once per run: under pytest-xdist the workers share one copy (a file lock, in the folder
-    all workers' temporary folders sit in), so it is trained once, not once per worker. Tests only read it."""
+    exported v-DiT and its rectified-flow fine-tune), built once per run: under pytest-xdist the workers share one
+    copy (a file lock, in the folder all workers' temporary folders sit in), so it is trained once, not once per
+    worker. Tests only read it."""
     import shutil
 
     from filelock import FileLock

@@ -25,6 +25,7 @@ def test_arc_trains_and_its_discriminator_learns(rf_model, tmp_path):
     source, latents = map(str, rf_model)
     config = diffusion_config_from_model(load_config("configs/dit.py:tiny", [
         "training.steps=60", "training.log_every=1", "training.checkpoint_every=60"]), source)
+    assert config.diffusion.objective == "rectified_flow"  # the stored model is the RF fine-tune
     train_arc(config, str(tmp_path / "arc"), latents)
     logged = [m for m in read_metrics(tmp_path / "arc") if "train/disc_accuracy" in m]
     assert len(logged) == 60
