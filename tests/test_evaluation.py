@@ -91,6 +91,7 @@ def test_classifier_learns_timbre_saves_and_embeds(tmp_path):
     root = _fake_demo(tmp_path / "demo")
     classifier, report = train_classifier(root)
     assert report["held_out_accuracy"] == 1.0 and report["train_clips"] == 12 and classifier.labels == ["bell", "reed"]
+    assert report["confusion"] == {"bell": {"bell": 4, "reed": 0}, "reed": {"bell": 0, "reed": 4}}  # valid + test
     clips = load_split(root, "test")
     feats = [clip_features(c.audio, c.sample_rate) for c in clips]
     assert feats[0].shape[0] == 2  # one row per second
@@ -105,6 +106,30 @@ def test_a_classifier_below_the_bar_is_refused(tmp_path):
     root = _fake_demo(tmp_path / "demo", shuffle_labels=True)  # labels unrelated to the sound
     with pytest.raises(ValueError, match=r"classifier reaches \d+\.\d% on 8 held-out renders .* below the 95%"):
         train_classifier(root)
+
+
+def test_a_loaded_classifier_is_validated_in_every_run_and_refused_below_the_bar(tmp_path):
+    """evaluate's judge from --classifier FILE is checked on this data's held-out renders as a fresh one is: the
+    accuracy and confusion go into the report; one whose labels are swapped (a judge that is always wrong) is
+    refused before it judges anything, and the error names the file."""
+    import dataclasses
+
+    from stableaudio_jax.evaluation.run import _classifier
+    root = _fake_demo(tmp_path / "demo")
+    good = train_classifier(root)[0].save(tmp_path / "good.npz")
+    notes = []
+    classifier, report = _classifier(good, str(root), notes, RATE, 1)
+    assert report["path"] == good and report["held_out_accuracy"] == 1.0 and report["held_out_clips"] == 8
+    assert report["confusion"]["bell"] == {"bell": 4, "reed": 0} and "validated in this run: 100.0%" in notes[0]
+    loaded = InstrumentClassifier.load(good)
+    swapped = dataclasses.replace(loaded, labels=loaded.labels[::-1]).save(tmp_path / "swapped.npz")
+    with pytest.raises(ValueError, match=r"swapped.npz: the instrument classifier reaches 0.0% on 8 held-out "
+                                         r"renders .* below the 95%"):
+        _classifier(swapped, str(root), [], RATE, 1)
+    other = dataclasses.replace(loaded, labels=["bell", "organ"]).save(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match=r"other.npz: the instrument classifier knows \['bell', 'organ'\]; .* "
+                                         r"also has \['reed'\]"):
+        _classifier(other, str(root), [], RATE, 1)
 
 
 def test_report_tables(tmp_path):

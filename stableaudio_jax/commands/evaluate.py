@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--clips", type=int, default=16, help="held-out clips to use (default 16)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     p.add_argument("--classifier", help="instrument classifier .npz: loaded if it exists, else trained on --data's "
-                                        "train split and saved there")
+                                        "train split and saved there; either way validated on --data's held-out "
+                                        "renders first (accuracy and confusion in the report; below 95%% it is "
+                                        "refused)")
     p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the generations and the untrained baselines (default 0)")

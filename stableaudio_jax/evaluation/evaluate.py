@@ -71,19 +71,36 @@ def train_classifier(demo_dir: str | os.PathLike, min_accuracy: float = MIN_CLAS
     """Fits on the train split, validates on valid + test (pieces it never saw), all in the given audio format;
     below ``min_accuracy`` it is not fit to judge anything and the error says so."""
     train = load_split(demo_dir, "train", None, sample_rate, channels)
-    held_out = load_split(demo_dir, "valid", None, sample_rate, channels) + load_split(demo_dir, "test", None,
-                                                                                     sample_rate, channels)
     classifier = InstrumentClassifier.fit(features_of([c.audio for c in train], train[0].sample_rate),
                                           [c.instrument for c in train], seed)
-    accuracy = classifier.accuracy(features_of([c.audio for c in held_out], held_out[0].sample_rate),
-                                   [c.instrument for c in held_out])
-    report = {"train_clips": len(train), "held_out_clips": len(held_out), "held_out_accuracy": accuracy,
-              "instruments": classifier.labels, "sample_rate": train[0].sample_rate}
+    report = validate_classifier(classifier, demo_dir, min_accuracy, sample_rate, channels)
+    return classifier, {"train_clips": len(train), **report}
+
+
+def validate_classifier(classifier: InstrumentClassifier, demo_dir: str | os.PathLike,
+                        min_accuracy: float = MIN_CLASSIFIER_ACCURACY, sample_rate: int | None = None,
+                        channels: int | None = None, source: str = "") -> dict:
+    """The classifier's accuracy and per-instrument confusion on the valid + test renders of ``demo_dir`` (real
+    audio of pieces the train split never had). Run on every classifier before it judges anything, trained here or
+    loaded (``source``: the file it came from): a judge below ``min_accuracy`` is refused."""
+    held_out = load_split(demo_dir, "valid", None, sample_rate, channels) + load_split(demo_dir, "test", None,
+                                                                                     sample_rate, channels)
+    where = f"{source}: " if source else ""
+    unknown = sorted({c.instrument for c in held_out} - set(classifier.labels))
+    if unknown:
+        raise ValueError(f"{where}the instrument classifier knows {classifier.labels}; {os.fspath(demo_dir)} also "
+                         f"has {unknown}: train it on this data (leave out --classifier)")
+    truth = [c.instrument for c in held_out]
+    predicted = classifier.predict(features_of([c.audio for c in held_out], held_out[0].sample_rate))
+    accuracy = float(np.mean([a == b for a, b in zip(predicted, truth)]))
+    confusion = {t: {p: sum(1 for a, b in zip(truth, predicted) if (a, b) == (t, p)) for p in classifier.labels}
+                 for t in sorted(set(truth))}
     if accuracy < min_accuracy:
-        raise ValueError(f"the instrument classifier reaches {accuracy:.1%} on {len(held_out)} held-out renders of "
-                         f"{os.fspath(demo_dir)}, below the {min_accuracy:.0%} needed to judge generations; give it "
-                         "more clips (`stableaudio-jax demo-data --clips`)")
-    return classifier, report
+        raise ValueError(f"{where}the instrument classifier reaches {accuracy:.1%} on {len(held_out)} held-out "
+                         f"renders of {os.fspath(demo_dir)}, below the {min_accuracy:.0%} needed to judge "
+                         "generations; give it more clips (`stableaudio-jax demo-data --clips`)")
+    return {"held_out_clips": len(held_out), "held_out_accuracy": accuracy, "confusion": confusion,
+            "instruments": classifier.labels, "sample_rate": held_out[0].sample_rate}
 
 
 # ----------------------------------------------------------------------------------------------- autoencoder

@@ -45,9 +45,13 @@ def _untrained_pipeline(pipe, seed: int):
 
 def _classifier(path: str | None, data: str, notes: list[str], rate: int, channels: int
                 ) -> tuple[InstrumentClassifier, dict]:
-    if path and paths.isfile(path):
-        notes.append(f"instrument classifier: {path}")
-        return InstrumentClassifier.load(path), {"path": path}
+    if path and paths.isfile(path):  # a stored judge is validated on this data, as a fresh one is
+        classifier = InstrumentClassifier.load(path)
+        report = {"path": path, **E.validate_classifier(classifier, data, sample_rate=rate, channels=channels,
+                                                        source=path)}
+        notes.append(f"instrument classifier: {path}, validated in this run: {report['held_out_accuracy']:.1%} "
+                     f"on {report['held_out_clips']} held-out real renders")
+        return classifier, report
     classifier, report = E.train_classifier(data, sample_rate=rate, channels=channels)
     if path:
         paths.makedirs(os.path.dirname(paths.absolute(path)))
