@@ -23,14 +23,13 @@ def rf_model(tiny_world):
 
 def test_arc_trains_and_its_discriminator_learns(rf_model, tmp_path):
     source, latents = map(str, rf_model)
-    config = diffusion_config_from_model(load_config("configs/dit.py:tiny", [
-        "training.steps=60", "training.log_every=1", "training.checkpoint_every=60"]), source)
+    run = ["training.steps=60", "training.log_every=1", "training.checkpoint_every=60"]
+    config = diffusion_config_from_model(load_config("configs/dit.py:tiny", run), source)
     assert config.diffusion.objective == "rectified_flow"  # the stored model is the RF fine-tune
     # the command a user runs, in a process whose XLA optimises its compiles: 60 steps of this DiT take 0.5 s each
     # optimised and 1 s at the suite's level 0 (tests/helpers.py's cli_optimized), for the same compile time
     cli_optimized("train-arc", "--config", "configs/dit.py:tiny", "--init-from", source, "--data", latents,
-                  "--workdir", tmp_path / "arc", "--config.training.steps=60", "--config.training.log_every=1",
-                  "--config.training.checkpoint_every=60", "--no-progress")
+                  "--workdir", tmp_path / "arc", *[f"--config.{o}" for o in run], "--no-progress")
     logged = [m for m in read_metrics(tmp_path / "arc") if "train/disc_accuracy" in m]
     assert len(logged) == 60
     for key in ("train/generator_loss", "train/discriminator_loss", "train/contrastive_loss"):
