@@ -194,7 +194,9 @@ def make_example(features: dict) -> bytes:
     float_list, bytes/str → bytes_list; scalars become one-element lists)."""
     proto = tf_example_pb2.Example(
         features=tf_feature_pb2.Features(feature={name: _feature(v) for name, v in features.items()}))
-    return proto.SerializeToString()
+    # deterministic: the feature map in key order. Otherwise protobuf writes it in its hash order, which differs
+    # between processes: the same latents would be other bytes, and a resumed encode's shard would not match
+    return proto.SerializeToString(deterministic=True)
 
 
 def parse_example(data: bytes) -> dict:
