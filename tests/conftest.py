@@ -105,14 +105,20 @@ def _release_compiled_programs():
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
-    """``helpers.build_tiny_world``'s folder (ingested audio, its VAE run, the tiny T5, latents, a trained and
-    exported v-DiT and its rectified-flow fine-tune), built once per run: under pytest-xdist the workers share one
-    copy (a file lock, in the folder all workers' temporary folders sit in), so it is trained once, not once per
-    worker. Tests only read it."""
+    """``helpers.build_tiny_world``'s folder: a ``quickstart --preset ci`` run (demo data, its text encoder,
+    ingested audio, the VAE run, latents, a trained and exported v-DiT, samples, evaluation) and the v-DiT's
+    rectified-flow fine-tune, built once per run: under pytest-xdist the workers share one copy (a file lock, in
+    the folder all workers' temporary folders sit in), so it is trained once, not once per worker. Tests only read
+    it (the quickstart notebook's test runs on a copy). ``STABLEAUDIO_TESTS_TINY_WORLD=FOLDER`` uses a finished world
+    kept from an earlier run instead (``helpers.build_tiny_world(FOLDER)``, then ``touch FOLDER/.complete``)."""
     import shutil
 
     from filelock import FileLock
     from helpers import build_tiny_world
+    if os.environ.get("STABLEAUDIO_TESTS_TINY_WORLD"):  # a world kept from an earlier run, to iterate on one test
+        world = tmp_path_factory.getbasetemp().__class__(os.environ["STABLEAUDIO_TESTS_TINY_WORLD"])
+        assert (world / ".complete").exists(), f"STABLEAUDIO_TESTS_TINY_WORLD={world}: not a finished tiny world"
+        return world
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent

@@ -378,46 +378,18 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-# The tiny world: one run of the main path that end-to-end tests share
+# The tiny world: one run of the main path that end-to-end tests share: `quickstart --preset ci`
+# (configs/quickstart.py), whose sizes these are
 
-TINY_WORLD_RATE = 44100
-TINY_WORLD_SOUNDS = {
-    "a low bass drone": lambda t, r: 0.5 * np.sin(2 * np.pi * 55 * t) + 0.2 * np.sin(2 * np.pi * 110 * t),
-    "a bright bell melody": lambda t, r: 0.4 * np.sin(2 * np.pi * (880 + 440 * (t > 0.6)) * t) * np.exp(-3 * (t % 0.3)),
-    "soft noise bursts": lambda t, r: 0.3 * r.standard_normal(t.shape) * ((t % 0.4) < 0.2),
-    "fast clicks": lambda t, r: 0.8 * ((np.arange(t.size) % 2205) < 20),
-}
-# Same VAE settings as tests/test_vae_training.py's mechanics tests: the compiled steps are shared in one process.
-TINY_WORLD_VAE_FLAGS = ["--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.training.spectral.fft_sizes=(256,)",
-              "--config.training.spectral.hop_sizes=(64,)", "--config.training.discriminator.n_ffts=(128,)",
-              "--config.training.discriminator.hops=(32,)"]
+TINY_WORLD_RATE = 16000  # mono
+TINY_WORLD_LATENT_CHANNELS = 16
+TINY_WORLD_DIT_STEPS = 40  # checkpoints every 10
 
 
-def audio_with_captions(root):
-    """Two takes of four captioned synthetic sounds (44.1 kHz stereo, 1.2 s), captions as .txt and .json sidecars."""
-    rng = np.random.default_rng(0)
-    root.mkdir()
-    t = np.arange(int(TINY_WORLD_RATE * 1.2)) / TINY_WORLD_RATE
-    for i, (caption, make) in enumerate(TINY_WORLD_SOUNDS.items()):
-        for take in range(2):
-            audio = np.clip(make(t, rng) * (0.8 + 0.2 * take), -1, 1).astype(np.float32)
-            sf.write(root / f"{i}_{take}.wav", np.stack([audio, audio], 1), TINY_WORLD_RATE)
-            if take:  # a JSON sidecar with provenance, carried through ingest and encode
-                (root / f"{i}_{take}.json").write_text(json.dumps({"caption": caption, "source": f"synth {i}",
-                                                                   "license": "CC0-1.0"}))
-            else:
-                (root / f"{i}_{take}.txt").write_text(caption)
-    return root
-
-
-def tiny_t5(root):
-    """A random 2-layer T5 encoder (32-d) with a sentencepiece vocabulary of the world's captions."""
-    from transformers import T5Config, T5EncoderModel
-    T5EncoderModel(T5Config(vocab_size=160, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                            feed_forward_proj="relu")).eval().save_pretrained(root)
-    from stableaudio_jax.store.tokenizers import train_sentencepiece
-    train_sentencepiece(list(TINY_WORLD_SOUNDS) * 20, root / "spiece.model", vocab_size=60)
-    return root
+def tiny_world_captions(world, split="train"):
+    """The demo captions of one split of the tiny world's data (``demo_data/captions.jsonl``)."""
+    rows = [json.loads(line) for line in (world / "demo_data" / "captions.jsonl").read_text().splitlines()]
+    return [row["caption"] for row in rows if row["split"] == split]
 
 
 def _cli(*args):
@@ -439,23 +411,13 @@ def cli_optimized(*args):
 
 
 def build_tiny_world(root):
-    """The product's main path once, as a user runs it (``tests/conftest.py``'s ``tiny_world`` fixture): captioned
-    audio → ``ingest`` → ``train-vae`` (10 steps) → ``encode`` with a tiny T5 → ``train`` a tiny v-DiT (150 steps,
-    checkpoints at 100 and 150, a demo at the end; optimised XLA, see ``cli_optimized``) → its exported
-    text-to-audio model in ``dit/model`` → that model fine-tuned for 30 steps as a rectified-flow one
-    (``train --init-from``), exported in ``rf/model``."""
-    audio, ingested, latents = audio_with_captions(root / "audio"), root / "ingested", root / "latents"
-    _cli("ingest", "--audio", audio, "--out", ingested, "--no-progress")
-    _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", ingested, "--workdir", root / "vae",
-         "--config.training.steps=10", "--no-progress", *TINY_WORLD_VAE_FLAGS)
-    t5 = tiny_t5(root / "t5")
-    _cli("encode", "--audio", ingested, "--out", latents, "--vae", root / "vae", "--text-encoder", t5,
-         "--max-length", 24, "--window-frames", 128, "--batch-size", 16, "--no-progress")
-    cli_optimized("train", "--config", "configs/dit.py:tiny", "--data", latents, "--workdir", root / "dit",
-                  "--config.training.steps=150", "--config.training.demo.every=150",
-                  "--config.training.demo.steps=10", "--no-progress")
-    # the v-DiT fine-tuned into a rectified-flow model, as SAO is before ARC post-training (tests/test_arc.py)
-    cli_optimized("train", "--config", "configs/dit.py:tiny", "--data", latents, "--workdir", root / "rf",
+    """The product's main path once, as a user runs it (``tests/conftest.py``'s ``tiny_world`` fixture): the README's
+    ``quickstart --preset ci`` in ``root`` (demo data → a sentencepiece T5 → ``ingest`` → ``train-vae`` → ``encode``
+    → ``train`` a v-DiT for 40 steps, checkpoints every 10 → ``generate`` → ``evaluate``), then that exported
+    model fine-tuned for 30 steps as a rectified-flow one (``train --init-from``; optimised XLA, see
+    ``cli_optimized``) in ``rf/model``, as SAO is before ARC post-training (tests/test_arc.py)."""
+    _cli("quickstart", "--workdir", root, "--preset", "ci", "--no-progress")
+    cli_optimized("train", "--config", "configs/dit.py:tiny", "--data", root / "latents", "--workdir", root / "rf",
                   "--init-from", root / "dit" / "model", "--config.diffusion.objective=rectified_flow",
                   "--config.training.steps=30", "--config.training.checkpoint_every=30", "--no-progress")
     return root

@@ -16,14 +16,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def rf_model(tiny_world):
-    """The tiny world's v-DiT fine-tuned into a rectified-flow one (`train --init-from V
+    """The tiny world's v-DiT (the quickstart's) fine-tuned into a rectified-flow one (`train --init-from V
     --config.diffusion.objective=rectified_flow`), as SAO would be before ARC, and the latents it trained on."""
     return tiny_world / "rf" / "model", tiny_world / "latents"
 
 
 def test_arc_trains_and_its_discriminator_learns(rf_model, tmp_path):
     source, latents = map(str, rf_model)
-    run = ["training.steps=60", "training.log_every=1", "training.checkpoint_every=60"]
+    # half the generator's 4 blocks as the discriminator's trunk, as the full-size recipe takes 12 of 24
+    run = ["training.steps=60", "training.log_every=1", "training.checkpoint_every=60", "training.arc.disc_blocks=2"]
     config = diffusion_config_from_model(load_config("configs/dit.py:tiny", run), source)
     assert config.diffusion.objective == "rectified_flow"  # the stored model is the RF fine-tune
     # the command a user runs, in a process whose XLA optimises its compiles: 60 steps of this DiT take 0.5 s each
@@ -49,7 +50,8 @@ def test_arc_trains_and_its_discriminator_learns(rf_model, tmp_path):
     moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
              zip(jax.tree_util.tree_leaves(state["params"]["denoiser"]), jax.tree_util.tree_leaves(start))]
     assert any(moved)  # the generator trained away from the RF model
-    assert set(state["disc_params"]) == {"denoiser", "timing", "head"}
+    # the trunk conditions as the generator does: timing, and the 32-d text features projected to its 64-d width
+    assert set(state["disc_params"]) == {"denoiser", "timing", "text_projection", "head"}
     assert (tmp_path / "arc" / "model").is_dir()
     # resuming on re-encoded data is refused, as `train` refuses it: the checkpoint recorded the data's hash
     import shutil
@@ -107,7 +109,7 @@ def _accuracies(config, workdir, latents, source):
     mesh = make_mesh(config.mesh)
     manifest = read_manifest(latents)
     compiled = arc_steps.compiled(config, mesh, int(manifest["text_length"]), int(manifest["text_dim"]))
-    _, data = read_latents(config, latents, config.training.batch_size, 4)
+    _, data = read_latents(config, latents, config.training.batch_size, int(manifest["latent_channels"]))
     batch = global_batch(model_batch(next(data)), batch_sharding(mesh))
     checkpointer = TrainCheckpointer(workdir, async_save=False)
     try:
