@@ -386,6 +386,13 @@ TINY_WORLD_LATENT_CHANNELS = 16
 TINY_WORLD_DIT_STEPS = 40  # checkpoints every 10
 
 
+def tiny_world_vae_overrides():
+    """The settings the quickstart trains the world's VAE with (``--config.`` overrides of configs/vae.py:tiny,
+    without the loop's): a run with them compiles the world's steps again, which the persistent compilation cache
+    (tests/conftest.py) already holds."""
+    return list(load_config("configs/quickstart.py:ci").vae.overrides)
+
+
 def tiny_world_captions(world, split="train"):
     """The demo captions of one split of the tiny world's data (``demo_data/captions.jsonl``)."""
     rows = [json.loads(line) for line in (world / "demo_data" / "captions.jsonl").read_text().splitlines()]

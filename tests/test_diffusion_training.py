@@ -42,15 +42,15 @@ def test_resume_is_exact(latents, straight, tmp_path):
     assert logged == once and len(logged) == 2
 
 
-def test_unet_trains_on_the_same_data(latents, tmp_path):
+def test_unet_trains_on_the_tiny_worlds_latents(tiny_world, tmp_path):
     # the tiny U-Net cut to two levels: the same trainer path, a fraction of the CPU compile time
-    # context_max_length is derived from the data: 24 text tokens + 2 timing tokens. Objective eps: the U-Net
-    # of tests/test_round_trip.py (one compile serves both)
-    config = _config("training.steps=60", "training.crop_frames=16", "model.in_channels=4", "model.factors=(1,2)",
+    # context_max_length is derived from the data: 48 text tokens + 2 timing tokens. Objective eps on the tiny
+    # world's latents: the U-Net of tests/test_round_trip.py (one compile serves both)
+    config = _config("training.steps=60", "training.crop_frames=16", "model.in_channels=16", "model.factors=(1,2)",
                      "model.multipliers=(1,1,1)", "model.num_blocks=(1,1)", "model.attentions=(0,1,1)",
                      "model.channels=32", "diffusion.objective=eps", "training.log_every=5",
                      "training.checkpoint_every=60", spec="configs/unet.py:tiny")
-    train_diffusion(config, str(tmp_path / "unet"), latents)
+    train_diffusion(config, str(tmp_path / "unet"), str(tiny_world / "latents"))
     logged = [m["train/loss"] for m in read_metrics(tmp_path / "unet") if "train/loss" in m]
     print("U-Net eps losses", np.round(logged, 3))
     assert len(logged) == 12 and np.isfinite(logged).all()
@@ -58,7 +58,7 @@ def test_unet_trains_on_the_same_data(latents, tmp_path):
     state, _ = restored_state(tmp_path / "unet")
     assert int(state["step"]) == 60 and set(state["params"]) == {"denoiser", "timing"}
     null = state["params"]["denoiser"]["params"]["fixed_embedding"]["embed"]["embedding"]
-    assert null.shape == (26, 32)
+    assert null.shape == (50, 32)
 
 
 def test_synthetic_source_runs_and_exports_the_diffusion_model(tmp_path):

@@ -12,7 +12,7 @@ from stableaudio_jax.cli import main
 from stableaudio_jax.data.latent_records import read_manifest
 from stableaudio_jax.store import read_info
 from stableaudio_jax.training.metrics import read_metrics
-from helpers import TINY_WORLD_LATENT_CHANNELS, TINY_WORLD_RATE, tiny_world_captions
+from helpers import TINY_WORLD_LATENT_CHANNELS, TINY_WORLD_RATE, tiny_world_captions, tiny_world_vae_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,6 @@ def _dit_on_world(world):
     literal = lambda v: f"({','.join(map(str, v))})" if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
     return [f"--config.model.io_channels={TINY_WORLD_LATENT_CHANNELS}",
             *(f"--config.vae.{key}={literal(value)}" for key, value in vae.items())]
-
-
-def _world_vae_overrides():
-    """The settings the quickstart trained the world's VAE with: the same compiled steps (from the persistent
-    compilation cache, tests/conftest.py)."""
-    from stableaudio_jax.config_loader import load_config
-    return list(load_config("configs/quickstart.py:ci").vae.overrides)
 
 
 def _held_out_caption(world):
@@ -121,7 +114,8 @@ def test_interrupted_encode_resumes_without_duplicates(tiny_world, tmp_path, cap
     assert code == 2 and "other settings (encoder_config_hash differ" in err, err
 
 
-# The U-Net of tests/test_diffusion_training.py (the tiny U-Net cut to two levels; the same compiled step), eps.
+# The U-Net of tests/test_diffusion_training.py (the tiny U-Net cut to two levels, on the world's latents: the same
+# compiled step), eps.
 UNET = ["--config.training.crop_frames=16", f"--config.model.in_channels={TINY_WORLD_LATENT_CHANNELS}", "--config.model.factors=(1,2)",
         "--config.model.multipliers=(1,1,1)", "--config.model.num_blocks=(1,1)", "--config.model.attentions=(0,1,1)",
         "--config.model.channels=32", "--config.diffusion.objective=eps"]
@@ -165,7 +159,7 @@ def _tiny_clap(root, captions):
     (root / "bpe").mkdir(parents=True)
     trainer.save_model(str(root / "bpe"))
     module = ClapTextEncoder(vocab_size=300, width=32, num_layers=2, num_heads=4, intermediate_size=64,
-                             max_positions=40, projection_dim=16)
+                             max_positions=64, projection_dim=16)
     params = module.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), bool))
     text = ClapText(module, params, ClapTokenizer.from_directory(root / "bpe", 24), source="tiny CLAP")
     return save_text_encoder(root / "clap", text)
@@ -177,9 +171,9 @@ def test_clap_conditioned_unet_round_trip(tiny_world, tmp_path, capsys):
     clap = _tiny_clap(tmp_path, tiny_world_captions(tiny_world))
     latents, workdir = tmp_path / "latents", tmp_path / "unet"
     _cli("encode", "--audio", tiny_world / "audio", "--out", latents, "--vae", tiny_world / "vae",
-         "--text-encoder", clap, *ENCODE, "--max-length", 24)
+         "--text-encoder", clap, *ENCODE)  # 48 x 32 features, as the world's T5: the same U-Net step as above
     manifest = read_manifest(latents)
-    assert manifest["encoder_config"]["text"]["model"]["width"] == 32 and manifest["text_length"] == 24
+    assert manifest["encoder_config"]["text"]["model"]["width"] == 32 and manifest["text_length"] == 48
     train = ["train", "--config", "configs/unet.py:tiny", "--data", latents, "--workdir", workdir,
              "--config.training.steps=4", "--config.training.log_every=2", "--no-progress", *UNET]
     assert main([str(a) for a in train]) == 2  # a T5 conditioner on CLAP features: refused, with the fix
@@ -271,7 +265,7 @@ def test_train_vae_init_from_loads_the_vae_and_a_fresh_discriminator(tiny_world,
     from stableaudio_jax.training import vae_steps
     from stableaudio_jax.training.init_from import start_vae_from_model, vae_config_from_model
     source = tiny_world / "vae" / "model"
-    config = vae_config_from_model(load_config("configs/vae.py:tiny", _world_vae_overrides()), str(source))
+    config = vae_config_from_model(load_config("configs/vae.py:tiny", tiny_world_vae_overrides()), str(source))
     compiled = vae_steps.compiled(config, make_mesh(config.mesh))
     state = start_vae_from_model(compiled, str(source), config.seed)()
     stored = load_vae(source).params
@@ -281,7 +275,7 @@ def test_train_vae_init_from_loads_the_vae_and_a_fresh_discriminator(tiny_world,
     assert not any(np.asarray(m).any() for m in jax.tree_util.tree_leaves(state.gen_opt) if np.ndim(m))
     _cli("train-vae", "--config", "configs/vae.py:tiny", "--data", tiny_world / "audio", "--workdir",
          tmp_path / "vae", "--init-from", source, "--config.training.steps=2", "--no-progress",
-         *[f"--config.{o}" for o in _world_vae_overrides()])
+         *[f"--config.{o}" for o in tiny_world_vae_overrides()])
     assert read_info(tmp_path / "vae" / "model").kind == "vae"
 
 
