@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import nbformat
 import pytest
@@ -57,7 +56,6 @@ def test_quickstart_notebook_shows_the_main_job_and_resumes_it(tiny_world, tmp_p
     assert list(fresh) == ["demo-data", "text encoder", "ingest", "train-vae", "encode", "train", "generate",
                            "evaluate"]
     workdir = shutil.copytree(tiny_world, tmp_path / "quick", ignore=shutil.ignore_patterns("rf"))
-    started = time.monotonic()
     nb = run_notebook("quickstart.ipynb", tmp_path, WORKDIR=str(workdir), PRESET="ci")
     _assert_cpu_install_skipped(nb)
     printed = _printed(nb)
@@ -76,7 +74,6 @@ def test_quickstart_notebook_shows_the_main_job_and_resumes_it(tiny_world, tmp_p
     html = [o for o in _outputs(nb, "display_data") if "text/html" in o.get("data", {})]
     images = [o for o in _outputs(nb, "display_data") if "image/png" in o.get("data", {})]
     assert len(html) >= 4 and len(images) >= 2  # the audio players, spectrograms and training curves
-    print(f"notebook on a finished workdir: {time.monotonic() - started:.0f} s")
     capsys.readouterr()
     assert main(["quickstart", "--workdir", str(workdir), "--preset", "cpu"]) == 2
     assert "was started with --preset ci" in capsys.readouterr().err
