@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import pathlib
 
 # 8 fake CPU devices for sharding tests. The tests run tiny models, so XLA compile time dominates: backend
 # optimisation level 0 halves the suite's wall time (it changes how hard LLVM optimises, not the maths).
@@ -116,7 +117,7 @@ def tiny_world(tmp_path_factory):
     from filelock import FileLock
     from helpers import build_tiny_world
     if os.environ.get("STABLEAUDIO_TESTS_TINY_WORLD"):  # a world kept from an earlier run, to iterate on one test
-        world = tmp_path_factory.getbasetemp().__class__(os.environ["STABLEAUDIO_TESTS_TINY_WORLD"])
+        world = pathlib.Path(os.environ["STABLEAUDIO_TESTS_TINY_WORLD"])
         assert (world / ".complete").exists(), f"STABLEAUDIO_TESTS_TINY_WORLD={world}: not a finished tiny world"
         return world
     root = tmp_path_factory.getbasetemp()

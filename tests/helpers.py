@@ -383,7 +383,11 @@ def assert_trees_equal(a, b):
 
 TINY_WORLD_RATE = 16000  # mono
 TINY_WORLD_LATENT_CHANNELS = 16
-TINY_WORLD_DIT_STEPS = 40  # checkpoints every 10
+# An eps U-Net on the world's latents: the tiny U-Net cut to two levels. tests/test_round_trip.py and
+# tests/test_diffusion_training.py train it with these overrides: one compiled step serves both.
+TINY_WORLD_UNET = ["training.crop_frames=16", f"model.in_channels={TINY_WORLD_LATENT_CHANNELS}", "model.factors=(1,2)",
+                   "model.multipliers=(1,1,1)", "model.num_blocks=(1,1)", "model.attentions=(0,1,1)",
+                   "model.channels=32", "diffusion.objective=eps"]
 
 
 def tiny_world_vae_overrides():

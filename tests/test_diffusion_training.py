@@ -10,7 +10,7 @@ from stableaudio_jax.config_loader import load_config
 from stableaudio_jax.data.latent_records import read_manifest, write_manifest
 from stableaudio_jax.training.diffusion_train import train_diffusion
 from stableaudio_jax.training.metrics import read_metrics
-from helpers import TEXT_DIM, TEXT_LENGTH, assert_trees_equal, restored_state, write_latents
+from helpers import TEXT_DIM, TEXT_LENGTH, TINY_WORLD_UNET, assert_trees_equal, restored_state, write_latents
 
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory):
@@ -43,13 +43,10 @@ def test_resume_is_exact(latents, straight, tmp_path):
 
 
 def test_unet_trains_on_the_tiny_worlds_latents(tiny_world, tmp_path):
-    # the tiny U-Net cut to two levels: the same trainer path, a fraction of the CPU compile time
-    # context_max_length is derived from the data: 48 text tokens + 2 timing tokens. Objective eps on the tiny
-    # world's latents: the U-Net of tests/test_round_trip.py (one compile serves both)
-    config = _config("training.steps=60", "training.crop_frames=16", "model.in_channels=16", "model.factors=(1,2)",
-                     "model.multipliers=(1,1,1)", "model.num_blocks=(1,1)", "model.attentions=(0,1,1)",
-                     "model.channels=32", "diffusion.objective=eps", "training.log_every=5",
-                     "training.checkpoint_every=60", spec="configs/unet.py:tiny")
+    # the tiny U-Net cut to two levels, eps, on the tiny world's latents: the U-Net of tests/test_round_trip.py
+    # (one compile serves both). context_max_length is derived from the data: 48 text tokens + 2 timing tokens.
+    config = _config("training.steps=60", *TINY_WORLD_UNET, "training.log_every=5", "training.checkpoint_every=60",
+                     spec="configs/unet.py:tiny")
     train_diffusion(config, str(tmp_path / "unet"), str(tiny_world / "latents"))
     logged = [m["train/loss"] for m in read_metrics(tmp_path / "unet") if "train/loss" in m]
     print("U-Net eps losses", np.round(logged, 3))
