@@ -154,8 +154,9 @@ def test_local_launcher_stops_the_others_when_one_fails():
 
 
 def _train_command(workdir, steps, *extra):
+    # a log (and a stop-signal poll) every 2 steps: the tests wait for a logged step, and a stop lands on the next poll
     return ["stableaudio-jax", "train", "--config", "configs/dit.py:tiny", "--data", "synthetic", "--workdir",
-            str(workdir), "--max-steps", str(steps), "--no-progress", *extra]
+            str(workdir), "--max-steps", str(steps), "--no-progress", "--config.training.log_every=2", *extra]
 
 
 def _local(*argv):
