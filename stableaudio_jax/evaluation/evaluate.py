@@ -2,6 +2,7 @@
 same numbers for reference points measured in the same run (real held-out audio, untrained models).
 
   autoencoder    held-out clips through encode → decode: SI-SDR, multi-resolution STFT distance, mel distance
+                 (auraloss' definitions, as the Stable Audio papers report them)
   adherence      generations for held-out captions: instrument accuracy (classifier of ``classifier.py``, first
                  validated on held-out real renders), tempo error (librosa's beat tracker), Fréchet distance between
                  generated and held-out real clips in the classifier's embedding space
@@ -125,8 +126,10 @@ def reconstruct(vae, clips: Sequence[Clip]) -> list[np.ndarray]:
 
 
 def autoencoder_metrics(reconstructions: Sequence[np.ndarray], clips: Sequence[Clip]) -> dict:
-    rows = [{"si_sdr_db": metrics.si_sdr(r, c.audio), "mrstft": metrics.mrstft_distance(r, c.audio, c.sample_rate),
-             "mel_db": metrics.mel_distance(r, c.audio, c.sample_rate)} for r, c in zip(reconstructions, clips)]
+    """Per clip, then averaged: SI-SDR (dB), STFT and mel distance, as auraloss defines them (``audio.metrics``),
+    at the model's sample rate."""
+    rows = [{"si_sdr_db": metrics.si_sdr(r, c.audio), "stft_distance": metrics.stft_distance(r, c.audio),
+             "mel_distance": metrics.mel_distance(r, c.audio, c.sample_rate)} for r, c in zip(reconstructions, clips)]
     return _means(rows) | {"clips": len(rows)}
 
 
