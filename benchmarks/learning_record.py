@@ -30,7 +30,8 @@ def checkpoint_steps(run_dir: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
 
 
-def evaluate_steps(workdir: str, denoiser: str, clips: int, steps: int, seed: int) -> list[dict]:
+def evaluate_steps(workdir: str, denoiser: str, clips: int, steps: int, seed: int,
+                   timing_prompts: int = 48) -> list[dict]:
     from stableaudio_jax.evaluation.run import run_evaluation
     from stableaudio_jax.training.diffusion_train import export_from_workdir
     run_dir = os.path.join(workdir, denoiser)
@@ -41,7 +42,7 @@ def evaluate_steps(workdir: str, denoiser: str, clips: int, steps: int, seed: in
             model = export_from_workdir(run_dir, os.path.join(tmp, "model"), step)
             result = run_evaluation(os.path.join(workdir, "demo_data"), os.path.join(tmp, "eval"), model=model,
                                     clips=clips, steps=steps, classifier=classifier, seed=seed,
-                                    baselines=step == kept[-1])
+                                    baselines=step == kept[-1], timing_prompts=timing_prompts)
         rows.append({"step": step, **result["sections"]["prompt adherence"]["trained model"],
                      "tail_energy_db": result["sections"]["timing control"]["trained model"]["tail_energy_db"],
                      "final": result if step == kept[-1] else None})
@@ -118,10 +119,12 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=12)
     parser.add_argument("--steps", type=int, default=50, help="sampling steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timing-prompts", type=int, default=48,
+                        help="timing-control generations per checkpoint, lengths spread over the window")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     denoisers = [d for d in DENOISERS if checkpoint_steps(os.path.join(args.workdir, d))]
-    records = {d: evaluate_steps(args.workdir, d, args.clips, args.steps, args.seed) for d in denoisers}
+    records = {d: evaluate_steps(args.workdir, d, args.clips, args.steps, args.seed, args.timing_prompts) for d in denoisers}
     settings = json.load(open(os.path.join(args.workdir, "quickstart.json")))
     report = {"benchmark": "learning_record", **environment(False), "workdir": os.path.abspath(args.workdir),
               "quickstart": settings, "clips": args.clips, "sampling_steps": args.steps,

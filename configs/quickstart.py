@@ -33,22 +33,24 @@ UNET_BASE = ["model.channels=32", "model.multipliers=(1,2,2)", "model.factors=(2
 # its reconstructions so smeared that the instrument classifier recognised 44% of them (56% decoding the mean, 62%
 # with 32 channels and lr 2e-3; 16 held-out clips; docs/learning.md). gpu / tpu keep the reference's recipe.
 ALL_INSTRUMENTS = ("piano", "strings", "flute", "organ", "guitar", "choir", "brass", "marimba")
-# min_seconds: clip lengths vary from it to `seconds` (shorter than the window: what teaches seconds_total)
+# min_seconds: clip lengths vary from it to `seconds` (shorter than the window: what teaches seconds_total).
+# timing_prompts: the evaluation's timing-control generations (lengths spread over the window): 8 in the 15-minute
+# cpu run, whose budget has no room for more; 48 where there is time
 PRESETS = {
     "ci": dict(clips=24, seconds=1.5, min_seconds=None, instruments=("flute", "marimba", "organ"),
                sample_rate=16000, channels=1, vae_steps=20, vae_warmup=20, vae_batch=8, vae_crop=4096, latent_dim=16,
                vae_lr=2e-3, vae_sample=False, denoiser_steps=40, denoiser_batch=8, crop_frames=32, window_frames=96,
-               text_dim=32, text_layers=1, sample_steps=10, eval_clips=3,
+               text_dim=32, text_layers=1, sample_steps=10, eval_clips=3, timing_prompts=6,
                vae_extra=["model.channels=8", "training.spectral.fft_sizes=(512,128)",
                           "training.spectral.hop_sizes=(128,32)"]),  # compiles in a fraction of the time
     "cpu": dict(clips=160, seconds=3.0, min_seconds=1.5, instruments=("piano", "flute", "marimba", "organ"),
                 sample_rate=16000, channels=1, vae_steps=800, vae_warmup=800, vae_batch=8, vae_crop=4096,
                 latent_dim=32, vae_lr=2e-3, vae_sample=False, denoiser_steps=1000, denoiser_batch=8, crop_frames=192,
-                window_frames=192, text_dim=64, text_layers=2, sample_steps=50, eval_clips=12),
+                window_frames=192, text_dim=64, text_layers=2, sample_steps=50, eval_clips=12, timing_prompts=8),
     "gpu": dict(clips=2000, seconds=5.0, min_seconds=2.5, instruments=ALL_INSTRUMENTS, sample_rate=44100,
                 channels=2, vae_steps=20000, vae_warmup=5000, vae_batch=32, vae_crop=65536, latent_dim=32,
                 vae_lr=1e-3, vae_sample=True, denoiser_steps=30000, denoiser_batch=64, crop_frames=256,
-                window_frames=1024, text_dim=128, text_layers=4, sample_steps=100, eval_clips=48),
+                window_frames=1024, text_dim=128, text_layers=4, sample_steps=100, eval_clips=48, timing_prompts=48),
 }
 PRESETS["tpu"] = dict(PRESETS["gpu"], vae_batch=64, denoiser_batch=128)  # a TPU VM host: larger batches
 
@@ -80,5 +82,6 @@ def get_config(arg=None):
     config.dit = ml_collections.ConfigDict(dict(config="dit.py:tiny", steps=p["denoiser_steps"], overrides=dit))
     config.unet = ml_collections.ConfigDict(dict(config="unet.py:tiny", steps=p["denoiser_steps"], overrides=unet))
     config.generate = ml_collections.ConfigDict(dict(steps=p["sample_steps"], cfg_scale=5.0, prompts=4))
-    config.evaluate = ml_collections.ConfigDict(dict(clips=p["eval_clips"], steps=p["sample_steps"]))
+    config.evaluate = ml_collections.ConfigDict(dict(clips=p["eval_clips"], steps=p["sample_steps"],
+                                                     timing_prompts=p["timing_prompts"]))
     return config

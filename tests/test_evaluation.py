@@ -196,3 +196,70 @@ def test_generations_get_one_call_per_batch_cut_to_each_clip_with_a_progress_bar
     assert "generate (trained model)" in bar and "3/3" in bar
     generate_for(Pipe(), clips, steps=3, seed=7, batch=2)
     assert capsys.readouterr().err == ""
+
+
+def test_the_detected_end_is_where_the_sound_stops():
+    audio = _tone(330, 2.0)
+    audio[int(1.3 * RATE):] *= 1e-3  # -60 dB after 1.3 s: below the -40 dB threshold
+    assert metrics.detected_end(audio, RATE) == pytest.approx(1.3, abs=0.021)  # to a 20 ms frame
+    assert metrics.detected_end(_tone(330, 2.0), RATE) == pytest.approx(2.0)
+    assert metrics.detected_end(np.zeros((RATE, 1)), RATE) == 0.0
+    faded = _tone(330, 2.0)
+    faded[int(0.5 * RATE):] *= 0.05  # -26 dB: quieter, still sound
+    assert metrics.detected_end(faded, RATE) == pytest.approx(2.0)
+
+
+def test_bootstrap_intervals_cover_the_mean_and_narrow_with_more_clips():
+    rng = np.random.default_rng(0)
+    few, many = rng.standard_normal(12) + 3.0, rng.standard_normal(400) + 3.0
+    low, high = metrics.bootstrap_interval(few)
+    assert low < few.mean() < high
+    wide, narrow = high - low, np.subtract(*metrics.bootstrap_interval(many)[::-1])
+    assert narrow < 0.4 * wide and metrics.bootstrap_interval(many)[0] < 3.0 < metrics.bootstrap_interval(many)[1]
+    assert metrics.bootstrap_interval(few) == metrics.bootstrap_interval(few)  # seeded: reproducible
+    assert metrics.bootstrap_interval([1.0]) is None
+    correct = np.array([1.0] * 9 + [0.0] * 3)  # 9 of 12 right: an accuracy's interval
+    low, high = metrics.bootstrap_interval(correct)
+    assert 0.4 < low < 0.75 < high <= 1.0
+
+
+def test_summaries_and_tables_carry_each_mean_with_its_interval(tmp_path):
+    from stableaudio_jax.evaluation.evaluate import summarize
+    summary = summarize([{"accuracy": 1.0}, {"accuracy": 0.0}, {"accuracy": 1.0}, {"accuracy": 1.0}])
+    assert summary["clips"] == 4 and summary["accuracy"] == 0.75 and len(summary["accuracy_ci95"]) == 2
+    result = {"model": "m", "sections": {"prompt adherence": {"trained": summary},
+                                         "timing control": {"trained": {"seconds_total": [0.2, 0.8]}}}}
+    text = open(write_report(result, tmp_path)[1]).read()
+    low, high = summary["accuracy_ci95"]
+    assert f"| 0.75 [{low:.3g}, {high:.3g}] |" in text
+    assert "accuracy_ci95" not in text and "| 0.2–0.8 |" in text
+
+
+def test_timing_asks_for_lengths_spread_over_the_window_and_checks_each_end():
+    """timing_metrics: every prompt asked for its own length between 20 % and 80 % of the window, batches of at
+    most one prompt per clip (generate_for's compiled sampler), the tail energy and the detected end per clip."""
+    from stableaudio_jax.evaluation.evaluate import Clip, timing_metrics
+
+    class Pipe:  # a model that obeys seconds_total for every prompt but the first of each call
+        sample_rate, window_seconds, calls = 1000, 4.0, []
+
+        def generate(self, prompts, seconds_total, steps, seed, return_latents):
+            self.calls.append((list(prompts), list(seconds_total)))
+            t = np.arange(4000) / 1000
+            audio = np.stack([np.sin(2 * np.pi * 50 * t) * (t < (s if i else 4.0)) for i, s in
+                              enumerate(seconds_total)])[..., None].astype(np.float32)
+            return None, audio
+
+        def decode(self, latents):
+            return list(latents)
+
+    clips = [Clip(f"{i}.wav", f"clip {i}", "piano", 90, np.zeros((100, 1), np.float32), 1000) for i in range(3)]
+    result = timing_metrics(Pipe(), clips, steps=2, seed=0, prompts=7)
+    asked = [s for _, seconds in Pipe.calls for s in seconds]
+    assert [len(p) for p, _ in Pipe.calls] == [3, 3, 3] and asked[:7] == pytest.approx(
+        [0.8 + 0.4 * i for i in range(7)])  # 20 % .. 80 % of 4 s
+    assert [p for p, _ in Pipe.calls][0] == ["clip 0", "clip 1", "clip 2"]
+    assert result["clips"] == 7 and result["seconds_total"] == pytest.approx([0.8, 3.2])
+    # the first prompt of each call (3 of 7) plays on to the window's end
+    assert result["end_within_0_25_s"] == pytest.approx(4 / 7) and len(result["end_within_0_25_s_ci95"]) == 2
+    assert -80 < result["tail_energy_db"] < -50  # about -117 dB for the 4 that stop, 0 dB for the 3 that play on

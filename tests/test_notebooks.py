@@ -80,7 +80,7 @@ def test_quickstart_notebook_shows_the_main_job_and_resumes_it(tiny_world, tmp_p
     # the learning record of that run (benchmarks/learning_record.py): every kept checkpoint evaluated, PNGs, JSON
     record = tmp_path / "record.json"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "learning_record.py"), "--workdir", str(workdir), "--out",
-           str(tmp_path / "plots"), "--results", str(record), "--clips", "2", "--steps", "4"]
+           str(tmp_path / "plots"), "--results", str(record), "--clips", "2", "--steps", "4", "--timing-prompts", "6"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(record.read_text())

@@ -10,6 +10,8 @@
                   of the prompt or of its double or half (tempo octave errors are the tracker's, not the music's)
   tail_energy_db  energy after ``seconds_total`` relative to the energy before it (dB): does a clip stop where it
                   was told to?
+  detected_end    where a clip's sound ends (energy-based silence detection), to compare with ``seconds_total``
+  bootstrap_interval  a 95 % percentile-bootstrap interval of a statistic over clips
   frechet_distance between two sets of embeddings (Gaussian fits), as FAD does with VGGish embeddings
 """
 from __future__ import annotations
@@ -111,6 +113,35 @@ def tail_energy_db(audio: np.ndarray, sample_rate: int, seconds_total: float) ->
                          f"({len(audio) / sample_rate:.2f} s)")
     before, after = np.mean(audio[:cut] ** 2), np.mean(audio[cut:] ** 2)
     return float(10 * np.log10((after + EPS) / (before + EPS)))
+
+
+def detected_end(audio: np.ndarray, sample_rate: int, frame_seconds: float = 0.02,
+                 threshold_db: float = -40.0) -> float:
+    """Seconds at which the sound of ``audio`` ends: the end of the last ``frame_seconds`` frame whose RMS is within
+    ``threshold_db`` of the loudest frame's (a silence detector in the spirit of the one Stable Audio's paper used
+    to check its timing conditioning; the frame and threshold are this project's choice). 0 for silence."""
+    mono = np.asarray(audio, np.float64).reshape(len(audio), -1).mean(axis=1)
+    frame = max(1, int(round(frame_seconds * sample_rate)))
+    count = -(-len(mono) // frame)
+    padded = np.pad(mono, (0, count * frame - len(mono)))
+    rms = np.sqrt(np.mean(padded.reshape(count, frame) ** 2, axis=1))
+    if rms.max() <= 0:
+        return 0.0
+    loud = np.flatnonzero(20 * np.log10(np.maximum(rms, EPS) / rms.max()) > threshold_db)
+    return float(min((loud[-1] + 1) * frame, len(mono)) / sample_rate)
+
+
+def bootstrap_interval(values, statistic=np.mean, resamples: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> list[float] | None:
+    """The percentile-bootstrap ``level`` interval of ``statistic`` over the rows of ``values`` (clips resampled with
+    replacement, ``resamples`` times, a fixed seed: the same data give the same interval). None below two rows."""
+    values = np.asarray(values)
+    if len(values) < 2:
+        return None
+    picks = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    stats = np.array([statistic(values[p]) for p in picks], np.float64)
+    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return [float(low), float(high)]
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

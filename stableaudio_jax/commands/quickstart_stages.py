@@ -147,4 +147,4 @@ def evaluate(config, paths, denoiser: str, progress: bool) -> None:
         return _skip("evaluate", paths.evaluation)
     run_evaluation(paths.demo, paths.evaluation, model=paths.model, split="test", clips=config.evaluate.clips,
                    steps=config.evaluate.steps, classifier=paths.classifier,
-                   seed=config.seed)
+                   seed=config.seed, timing_prompts=config.evaluate.timing_prompts)

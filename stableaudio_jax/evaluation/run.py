@@ -63,10 +63,10 @@ def _classifier(path: str | None, data: str, notes: list[str], rate: int, channe
 
 def run_evaluation(data: str, out_dir: str, model: str | None = None, vae: str | None = None, split: str = "test",
                    clips: int = 16, steps: int | None = None, classifier: str | None = None, seed: int = 0,
-                   baselines: bool = True, progress: bool = False) -> dict[str, Any]:
+                   baselines: bool = True, progress: bool = False, timing_prompts: int = 48) -> dict[str, Any]:
     """Evaluates a stored text-to-audio ``model`` (all sections) or a ``vae`` alone (autoencoder) on the held-out
     ``split`` of a demo-data folder; writes ``evaluation.json`` + ``evaluation.md`` into ``out_dir``. ``progress``:
-    a bar per model's generations (the long part)."""
+    a bar per model's generations (the long part). ``timing_prompts``: generations per model for timing control."""
     from stableaudio_jax.store import load_vae
     if not model and not vae:
         raise ValueError("evaluate: give a text-to-audio model (--model) or a VAE (--vae)")
@@ -85,14 +85,15 @@ def run_evaluation(data: str, out_dir: str, model: str | None = None, vae: str |
     result["sections"]["autoencoder reconstruction"] = autoencoder
     if model:
         result["sections"].update(_generation_sections(model, data, held, reconstructions, steps, classifier, seed,
-                                                       baselines, notes, result, progress))
+                                                       baselines, notes, result, progress, timing_prompts))
     result["seconds"] = time.time() - started
     result["files"] = dict(zip(("json", "markdown"), E.write_report(result, out_dir)))
     return result
 
 
 def _generation_sections(model: str, data: str, held, reconstructions, steps, classifier_path, seed: int,
-                         baselines: bool, notes: list[str], result: dict, progress: bool = False) -> dict:
+                         baselines: bool, notes: list[str], result: dict, progress: bool = False,
+                         timing_prompts: int = 48) -> dict:
     from stableaudio_jax.inference.pipeline import TextToAudioPipeline
     pipe = TextToAudioPipeline.from_checkpoint(model)
     rate, channels = pipe.sample_rate, pipe.audio_channels
@@ -107,11 +108,12 @@ def _generation_sections(model: str, data: str, held, reconstructions, steps, cl
     for name, p in pipelines.items():
         generated = E.generate_for(p, held, steps, seed, progress=f"generate ({name})" if progress else None)
         adherence[name] = E.adherence_metrics(generated, held, classifier, real_embeddings, rate)
-        timing[name] = E.timing_metrics(p, held[:8], steps, seed)
+        timing[name] = E.timing_metrics(p, held, steps, seed, timing_prompts)
     adherence["real held-out audio"] = E.real_reference(held, others, classifier)
     adherence["real audio through the VAE"] = E.adherence_metrics(reconstructions, held, classifier,
                                                                   real_embeddings, rate)
     notes.append(f"{steps} sampling steps ({pipe.config.sampling.sampler}); Fréchet distances in the classifier's "
                  f"{classifier.hidden_w.shape[1]}-d embedding against {len(held)} held-out real clips (the real row: "
-                 "against train-split clips)")
+                 "against train-split clips); [low, high]: 95% bootstrap intervals over clips (for Fréchet "
+                 "distances: over resampled generated clips, which biases them upward: compare rows with rows)")
     return {"prompt adherence": adherence, "timing control": timing}
