@@ -1,5 +1,6 @@
 """The evaluation's parts on signals with known answers: metrics, the instrument classifier and its validation."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import soundfile as sf
 
 from stableaudio_jax.audio import metrics
 from stableaudio_jax.evaluation.classifier import InstrumentClassifier, clip_features
-from stableaudio_jax.evaluation.evaluate import load_split, train_classifier, write_report
+from stableaudio_jax.evaluation.evaluate import (JUDGES, load_split, train_classifier, validate_classifier,
+                                                 write_report)
 
 RATE = 16000
 
@@ -132,34 +134,61 @@ def test_classifier_learns_timbre_saves_and_embeds(tmp_path):
         InstrumentClassifier.load(tmp_path / "demo" / "captions.jsonl")
 
 
-def test_a_classifier_below_the_bar_is_refused(tmp_path):
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_a_judge_below_the_bar_is_refused(tmp_path, kind):
     root = _fake_demo(tmp_path / "demo", shuffle_labels=True)  # labels unrelated to the sound
-    with pytest.raises(ValueError, match=r"classifier reaches \d+\.\d% on 8 held-out renders .* below the 95%"):
-        train_classifier(root)
+    with pytest.raises(ValueError, match=rf"the {kind} instrument judge reaches \d+\.\d% on 8 held-out renders .* "
+                                         "below the 95%"):
+        train_classifier(root, kind=kind)
 
 
-def test_a_loaded_classifier_is_validated_in_every_run_and_refused_below_the_bar(tmp_path):
-    """evaluate's judge from --classifier FILE is checked on this data's held-out renders as a fresh one is: the
-    accuracy and confusion go into the report; one whose labels are swapped (a judge that is always wrong) is
-    refused before it judges anything, and the error names the file."""
+def test_the_linear_judge_learns_timbre_saves_and_loads(tmp_path):
+    from stableaudio_jax.evaluation.linear_judge import LinearJudge
+    root = _fake_demo(tmp_path / "demo")
+    judge, report = train_classifier(root, kind="linear")
+    assert report["held_out_accuracy"] == 1.0 and report["kind"] == "linear" and judge.labels == ["bell", "reed"]
+    clips = [c.audio for c in load_split(root, "test")]
+    loaded = LinearJudge.load(judge.save(tmp_path / "linear.npz"))
+    assert loaded.predict_audio(clips, RATE) == judge.predict_audio(clips, RATE) == ["reed", "bell"] * 2
+    with pytest.raises(ValueError, match="not a saved linear instrument judge"):
+        LinearJudge.load(tmp_path / "demo" / "captions.jsonl")
+
+
+def test_loaded_judges_are_validated_in_every_run_and_refused_below_the_bar(tmp_path):
+    """evaluate's judges from --classifier FILE (the MLP's; the linear one's beside it) are checked on this data's
+    held-out renders as fresh ones are: accuracy and confusion go into the report; a judge whose labels are swapped
+    (always wrong) is refused before it judges anything, and the error names its file."""
     import dataclasses
 
-    from stableaudio_jax.evaluation.run import _classifier
+    from stableaudio_jax.evaluation.linear_judge import LinearJudge
+    from stableaudio_jax.evaluation.run import _judges, judge_paths
     root = _fake_demo(tmp_path / "demo")
-    good = train_classifier(root)[0].save(tmp_path / "good.npz")
+    files = judge_paths(str(tmp_path / "good.npz"))
+    assert files == {"mlp": str(tmp_path / "good.npz"), "linear": str(tmp_path / "good_linear.npz")}
     notes = []
-    classifier, report = _classifier(good, str(root), notes, RATE, 1)
-    assert report["path"] == good and report["held_out_accuracy"] == 1.0 and report["held_out_clips"] == 8
-    assert report["confusion"]["bell"] == {"bell": 4, "reed": 0} and "validated in this run: 100.0%" in notes[0]
-    loaded = InstrumentClassifier.load(good)
-    swapped = dataclasses.replace(loaded, labels=loaded.labels[::-1]).save(tmp_path / "swapped.npz")
-    with pytest.raises(ValueError, match=r"swapped.npz: the instrument classifier reaches 0.0% on 8 held-out "
-                                         r"renders .* below the 95%"):
-        _classifier(swapped, str(root), [], RATE, 1)
-    other = dataclasses.replace(loaded, labels=["bell", "organ"]).save(tmp_path / "other.npz")
-    with pytest.raises(ValueError, match=r"other.npz: the instrument classifier knows \['bell', 'organ'\]; .* "
-                                         r"also has \['reed'\]"):
-        _classifier(other, str(root), [], RATE, 1)
+    judges, reports = _judges(files["mlp"], str(root), notes, RATE, 1)  # trained and saved: no files yet
+    assert set(judges) == {"mlp", "linear"} and all(os.path.isfile(f) for f in files.values())
+    assert "trained on 12 clips" in notes[0] and "trained on 12 clips" in notes[1]
+    notes = []
+    judges, reports = _judges(files["mlp"], str(root), notes, RATE, 1)  # loaded, and validated again
+    for kind, report in reports.items():
+        assert report["path"] == files[kind] and report["held_out_accuracy"] == 1.0
+        assert report["held_out_clips"] == 8 and report["confusion"]["bell"] == {"bell": 4, "reed": 0}
+    assert all("loaded; validated in this run: 100.0%" in note for note in notes)
+    for kind, cls in (("mlp", InstrumentClassifier), ("linear", LinearJudge)):
+        bad = tmp_path / f"bad_{kind}"
+        loaded = cls.load(files[kind])
+        for k, where in judge_paths(str(bad / "judge.npz")).items():
+            judge = JUDGES[k].load(files[k])
+            os.makedirs(bad, exist_ok=True)
+            (dataclasses.replace(judge, labels=judge.labels[::-1]) if k == kind else judge).save(where)
+        with pytest.raises(ValueError, match=rf"bad_{kind}/judge\w*.npz: the {kind} instrument judge reaches 0.0% on "
+                                             "8 held-out renders .* below the 95%"):
+            _judges(str(bad / "judge.npz"), str(root), [], RATE, 1)
+        other = dataclasses.replace(loaded, labels=["bell", "organ"])
+        with pytest.raises(ValueError, match=rf"the {kind} instrument judge knows \['bell', 'organ'\]; .* also "
+                                             r"has \['reed'\]"):
+            validate_classifier(other, root, sample_rate=RATE, channels=1, source="x")
 
 
 def test_report_tables(tmp_path):
@@ -263,3 +292,24 @@ def test_timing_asks_for_lengths_spread_over_the_window_and_checks_each_end():
     # the first prompt of each call (3 of 7) plays on to the window's end
     assert result["end_within_0_25_s"] == pytest.approx(4 / 7) and len(result["end_within_0_25_s_ci95"]) == 2
     assert -80 < result["tail_energy_db"] < -50  # about -117 dB for the 4 that stop, 0 dB for the 3 that play on
+
+
+def test_a_generated_clip_is_right_only_when_both_judges_say_so():
+    from stableaudio_jax.evaluation.evaluate import Clip, adherence_metrics
+
+    class Judge:
+        def __init__(self, says):
+            self.says = says
+
+        def predict_audio(self, audio, rate):
+            return self.says
+
+        def embed(self, features):
+            return np.random.default_rng(len(features)).standard_normal((len(features), 3))
+
+    clips = [Clip(f"{i}.wav", "c", "reed", 120, _tone(330), RATE) for i in range(4)]
+    judges = {"mlp": Judge(["reed", "reed", "bell", "bell"]), "linear": Judge(["reed", "bell", "reed", "bell"])}
+    result = adherence_metrics([c.audio for c in clips], clips, judges, np.zeros((4, 3)) + 0.5, RATE)
+    assert result["instrument_accuracy_mlp"] == 0.5 == result["instrument_accuracy_linear"]
+    assert result["instrument_accuracy"] == 0.25 and result["clips"] == 4  # only the first: both right
+    assert len(result["frechet_distance_ci95"]) == 2 and result["frechet_distance"] > 0

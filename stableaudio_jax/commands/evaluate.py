@@ -22,10 +22,11 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     p.add_argument("--timing-prompts", type=int, default=48,
                    help="generations for timing control, asked for lengths spread over the window (default 48)")
-    p.add_argument("--classifier", help="instrument classifier .npz: loaded if it exists, else trained on --data's "
-                                        "train split and saved there; either way validated on --data's held-out "
-                                        "renders first (accuracy and confusion in the report; below 95%% it is "
-                                        "refused)")
+    p.add_argument("--classifier", help="the instrument judges' files: the MLP judge's .npz (the linear judge's "
+                                        "beside it, NAME_linear.npz), each loaded if it exists, else trained on "
+                                        "--data's train split and saved there; either way validated on --data's "
+                                        "held-out renders first (accuracy and confusion in the report; below 95%% "
+                                        "it is refused)")
     p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the generations and the untrained baselines (default 0)")

@@ -61,6 +61,16 @@ class InstrumentClassifier:
     hidden_b: np.ndarray
     out_w: np.ndarray     # [HIDDEN, classes]
     out_b: np.ndarray
+    kind = "mlp"
+    description = "MLP on log-mel, MFCC, spectral-contrast, onset and flatness statistics"
+
+    @classmethod
+    def fit_audio(cls, audio: Sequence[np.ndarray], sample_rate: int, labels: Sequence[str],
+                  seed: int = 0) -> "InstrumentClassifier":
+        return cls.fit([clip_features(a, sample_rate) for a in audio], labels, seed)
+
+    def predict_audio(self, audio: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        return self.predict([clip_features(a, sample_rate) for a in audio])
 
     @classmethod
     def fit(cls, clips: Sequence[np.ndarray], labels: Sequence[str], seed: int = 0) -> "InstrumentClassifier":

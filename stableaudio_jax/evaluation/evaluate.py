@@ -3,16 +3,17 @@ same numbers for reference points measured in the same run (real held-out audio,
 
   autoencoder    held-out clips through encode → decode: SI-SDR, multi-resolution STFT distance, mel distance
                  (auraloss' definitions, as the Stable Audio papers report them)
-  adherence      generations for held-out captions: instrument accuracy (classifier of ``classifier.py``, first
-                 validated on held-out real renders), tempo error (librosa's beat tracker), Fréchet distance between
-                 generated and held-out real clips in the classifier's embedding space
+  adherence      generations for held-out captions: instrument accuracy (right only when both judges, the MLP of
+                 ``classifier.py`` and the linear model of ``linear_judge.py``, each first validated on held-out
+                 real renders, name the prompt's instrument), tempo error (librosa's beat tracker), Fréchet
+                 distance between generated and held-out real clips in the MLP judge's embedding space
   timing         generations asked for lengths spread over the window: energy after ``seconds_total`` against
                  before it, and how often the sound's detected end is within 0.25 s of the request
 Every number is a mean over clips with its 95 % bootstrap interval (``<name>_ci95``).
 
 Held-out data is a demo-data split (``valid`` or ``test``: pieces never seen in training), with its attributes.
-Every clip is first brought to the model's audio format (rate, channels), and the classifier is trained on clips
-in that format too: real and generated audio are judged with the same bandwidth.
+Every clip is first brought to the model's audio format (rate, channels), and the judges are trained on clips in
+that format too: real and generated audio are judged with the same bandwidth.
 """
 from __future__ import annotations
 
@@ -26,8 +27,12 @@ import numpy as np
 from stableaudio_jax import paths
 from stableaudio_jax.audio import metrics
 from stableaudio_jax.evaluation.classifier import InstrumentClassifier, clip_features
+from stableaudio_jax.evaluation.linear_judge import LinearJudge
 
 MIN_CLASSIFIER_ACCURACY = 0.95
+# Two independent instrument judges (different features, different model families): a generated clip counts as
+# the prompt's instrument only when both say so. The first one's embedding is the Fréchet distances' space.
+JUDGES = {"mlp": InstrumentClassifier, "linear": LinearJudge}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,39 +75,39 @@ def features_of(audio: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarra
 
 
 def train_classifier(demo_dir: str | os.PathLike, min_accuracy: float = MIN_CLASSIFIER_ACCURACY, seed: int = 0,
-                     sample_rate: int | None = None, channels: int | None = None) -> tuple[InstrumentClassifier, dict]:
-    """Fits on the train split, validates on valid + test (pieces it never saw), all in the given audio format;
-    below ``min_accuracy`` it is not fit to judge anything and the error says so."""
+                     sample_rate: int | None = None, channels: int | None = None, kind: str = "mlp"):
+    """A ``kind`` judge (``JUDGES``) fitted on the train split and validated on valid + test (pieces it never saw),
+    all in the given audio format; below ``min_accuracy`` it is not fit to judge anything and the error says so."""
     train = load_split(demo_dir, "train", None, sample_rate, channels)
-    classifier = InstrumentClassifier.fit(features_of([c.audio for c in train], train[0].sample_rate),
-                                          [c.instrument for c in train], seed)
-    report = validate_classifier(classifier, demo_dir, min_accuracy, sample_rate, channels)
-    return classifier, {"train_clips": len(train), **report}
+    judge = JUDGES[kind].fit_audio([c.audio for c in train], train[0].sample_rate, [c.instrument for c in train],
+                                   seed)
+    report = validate_classifier(judge, demo_dir, min_accuracy, sample_rate, channels)
+    return judge, {"train_clips": len(train), **report}
 
 
-def validate_classifier(classifier: InstrumentClassifier, demo_dir: str | os.PathLike,
-                        min_accuracy: float = MIN_CLASSIFIER_ACCURACY, sample_rate: int | None = None,
-                        channels: int | None = None, source: str = "") -> dict:
-    """The classifier's accuracy and per-instrument confusion on the valid + test renders of ``demo_dir`` (real
-    audio of pieces the train split never had). Run on every classifier before it judges anything, trained here or
-    loaded (``source``: the file it came from): a judge below ``min_accuracy`` is refused."""
+def validate_classifier(classifier, demo_dir: str | os.PathLike, min_accuracy: float = MIN_CLASSIFIER_ACCURACY,
+                        sample_rate: int | None = None, channels: int | None = None, source: str = "") -> dict:
+    """A judge's accuracy and per-instrument confusion on the valid + test renders of ``demo_dir`` (real audio of
+    pieces the train split never had). Run on every judge before it judges anything, trained here or loaded
+    (``source``: the file it came from): a judge below ``min_accuracy`` is refused."""
     held_out = load_split(demo_dir, "valid", None, sample_rate, channels) + load_split(demo_dir, "test", None,
                                                                                      sample_rate, channels)
     where = f"{source}: " if source else ""
     unknown = sorted({c.instrument for c in held_out} - set(classifier.labels))
     if unknown:
-        raise ValueError(f"{where}the instrument classifier knows {classifier.labels}; {os.fspath(demo_dir)} also "
-                         f"has {unknown}: train it on this data (leave out --classifier)")
+        raise ValueError(f"{where}the {classifier.kind} instrument judge knows {classifier.labels}; "
+                         f"{os.fspath(demo_dir)} also has {unknown}: train it on this data (leave out --classifier)")
     truth = [c.instrument for c in held_out]
-    predicted = classifier.predict(features_of([c.audio for c in held_out], held_out[0].sample_rate))
+    predicted = classifier.predict_audio([c.audio for c in held_out], held_out[0].sample_rate)
     accuracy = float(np.mean([a == b for a, b in zip(predicted, truth)]))
     confusion = {t: {p: sum(1 for a, b in zip(truth, predicted) if (a, b) == (t, p)) for p in classifier.labels}
                  for t in sorted(set(truth))}
     if accuracy < min_accuracy:
-        raise ValueError(f"{where}the instrument classifier reaches {accuracy:.1%} on {len(held_out)} held-out "
-                         f"renders of {os.fspath(demo_dir)}, below the {min_accuracy:.0%} needed to judge "
+        raise ValueError(f"{where}the {classifier.kind} instrument judge reaches {accuracy:.1%} on {len(held_out)} "
+                         f"held-out renders of {os.fspath(demo_dir)}, below the {min_accuracy:.0%} needed to judge "
                          "generations; give it more clips (`stableaudio-jax demo-data --clips`)")
-    return {"held_out_clips": len(held_out), "held_out_accuracy": accuracy, "confusion": confusion,
+    return {"kind": classifier.kind, "judge": classifier.description, "held_out_clips": len(held_out),
+            "held_out_accuracy": accuracy, "confusion": confusion,
             "instruments": classifier.labels, "sample_rate": held_out[0].sample_rate}
 
 
@@ -155,19 +160,22 @@ def generate_for(pipe, clips: Sequence[Clip], steps: int, seed: int, batch: int 
     return out[:len(clips)]
 
 
-def adherence_metrics(generated: Sequence[np.ndarray], clips: Sequence[Clip], classifier: InstrumentClassifier,
+def adherence_metrics(generated: Sequence[np.ndarray], clips: Sequence[Clip], judges: dict,
                       real_embeddings: np.ndarray, sample_rate: int) -> dict:
-    """Instrument accuracy and tempo error per clip, summarised; the Fréchet distance of the set, with an interval
-    from resampling the generated clips (FD grows when clips repeat, so a row's interval sits above its point
-    estimate: compare rows' intervals with each other, all from the same number of clips)."""
-    feats = features_of(generated, sample_rate)
+    """Instrument accuracy (both judges must name the prompt's instrument; each judge's own accuracy beside it) and
+    tempo error per clip, summarised; the Fréchet distance of the set in the first judge's embedding, with an
+    interval from resampling the generated clips (FD grows when clips repeat, so a row's interval sits above its
+    point estimate: compare rows' intervals with each other, all from the same number of clips)."""
+    said = {kind: judge.predict_audio(generated, sample_rate) for kind, judge in judges.items()}
     rows = []
-    for predicted, audio, clip in zip(classifier.predict(feats), generated, clips):
+    for i, (audio, clip) in enumerate(zip(generated, clips)):
+        right = {kind: float(names[i] == clip.instrument) for kind, names in said.items()}
         tempo = metrics.tempo_error(audio, sample_rate, clip.bpm)
-        rows.append({"instrument_accuracy": float(predicted == clip.instrument),
+        rows.append({"instrument_accuracy": min(right.values()),
+                     **{f"instrument_accuracy_{kind}": value for kind, value in right.items()},
                      "tempo_relative_error": tempo["relative_error"],
                      "tempo_within_8_percent": float(tempo["within_8_percent"])})
-    embedded = classifier.embed(feats)
+    embedded = judges["mlp"].embed(features_of(generated, sample_rate))
     distance = lambda rows_: metrics.frechet_distance(rows_, real_embeddings)  # noqa: E731
     return summarize(rows) | {"frechet_distance": distance(embedded),
                               "frechet_distance_ci95": metrics.bootstrap_interval(embedded, distance, resamples=200)}
@@ -196,11 +204,11 @@ def timing_metrics(pipe, clips: Sequence[Clip], steps: int, seed: int, prompts: 
     return summarize(rows) | {"seconds_total": [min(asked), max(asked)], "window_seconds": window}
 
 
-def real_reference(clips: Sequence[Clip], others: Sequence[Clip], classifier: InstrumentClassifier) -> dict:
+def real_reference(clips: Sequence[Clip], others: Sequence[Clip], judges: dict) -> dict:
     """The same adherence numbers for real held-out audio: the ceiling (and the beat tracker's own error)."""
     rate = clips[0].sample_rate
-    return adherence_metrics([c.audio for c in clips], clips, classifier,
-                             classifier.embed(features_of([c.audio for c in others], rate)), rate)
+    return adherence_metrics([c.audio for c in clips], clips, judges,
+                             judges["mlp"].embed(features_of([c.audio for c in others], rate)), rate)
 
 
 def summarize(rows: Sequence[dict]) -> dict:

@@ -12,7 +12,6 @@ import numpy as np
 
 from stableaudio_jax import paths
 from stableaudio_jax.evaluation import evaluate as E
-from stableaudio_jax.evaluation.classifier import InstrumentClassifier
 
 
 def _untrained_vae(vae, seed: int):
@@ -43,22 +42,34 @@ def _untrained_pipeline(pipe, seed: int):
     return TextToAudioPipeline(TextToAudioModel(text, diffusion, pipe.model.vae, pipe.model.config, "untrained"))
 
 
-def _classifier(path: str | None, data: str, notes: list[str], rate: int, channels: int
-                ) -> tuple[InstrumentClassifier, dict]:
-    if path and paths.isfile(path):  # a stored judge is validated on this data, as a fresh one is
-        classifier = InstrumentClassifier.load(path)
-        report = {"path": path, **E.validate_classifier(classifier, data, sample_rate=rate, channels=channels,
-                                                        source=path)}
-        notes.append(f"instrument classifier: {path}, validated in this run: {report['held_out_accuracy']:.1%} "
-                     f"on {report['held_out_clips']} held-out real renders")
-        return classifier, report
-    classifier, report = E.train_classifier(data, sample_rate=rate, channels=channels)
-    if path:
-        paths.makedirs(os.path.dirname(paths.absolute(path)))
-        classifier.save(path)
-    notes.append(f"instrument classifier trained on {report['train_clips']} clips of {data} (train split); "
-                 f"{report['held_out_accuracy']:.1%} on {report['held_out_clips']} held-out real renders")
-    return classifier, report
+def judge_paths(path: str) -> dict[str, str]:
+    """Where each judge of ``evaluate.JUDGES`` is stored: the first at ``path`` (``--classifier``), the others
+    beside it (``classifier.npz`` → ``classifier_linear.npz``)."""
+    stem, ext = os.path.splitext(path)
+    return {kind: path if i == 0 else f"{stem}_{kind}{ext or '.npz'}" for i, kind in enumerate(E.JUDGES)}
+
+
+def _judges(path: str | None, data: str, notes: list[str], rate: int, channels: int) -> tuple[dict, dict]:
+    """Every judge, loaded where its file exists or trained on ``data``'s train split (and saved when ``path`` is
+    given), and validated on ``data``'s held-out renders in this run either way."""
+    judges, reports = {}, {}
+    for kind, where in (judge_paths(path) if path else dict.fromkeys(E.JUDGES)).items():
+        if where and paths.isfile(where):
+            judge = E.JUDGES[kind].load(where)
+            reports[kind] = {"path": where, **E.validate_classifier(judge, data, sample_rate=rate, channels=channels,
+                                                                     source=where)}
+            origin = f"{where}, loaded"
+        else:
+            judge, reports[kind] = E.train_classifier(data, sample_rate=rate, channels=channels, kind=kind)
+            if where:
+                paths.makedirs(os.path.dirname(paths.absolute(where)))
+                judge.save(where)
+            origin = f"trained on {reports[kind]['train_clips']} clips of {data} (train split)"
+        judges[kind] = judge
+        notes.append(f"{kind} instrument judge ({judge.description}): {origin}; validated in this run: "
+                     f"{reports[kind]['held_out_accuracy']:.1%} on {reports[kind]['held_out_clips']} held-out real "
+                     "renders")
+    return judges, reports
 
 
 def run_evaluation(data: str, out_dir: str, model: str | None = None, vae: str | None = None, split: str = "test",
@@ -97,23 +108,23 @@ def _generation_sections(model: str, data: str, held, reconstructions, steps, cl
     from stableaudio_jax.inference.pipeline import TextToAudioPipeline
     pipe = TextToAudioPipeline.from_checkpoint(model)
     rate, channels = pipe.sample_rate, pipe.audio_channels
-    classifier, result["classifier"] = _classifier(classifier_path, data, notes, rate, channels)
+    judges, result["judges"] = _judges(classifier_path, data, notes, rate, channels)
     steps = steps or int(pipe.config.sampling.steps)
     others = E.load_split(data, "train", len(held), rate, channels)
-    real_embeddings = classifier.embed(E.features_of([c.audio for c in held], rate))
+    real_embeddings = judges["mlp"].embed(E.features_of([c.audio for c in held], rate))
     pipelines = {"trained model": pipe}
     if baselines:
         pipelines["untrained model"] = _untrained_pipeline(pipe, seed)
     adherence, timing = {}, {}
     for name, p in pipelines.items():
         generated = E.generate_for(p, held, steps, seed, progress=f"generate ({name})" if progress else None)
-        adherence[name] = E.adherence_metrics(generated, held, classifier, real_embeddings, rate)
+        adherence[name] = E.adherence_metrics(generated, held, judges, real_embeddings, rate)
         timing[name] = E.timing_metrics(p, held, steps, seed, timing_prompts)
-    adherence["real held-out audio"] = E.real_reference(held, others, classifier)
-    adherence["real audio through the VAE"] = E.adherence_metrics(reconstructions, held, classifier,
-                                                                  real_embeddings, rate)
-    notes.append(f"{steps} sampling steps ({pipe.config.sampling.sampler}); Fréchet distances in the classifier's "
-                 f"{classifier.hidden_w.shape[1]}-d embedding against {len(held)} held-out real clips (the real row: "
+    adherence["real held-out audio"] = E.real_reference(held, others, judges)
+    adherence["real audio through the VAE"] = E.adherence_metrics(reconstructions, held, judges, real_embeddings,
+                                                                  rate)
+    notes.append(f"{steps} sampling steps ({pipe.config.sampling.sampler}); Fréchet distances in the MLP judge's "
+                 f"{judges['mlp'].hidden_w.shape[1]}-d embedding against {len(held)} held-out real clips (the real row: "
                  "against train-split clips); [low, high]: 95% bootstrap intervals over clips (for Fréchet "
                  "distances: over resampled generated clips, which biases them upward: compare rows with rows)")
     return {"prompt adherence": adherence, "timing control": timing}
