@@ -72,13 +72,19 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, su
     return path
 
 
+def mel_spectrogram_db(audio: np.ndarray, sample_rate: int, n_mels: int = 128) -> np.ndarray:
+    """``[n_mels, frames]`` log-mel power of the channel mean of ``[samples, channels]`` audio, in dB below its
+    loudest bin (floor -80 dB): what the spectrogram pictures show."""
+    import librosa
+    mono = np.asarray(audio, np.float32).reshape(len(audio), -1).mean(axis=-1)
+    mel = librosa.feature.melspectrogram(y=mono, sr=sample_rate, n_fft=2048, hop_length=512, n_mels=n_mels)
+    return librosa.power_to_db(mel + 1e-10, ref=np.max, top_db=80.0)
+
+
 def write_spectrogram_png(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, n_mels: int = 128) -> str:
     """A log-mel spectrogram picture of the channel mean (time left to right, low frequencies at the bottom)."""
-    import librosa
     from PIL import Image
-    mono = np.asarray(audio, np.float32).mean(axis=-1)
-    mel = librosa.feature.melspectrogram(y=mono, sr=sample_rate, n_fft=2048, hop_length=512, n_mels=n_mels)
-    db = librosa.power_to_db(mel + 1e-10, ref=np.max, top_db=80.0)
+    db = mel_spectrogram_db(audio, sample_rate, n_mels)
     pixels = np.uint8(np.clip((db + 80.0) / 80.0, 0, 1) * 255)[::-1]
     path = paths.absolute(path)
     paths.makedirs(os.path.dirname(path))
