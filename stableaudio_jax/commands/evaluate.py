@@ -9,10 +9,10 @@ def add_parser(sub) -> None:
         "evaluate", help="measure a model on held-out demo data: reconstruction, prompt adherence, timing",
         description="Evaluate a stored text-to-audio model (or a VAE alone) on a held-out split of a `demo-data` "
                     "folder: VAE reconstruction (SI-SDR, multi-resolution STFT and mel distances), prompt adherence "
-                    "(instrument accuracy from a classifier validated at >= 95% on held-out renders, tempo error, "
-                    "Fréchet distance in the classifier's embedding) and timing control (energy after "
+                    "(instrument accuracy: both of two judges validated at >= 95% on held-out renders must agree; "
+                    "tempo error, Fréchet distance in the first judge's embedding) and timing control (energy after "
                     "seconds_total, detected end within 0.25 s), each beside real held-out audio and untrained "
-                    "models, each a mean with its 95%% bootstrap interval. Writes evaluation.json and "
+                    "models, each a mean with its 95% bootstrap interval. Writes evaluation.json and "
                     "evaluation.md.")
     p.add_argument("--model", help="a stored text-to-audio model (train / convert / export)")
     p.add_argument("--vae", help="a stored VAE, to evaluate the autoencoder alone")
