@@ -52,8 +52,48 @@ def clip_features(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.asarray(rows, np.float64)
 
 
+def sklearn_logits(weights: np.ndarray, bias: np.ndarray, classes: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """A scikit-learn output layer as one logit per class: for two classes it keeps a single logit (the second
+    class's), which becomes the pair (-z/2, z/2), the same softmax."""
+    if len(classes) == 2:
+        return np.concatenate([-weights, weights], 1) / 2, np.concatenate([-bias, bias]) / 2
+    return weights, bias
+
+
+def clip_log_probabilities(segment_logits: Sequence[np.ndarray]) -> np.ndarray:
+    """``[clips, classes]``: per clip, the mean over its segments of their log-softmax."""
+    out = []
+    for logits in segment_logits:
+        logits = logits - logits.max(axis=1, keepdims=True)
+        out.append((logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).mean(axis=0))
+    return np.stack(out)
+
+
+class StoredJudge:
+    """Saving and loading of a judge dataclass: its labels and arrays in one small ``.npz``, applied with numpy
+    when loaded (no dependence on the scikit-learn version that fitted it)."""
+    what = "instrument judge"  # names the kind of file in load's error
+
+    def save(self, path: str | os.PathLike) -> str:
+        path, buffer = os.fspath(path), io.BytesIO()
+        arrays = {k: np.asarray(v) for k, v in dataclasses.asdict(self).items() if k != "labels"}
+        np.savez(buffer, labels=np.asarray(self.labels), **arrays)
+        paths.write_bytes_atomic(path, buffer.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        path = os.fspath(path)
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "labels"]
+        try:
+            with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as data:
+                return cls([str(label) for label in data["labels"]], **{k: data[k] for k in names})
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{path}: not a saved {cls.what} ({e})") from e
+
+
 @dataclasses.dataclass
-class InstrumentClassifier:
+class InstrumentClassifier(StoredJudge):
     labels: list[str]
     mean: np.ndarray      # feature standardisation
     scale: np.ndarray
@@ -63,6 +103,7 @@ class InstrumentClassifier:
     out_b: np.ndarray
     kind = "mlp"
     description = "MLP on log-mel, MFCC, spectral-contrast, onset and flatness statistics"
+    what = "instrument classifier"
 
     @classmethod
     def fit_audio(cls, audio: Sequence[np.ndarray], sample_rate: int, labels: Sequence[str],
@@ -81,9 +122,7 @@ class InstrumentClassifier:
         mean, scale = features.mean(0), features.std(0) + 1e-8
         mlp = MLPClassifier((HIDDEN,), alpha=1e-3, max_iter=3000, random_state=seed)
         mlp.fit((features - mean) / scale, targets)
-        out_w, out_b = mlp.coefs_[1], mlp.intercepts_[1]
-        if len(mlp.classes_) == 2:  # scikit-learn keeps one logit for two classes: make it two
-            out_w, out_b = np.concatenate([-out_w, out_w], 1) / 2, np.concatenate([-out_b, out_b]) / 2
+        out_w, out_b = sklearn_logits(mlp.coefs_[1], mlp.intercepts_[1], mlp.classes_)
         return cls([str(c) for c in mlp.classes_], mean, scale, mlp.coefs_[0], mlp.intercepts_[0], out_w, out_b)
 
     def _hidden(self, segments: np.ndarray) -> np.ndarray:
@@ -97,34 +136,10 @@ class InstrumentClassifier:
 
     def log_probabilities(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """``[clips, instruments]``: the mean over a clip's segments of their log-probabilities."""
-        out = []
-        for c in clips:
-            logits = self._hidden(c) @ self.out_w + self.out_b
-            logits = logits - logits.max(axis=1, keepdims=True)
-            out.append((logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).mean(axis=0))
-        return np.stack(out)
+        return clip_log_probabilities([self._hidden(c) @ self.out_w + self.out_b for c in clips])
 
     def predict(self, clips: Sequence[np.ndarray]) -> list[str]:
         return [self.labels[i] for i in self.log_probabilities(clips).argmax(axis=1)]
 
     def accuracy(self, clips: Sequence[np.ndarray], labels: Sequence[str]) -> float:
         return float(np.mean([a == b for a, b in zip(self.predict(clips), labels)]))
-
-    def save(self, path: str | os.PathLike) -> str:
-        path = os.fspath(path)
-        arrays = {k: np.asarray(v) for k, v in dataclasses.asdict(self).items() if k != "labels"}
-        buffer = io.BytesIO()
-        np.savez(buffer, labels=np.asarray(self.labels), **arrays)
-        paths.write_bytes_atomic(path, buffer.getvalue())
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "InstrumentClassifier":
-        path = os.fspath(path)
-        try:
-            with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as data:
-                fields = {k: data[k] for k in ("mean", "scale", "hidden_w", "hidden_b", "out_w", "out_b")}
-                labels = [str(label) for label in data["labels"]]
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a saved instrument classifier ({e})") from e
-        return cls(labels, **fields)

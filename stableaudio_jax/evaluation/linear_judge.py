@@ -7,23 +7,20 @@ mean and standard deviation over time of the log energy in 32 equal-width linear
 centroid, bandwidth, 85 % roll-off, zero-crossing rate and spectral flux, and the loudness envelope's shape (crest,
 sustain: the fraction of frames above half the peak, and the slope of its log decay). A linear model (multinomial
 logistic regression, scikit-learn) maps segments to instruments; a clip's prediction averages its segments'
-log-probabilities. Stored as a small ``.npz`` applied with numpy, as the first judge is.
+log-probabilities. Stored as a small ``.npz`` applied with numpy, as the first judge is (``StoredJudge``).
 """
 from __future__ import annotations
 
 import dataclasses
-import io
-import os
 from typing import Sequence
 
 import numpy as np
 
-from stableaudio_jax import paths
+from stableaudio_jax.evaluation.classifier import StoredJudge, clip_log_probabilities, sklearn_logits
 
 FEATURE_RATE = 22050
 HOP = 512
 BANDS = 32
-FIELDS = ("mean", "scale", "weights", "bias")
 
 
 def segment_features(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -60,7 +57,7 @@ def _envelope_shape(loudness: np.ndarray) -> list[float]:
 
 
 @dataclasses.dataclass
-class LinearJudge:
+class LinearJudge(StoredJudge):
     labels: list[str]
     mean: np.ndarray     # feature standardisation
     scale: np.ndarray
@@ -68,6 +65,7 @@ class LinearJudge:
     bias: np.ndarray
     kind = "linear"
     description = "logistic regression on linear-band energies, spectral shape and loudness envelope"
+    what = "linear instrument judge"
 
     @classmethod
     def fit_audio(cls, audio: Sequence[np.ndarray], sample_rate: int, labels: Sequence[str],
@@ -78,30 +76,10 @@ class LinearJudge:
         targets = [label for c, label in zip(clips, labels) for _ in range(len(c))]
         mean, scale = features.mean(0), features.std(0) + 1e-8
         model = LogisticRegression(C=1.0, max_iter=5000, random_state=seed).fit((features - mean) / scale, targets)
-        weights, bias = model.coef_.T, model.intercept_
-        if len(model.classes_) == 2:  # scikit-learn keeps one logit for two classes: make it two
-            weights, bias = np.concatenate([-weights, weights], 1) / 2, np.concatenate([-bias, bias]) / 2
+        weights, bias = sklearn_logits(model.coef_.T, model.intercept_, model.classes_)
         return cls([str(c) for c in model.classes_], mean, scale, weights, bias)
 
     def predict_audio(self, audio: Sequence[np.ndarray], sample_rate: int) -> list[str]:
-        scores = []
-        for a in audio:
-            logits = (segment_features(a, sample_rate) - self.mean) / self.scale @ self.weights + self.bias
-            logits = logits - logits.max(axis=1, keepdims=True)
-            scores.append((logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).mean(axis=0))
-        return [self.labels[i] for i in np.argmax(scores, axis=1)]
-
-    def save(self, path: str | os.PathLike) -> str:
-        path, buffer = os.fspath(path), io.BytesIO()
-        np.savez(buffer, labels=np.asarray(self.labels), **{k: np.asarray(getattr(self, k)) for k in FIELDS})
-        paths.write_bytes_atomic(path, buffer.getvalue())
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "LinearJudge":
-        path = os.fspath(path)
-        try:
-            with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as data:
-                return cls([str(label) for label in data["labels"]], *(data[k] for k in FIELDS))
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a saved linear instrument judge ({e})") from e
+        scores = clip_log_probabilities([(segment_features(a, sample_rate) - self.mean) / self.scale @ self.weights
+                                         + self.bias for a in audio])
+        return [self.labels[i] for i in scores.argmax(axis=1)]
