@@ -69,10 +69,28 @@ def clip_log_probabilities(segment_logits: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(out)
 
 
+def segment_training_set(clips: Sequence[np.ndarray], labels: Sequence[str]):
+    """Every segment of every clip as a training row labelled with its clip's instrument, standardised:
+    (rows, targets, mean, scale)."""
+    features = np.concatenate([np.asarray(c, np.float64) for c in clips])
+    targets = [label for c, label in zip(clips, labels) for _ in range(len(c))]
+    mean, scale = features.mean(0), features.std(0) + 1e-8
+    return (features - mean) / scale, targets, mean, scale
+
+
 class StoredJudge:
-    """Saving and loading of a judge dataclass: its labels and arrays in one small ``.npz``, applied with numpy
-    when loaded (no dependence on the scikit-learn version that fitted it)."""
+    """What both instrument judges share: fitting and predicting from audio through the judge's own per-segment
+    ``features``, and saving and loading its labels and arrays as one small ``.npz``, applied with numpy when loaded
+    (no dependence on the scikit-learn version that fitted it). A judge defines ``features``, ``fit`` (per clip its
+    feature rows) and ``predict`` (the same)."""
     what = "instrument judge"  # names the kind of file in load's error
+
+    @classmethod
+    def fit_audio(cls, audio: Sequence[np.ndarray], sample_rate: int, labels: Sequence[str], seed: int = 0):
+        return cls.fit([cls.features(a, sample_rate) for a in audio], labels, seed)
+
+    def predict_audio(self, audio: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        return self.predict([self.features(a, sample_rate) for a in audio])
 
     def save(self, path: str | os.PathLike) -> str:
         path, buffer = os.fspath(path), io.BytesIO()
@@ -104,24 +122,14 @@ class InstrumentClassifier(StoredJudge):
     kind = "mlp"
     description = "MLP on log-mel, MFCC, spectral-contrast, onset and flatness statistics"
     what = "instrument classifier"
-
-    @classmethod
-    def fit_audio(cls, audio: Sequence[np.ndarray], sample_rate: int, labels: Sequence[str],
-                  seed: int = 0) -> "InstrumentClassifier":
-        return cls.fit([clip_features(a, sample_rate) for a in audio], labels, seed)
-
-    def predict_audio(self, audio: Sequence[np.ndarray], sample_rate: int) -> list[str]:
-        return self.predict([clip_features(a, sample_rate) for a in audio])
+    features = staticmethod(clip_features)
 
     @classmethod
     def fit(cls, clips: Sequence[np.ndarray], labels: Sequence[str], seed: int = 0) -> "InstrumentClassifier":
         """``clips``: per clip its ``clip_features`` rows; every segment learns its clip's label."""
         from sklearn.neural_network import MLPClassifier
-        features = np.concatenate([np.asarray(c, np.float64) for c in clips])
-        targets = [label for c, label in zip(clips, labels) for _ in range(len(c))]
-        mean, scale = features.mean(0), features.std(0) + 1e-8
-        mlp = MLPClassifier((HIDDEN,), alpha=1e-3, max_iter=3000, random_state=seed)
-        mlp.fit((features - mean) / scale, targets)
+        rows, targets, mean, scale = segment_training_set(clips, labels)
+        mlp = MLPClassifier((HIDDEN,), alpha=1e-3, max_iter=3000, random_state=seed).fit(rows, targets)
         out_w, out_b = sklearn_logits(mlp.coefs_[1], mlp.intercepts_[1], mlp.classes_)
         return cls([str(c) for c in mlp.classes_], mean, scale, mlp.coefs_[0], mlp.intercepts_[0], out_w, out_b)
 

@@ -166,7 +166,8 @@ def adherence_metrics(generated: Sequence[np.ndarray], clips: Sequence[Clip], ju
     tempo error per clip, summarised; the Fréchet distance of the set in the first judge's embedding, with an
     interval from resampling the generated clips (FD grows when clips repeat, so a row's interval sits above its
     point estimate: compare rows' intervals with each other, all from the same number of clips)."""
-    said = {kind: judge.predict_audio(generated, sample_rate) for kind, judge in judges.items()}
+    features = {kind: [judge.features(a, sample_rate) for a in generated] for kind, judge in judges.items()}
+    said = {kind: judge.predict(features[kind]) for kind, judge in judges.items()}
     rows = []
     for i, (audio, clip) in enumerate(zip(generated, clips)):
         right = {kind: float(names[i] == clip.instrument) for kind, names in said.items()}
@@ -175,7 +176,7 @@ def adherence_metrics(generated: Sequence[np.ndarray], clips: Sequence[Clip], ju
                      **{f"instrument_accuracy_{kind}": value for kind, value in right.items()},
                      "tempo_relative_error": tempo["relative_error"],
                      "tempo_within_8_percent": float(tempo["within_8_percent"])})
-    embedded = judges["mlp"].embed(features_of(generated, sample_rate))
+    embedded = judges["mlp"].embed(features["mlp"])  # the features it judged by: computed once
     distance = lambda rows_: metrics.frechet_distance(rows_, real_embeddings)  # noqa: E731
     return summarize(rows) | {"frechet_distance": distance(embedded),
                               "frechet_distance_ci95": metrics.bootstrap_interval(embedded, distance, resamples=200)}

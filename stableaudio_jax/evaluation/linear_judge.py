@@ -16,7 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from stableaudio_jax.evaluation.classifier import StoredJudge, clip_log_probabilities, sklearn_logits
+from stableaudio_jax.evaluation.classifier import (StoredJudge, clip_log_probabilities, segment_training_set,
+                                                   sklearn_logits)
 
 FEATURE_RATE = 22050
 HOP = 512
@@ -66,20 +67,17 @@ class LinearJudge(StoredJudge):
     kind = "linear"
     description = "logistic regression on linear-band energies, spectral shape and loudness envelope"
     what = "linear instrument judge"
+    features = staticmethod(segment_features)
 
     @classmethod
-    def fit_audio(cls, audio: Sequence[np.ndarray], sample_rate: int, labels: Sequence[str],
-                  seed: int = 0) -> "LinearJudge":
+    def fit(cls, clips: Sequence[np.ndarray], labels: Sequence[str], seed: int = 0) -> "LinearJudge":
+        """``clips``: per clip its ``segment_features`` rows; every segment learns its clip's label."""
         from sklearn.linear_model import LogisticRegression
-        clips = [segment_features(a, sample_rate) for a in audio]
-        features = np.concatenate(clips)
-        targets = [label for c, label in zip(clips, labels) for _ in range(len(c))]
-        mean, scale = features.mean(0), features.std(0) + 1e-8
-        model = LogisticRegression(C=1.0, max_iter=5000, random_state=seed).fit((features - mean) / scale, targets)
+        rows, targets, mean, scale = segment_training_set(clips, labels)
+        model = LogisticRegression(C=1.0, max_iter=5000, random_state=seed).fit(rows, targets)
         weights, bias = sklearn_logits(model.coef_.T, model.intercept_, model.classes_)
         return cls([str(c) for c in model.classes_], mean, scale, weights, bias)
 
-    def predict_audio(self, audio: Sequence[np.ndarray], sample_rate: int) -> list[str]:
-        scores = clip_log_probabilities([(segment_features(a, sample_rate) - self.mean) / self.scale @ self.weights
-                                         + self.bias for a in audio])
+    def predict(self, clips: Sequence[np.ndarray]) -> list[str]:
+        scores = clip_log_probabilities([(c - self.mean) / self.scale @ self.weights + self.bias for c in clips])
         return [self.labels[i] for i in scores.argmax(axis=1)]
