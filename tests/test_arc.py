@@ -36,14 +36,17 @@ def test_arc_trains_and_its_discriminator_learns(rf_model, tmp_path):
     for key in ("train/generator_loss", "train/discriminator_loss", "train/contrastive_loss"):
         assert np.isfinite([m[key] for m in logged]).all(), key
     # the discriminator beats chance: its relativistic loss is below softplus(0) = ln 2 over the last 20 steps
-    # and, on a fixed batch over 32 draws of noise, it ranks real above fake more often than chance. Chance is
-    # measured, not assumed: a fresh head and the same head negated (equally likely under its symmetric init)
-    # score 1 - each other, so a fresh discriminator's expected accuracy is 0.5 whatever one draw of it scores.
+    # and, on a fixed batch of 8 clips over 256 draws of noise (2048 comparisons), it ranks real above fake more
+    # often than chance. Chance is measured, not assumed: a fresh head and the same head negated (equally likely
+    # under its symmetric init) score 1 - each other, so a fresh discriminator's expected accuracy is 0.5 whatever
+    # one draw of it scores (one draw often scores 0 or 1: a random head separates real from fake by a sign).
+    # 0.54 is 3.6 binomial standard errors above 0.5. The game oscillates and its end point moves with the CPU's
+    # floating point: 0.57 on an AVX2 host (0.58 at 32 draws), above 0.6 on an AVX-512 one.
     assert np.mean([m["train/discriminator_loss"] for m in logged[-20:]]) < np.log(2)
     trained, fresh, negated = _accuracies(config, str(tmp_path / "arc"), latents, source)
     print("discriminator accuracy: trained", trained, "fresh", fresh, "fresh negated", negated)
     assert abs(fresh + negated - 1.0) < 1e-6
-    assert trained > 0.6
+    assert trained > 0.54
     from stableaudio_jax.store import load_diffusion
     state, _ = restored_state(tmp_path / "arc")
     start = load_diffusion(source).params["denoiser"]
@@ -94,7 +97,7 @@ def test_the_discriminator_trunk_is_the_generators_first_blocks():
 
 def _accuracies(config, workdir, latents, source):
     """The accuracy of the trained discriminator, of the initial one, and of the initial one with its score negated,
-    on one fixed batch (32 draws of t, s and noise)."""
+    on one fixed batch (256 draws of t, s and noise)."""
     import ml_collections
 
     from stableaudio_jax.parallel.distributed import global_batch
@@ -123,5 +126,5 @@ def _accuracies(config, workdir, latents, source):
     negated_head = {**fresh.disc_params["head"], "params": {**fresh.disc_params["head"]["params"],
                                                             "fc2": jax.tree_util.tree_map(lambda a: -a, head)}}
     negated = fresh.replace(disc_params={**fresh.disc_params, "head": negated_head})
-    accuracy = jax.jit(lambda s, b: arc_steps.discriminator_accuracy(compiled.run, s, b, jax.random.key(7), 32))
+    accuracy = jax.jit(lambda s, b: arc_steps.discriminator_accuracy(compiled.run, s, b, jax.random.key(7), 256))
     return tuple(float(accuracy(state, batch)) for state in (trained, fresh, negated))
