@@ -205,14 +205,16 @@ def test_report_tables(tmp_path):
 
 def test_generations_get_one_call_per_batch_cut_to_each_clip_with_a_progress_bar(capsys):
     """generate_for: fixed-size batches (the last padded with its last clip: one compiled sampler), each clip's
-    audio cut to its own length, seeds per batch, and a named progress bar over the batches when asked."""
+    audio cut to its own length, seeds per batch, the guidance scale asked for, and a named progress bar over the
+    batches when asked."""
     from stableaudio_jax.evaluation.evaluate import Clip, generate_for
 
     class Pipe:
-        sample_rate, window_seconds, calls = 100, 1.0, []
+        sample_rate, window_seconds, calls, cfg_scales = 100, 1.0, [], []
 
-        def generate(self, prompts, seconds_total, steps, seed):
+        def generate(self, prompts, seconds_total, steps, seed, cfg_scale):
             self.calls.append((list(prompts), seed))
+            self.cfg_scales.append(cfg_scale)
             return np.ones((len(prompts), 100, 2), np.float32) * seed
 
     clips = [Clip(f"{i}.wav", f"clip {i}", "piano", 90, np.zeros((40 + 10 * i, 2), np.float32), 100)
@@ -223,8 +225,9 @@ def test_generations_get_one_call_per_batch_cut_to_each_clip_with_a_progress_bar
     assert float(out[2][0, 0]) == 9.0  # the second batch's seed
     bar = capsys.readouterr().err
     assert "generate (trained model)" in bar and "3/3" in bar
-    generate_for(Pipe(), clips, steps=3, seed=7, batch=2)
+    generate_for(Pipe(), clips, steps=3, seed=7, batch=2, cfg_scale=1.0)
     assert capsys.readouterr().err == ""
+    assert Pipe.cfg_scales == [None] * 3 + [1.0] * 3  # the model's own guidance unless one is asked for
 
 
 def test_the_detected_end_is_where_the_sound_stops():

@@ -144,10 +144,10 @@ def autoencoder_metrics(reconstructions: Sequence[np.ndarray], clips: Sequence[C
 
 
 def generate_for(pipe, clips: Sequence[Clip], steps: int, seed: int, batch: int = 8,
-                 progress: str | None = None) -> list[np.ndarray]:
+                 progress: str | None = None, cfg_scale: float | None = None) -> list[np.ndarray]:
     """One generation per held-out caption, asked for (and cut to) the length of its clip (the model's own
     sampler). Every call gets ``batch`` prompts (the last batch repeats its last clip): one compiled sampler.
-    ``progress``: a progress bar over the batches with that name."""
+    ``progress``: a progress bar over the batches with that name. ``cfg_scale``: None is the model's own."""
     from tqdm import tqdm
     out, batch = [], min(batch, len(clips))
     starts = range(0, len(clips), batch)
@@ -155,7 +155,8 @@ def generate_for(pipe, clips: Sequence[Clip], steps: int, seed: int, batch: int 
         part = clips[start:start + batch]
         part = part + [part[-1]] * (batch - len(part))
         seconds = [min(c.audio.shape[0] / c.sample_rate, pipe.window_seconds) for c in part]
-        audio = pipe.generate([c.caption for c in part], seconds_total=seconds, steps=steps, seed=seed + start)
+        audio = pipe.generate([c.caption for c in part], seconds_total=seconds, steps=steps, seed=seed + start,
+                              cfg_scale=cfg_scale)
         out.extend(np.asarray(a)[:round(s * pipe.sample_rate)] for a, s in zip(audio, seconds))
     return out[:len(clips)]
 

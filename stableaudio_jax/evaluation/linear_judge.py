@@ -78,6 +78,9 @@ class LinearJudge(StoredJudge):
         weights, bias = sklearn_logits(model.coef_.T, model.intercept_, model.classes_)
         return cls([str(c) for c in model.classes_], mean, scale, weights, bias)
 
+    def log_probabilities(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """``[clips, instruments]``: the mean over a clip's segments of their log-probabilities."""
+        return clip_log_probabilities([(c - self.mean) / self.scale @ self.weights + self.bias for c in clips])
+
     def predict(self, clips: Sequence[np.ndarray]) -> list[str]:
-        scores = clip_log_probabilities([(c - self.mean) / self.scale @ self.weights + self.bias for c in clips])
-        return [self.labels[i] for i in scores.argmax(axis=1)]
+        return [self.labels[i] for i in self.log_probabilities(clips).argmax(axis=1)]
