@@ -2,11 +2,19 @@
 evaluation) sized for a machine.
 
 Variants:
-  cpu   a 2-core laptop in about 15 minutes: 4 instruments, 1.5-3 s clips at 16 kHz mono, a small VAE (256x), a
-        small DiT
-  gpu   one lent GPU: all 8 instruments, 5 s clips, bigger models, longer training
-  tpu   a TPU VM host: as gpu, larger batches
-  ci    the test suite's size: minutes on 2 cores, three very distinct instruments
+  cpu       a 2-core laptop in about 15 minutes: 4 instruments, 1.5-3 s clips at 16 kHz mono, a small VAE (256x
+            down, 8x fewer floats per second), a small DiT
+  cpu-long  a 2-core machine for about 3 hours (sized so; its training stages are an estimated 2 hours from
+            measured step times, see below; the other stages at this size are not measured yet): all 8 instruments, 2,000 clips (200 held out: 25 per instrument), a VAE 3x the cpu one's
+            parameters with the reference's adversarial + feature-matching phase after a spectral warm-up, 512x
+            down to 16 channels (32x fewer floats per second), and a DiT 5.5x the cpu one's; quickstart resumes
+            stage by stage, so it may be stopped and rerun
+  gpu       one GPU: all 8 instruments, 5 s clips at 44.1 kHz stereo, SAO's VAE structure at half width (39 M
+            parameters, 2048x down to 64 channels: SAO's 64x fewer floats per second, 32x per audio channel) and a
+            12 x 512 DiT, both with the reference's hyper-parameters (stable-audio-tools' SAO VAE and DiT training
+            sections)
+  tpu       a TPU VM host: as gpu, larger batches
+  ci        the test suite's size: minutes on 2 cores, three very distinct instruments
 Every stage's settings are overridable (``--config.dit.steps=2000``); the VAE and denoiser sections hold overrides
 applied to configs/vae.py:tiny and configs/dit.py:tiny (or configs/unet.py:tiny with ``--denoiser unet``).
 
@@ -55,6 +63,35 @@ PRESETS = {
                 vae_lr=1e-3, vae_sample=True, denoiser_steps=30000, denoiser_batch=64, crop_frames=256,
                 window_frames=1024, text_dim=128, text_layers=4, sample_steps=100, eval_clips=48, timing_prompts=48),
 }
+# cpu-long: sized from step times measured on the 2-core machine (benchmarks/preset_steps.py,
+# docs/results/preset_steps.json): a generator + discriminator pair of adversarial steps costs ~3.5 warm-up steps,
+# so more than half of the VAE's steps are spectral; a 32-filter discriminator or 8192-sample crops made the VAE
+# alone ~7 hours. The learning rates are the cpu preset's (the reference's would not move these models in a few
+# thousand steps). The VAE is the SAO structure at CPU size: 4 blocks of 24-192 channels, 512x down, 16 channels.
+CPU_LONG_VAE = ["model.channels=24", "model.c_mults=(1,2,4,8)", "model.strides=(2,4,8,8)"]
+PRESETS["cpu-long"] = dict(
+    clips=2000, seconds=3.0, min_seconds=1.5, instruments=ALL_INSTRUMENTS, sample_rate=16000, channels=1,
+    vae_steps=3600, vae_warmup=2000, vae_batch=8, vae_crop=4096, latent_dim=16, vae_lr=2e-3, vae_sample=False,
+    denoiser_steps=5000, denoiser_batch=8, crop_frames=96, window_frames=96, text_dim=128, text_layers=2,
+    sample_steps=50, eval_clips=200, timing_prompts=48, vae_extra=CPU_LONG_VAE,
+    dit_extra=["model.embed_dim=256", "model.depth=6", "model.num_heads=4"])
+# gpu / tpu: the reference's recipes (stable-audio-tools' SAO VAE and DiT training sections) on bigger models: SAO's
+# VAE structure at half width, no spectral warm-up, posterior samples decoded, 7 spectral resolutions, the 5-scale
+# discriminator at 64 filters, both optimisers' lrs and InverseLR schedules; the DiT's AdamW 5e-5 with InverseLR
+# (1e6, 0.5, 0.99) and uniform (stratified) timesteps. 5 s clips are 108 latent frames at 2048x: a 128-frame window.
+REFERENCE_VAE = ["model.channels=64", "model.c_mults=(1,2,4,8,16)", "model.strides=(2,4,4,8,8)",
+                 "training.disc_optimizer.lr=3e-4",
+                 *(f"training.{o}_optimizer.schedule.{k}" for o in ("gen", "disc")
+                   for k in ("inv_gamma=200000", "warmup=0.999")),
+                 "training.spectral.fft_sizes=(2048,1024,512,256,128,64,32)",
+                 "training.spectral.hop_sizes=(512,256,128,64,32,16,8)",
+                 "training.discriminator.n_ffts=(2048,1024,512,256,128)",
+                 "training.discriminator.hops=(512,256,128,64,32)", "training.discriminator.filters=64"]
+REFERENCE_DIT = ["model.embed_dim=512", "model.depth=12", "model.num_heads=8", "training.optimizer.lr=5e-5",
+                 "training.optimizer.schedule.inv_gamma=1000000", "training.optimizer.schedule.warmup=0.99",
+                 "training.timestep_sampler=low_discrepancy"]
+PRESETS["gpu"].update(vae_warmup=0, vae_lr=1.5e-4, latent_dim=64, crop_frames=128, window_frames=128,
+                      vae_extra=REFERENCE_VAE, dit_extra=REFERENCE_DIT)
 PRESETS["tpu"] = dict(PRESETS["gpu"], vae_batch=64, denoiser_batch=128)  # a TPU VM host: larger batches
 
 

@@ -168,3 +168,62 @@ def test_sharding_report_fits_the_fine_tune_table_against_the_reserve_and_jax_de
     (tmp_path / "sao_lora64_l4x1.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="run benchmarks/sharding_plans.sh sao_lora64_l4x1"):
         sharding_report.finetune_table(str(tmp_path))
+
+
+def _benchmark_module(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_judge_vs_guidance_scores_accuracy_margin_and_paired_differences():
+    """The guidance benchmark's measures on judges with known log-probabilities: accuracy is argmax == caption,
+    the margin is the caption's log-probability minus the best other one, ``both`` needs both judges right, and
+    the paired difference is per clip."""
+    bench = _benchmark_module("judge_vs_guidance")
+
+    class Judge:
+        labels = ["flute", "organ", "piano"]
+
+        def __init__(self, table):
+            self.table = np.log(np.asarray(table, np.float64))
+
+        def features(self, audio, rate):
+            return int(audio)  # the clip's row in the table
+
+        def log_probabilities(self, rows):
+            return self.table[rows]
+
+    sure = Judge([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4]])   # third clip wrong (flute over piano)
+    doubt = Judge([[0.4, 0.5, 0.1], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7]])  # first clip wrong
+    out = bench.judged({"a": sure, "b": doubt}, [0, 1, 2], ["flute", "organ", "piano"], 16000)
+    assert out["a"]["accuracy"]["per_clip"] == [1.0, 1.0, 0.0] and out["b"]["accuracy"]["mean"] == 2 / 3
+    assert out["both"]["accuracy"]["mean"] == 1 / 3  # only the second clip is right by both
+    assert np.allclose(out["a"]["margin"]["per_clip"], np.log([0.7 / 0.2, 0.8 / 0.1, 0.4 / 0.5]))
+    assert np.allclose(out["b"]["confidence"]["per_clip"], np.log([0.4, 0.8, 0.7]))
+    low, high = out["a"]["margin"]["ci95"]
+    assert low <= out["a"]["margin"]["mean"] <= high
+    paired = bench.paired_difference([1.0, 2.0, 4.0], [0.5, 2.5, 1.0])
+    assert paired["mean"] == pytest.approx(1.0) and paired["ci95"][0] <= 1.0 <= paired["ci95"][1]
+
+
+def test_preset_steps_estimate_counts_each_step_kind_it_takes():
+    """The preset benchmark's estimate: warm-up steps at the warm-up median, the rest as generator/discriminator
+    pairs, the denoiser's steps, plus the first call of each step kind the run takes (no adversarial first calls
+    for a run that never leaves its warm-up)."""
+    import ml_collections
+    bench = _benchmark_module("preset_steps")
+
+    def timing(first, median):
+        return {"first_call_s": first, "step_s": {"median": median}}
+    vae = {"warmup": timing(10, 1.0), "generator": timing(20, 2.0), "discriminator": timing(30, 3.0)}
+    dit = {"step": timing(5, 0.5)}
+    preset = ml_collections.ConfigDict({"vae": {"steps": 100, "overrides": ["training.warmup_steps=60"]},
+                                        "dit": {"steps": 40}})
+    estimate = bench.estimate(preset, vae, dit)
+    assert estimate["train_vae_s"] == 60 * 1.0 + 20 * (2.0 + 3.0) + 10 + 20 + 30
+    assert estimate["train_dit_s"] == 40 * 0.5 + 5 and estimate["total_s"] == estimate["train_vae_s"] + 25
+    preset.vae.overrides = ["training.warmup_steps=100"]
+    assert bench.estimate(preset, vae, dit)["train_vae_s"] == 100 * 1.0 + 10

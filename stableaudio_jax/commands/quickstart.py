@@ -10,7 +10,7 @@
   8 evaluate       reconstruction, prompt adherence, timing, against real audio and untrained models
 
 A stage whose output is complete is skipped when the command runs again; the training stages resume from their
-checkpoints. Presets (configs/quickstart.py): cpu (default), gpu, tpu, ci.
+checkpoints. Presets (configs/quickstart.py): cpu (default), cpu-long, gpu, tpu, ci.
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[0] + " Prints where the audio, pictures and numbers are.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--workdir", required=True, help="everything goes here; re-run the same command to resume")
-    p.add_argument("--preset", default="cpu", choices=("cpu", "gpu", "tpu", "ci"),
-                   help="model and data sizes (configs/quickstart.py); default cpu (~15 min on 2 cores)")
+    p.add_argument("--preset", default="cpu", choices=("cpu", "cpu-long", "gpu", "tpu", "ci"),
+                   help="model and data sizes (configs/quickstart.py); default cpu (~15 min on 2 cores); cpu-long "
+                        "(~3 h on 2 cores, an estimate; stop and rerun to resume)")
     p.add_argument("--denoiser", default="dit", choices=("dit", "unet"), help="DiT (Stable Audio Open) or the 1-D "
                                                                               "U-Net (Stable Audio 1.0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
