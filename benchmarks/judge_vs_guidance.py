@@ -11,9 +11,9 @@ held-out renders as ``evaluate`` does). Per row and judge: accuracy (the judge n
 confidence (the mean over clips of the log-probability the judge gives the caption's instrument) and margin (that
 log-probability minus the best other instrument's), each with a 95 % bootstrap interval over clips; ``both``: the
 fraction of clips both judges name right; ``margin_over_vae_reconstruction``: per caption, the generation's margin
-minus its real clip's reconstruction's, with an interval over clips (a paired comparison). Guidance pushes a sample towards what the text conditioning makes most
-likely; if it explains the gap, accuracy and confidence grow with the scale and at scale 1 (no guidance) fall
-below the VAE reconstructions'.
+minus its real clip's reconstruction's, with an interval over clips (a paired comparison). Guidance pushes a sample
+towards what the text conditioning makes most likely; if it explains the gap, accuracy and confidence grow with the
+scale and at scale 1 (no guidance) fall below the VAE reconstructions'.
 """
 from __future__ import annotations
 

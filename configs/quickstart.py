@@ -5,10 +5,11 @@ Variants:
   cpu       a 2-core laptop in about 15 minutes: 4 instruments, 1.5-3 s clips at 16 kHz mono, a small VAE (256x
             down, 8x fewer floats per second), a small DiT
   cpu-long  a 2-core machine for about 3 hours (sized so; its training stages are an estimated 2 hours from
-            measured step times, see below; the other stages at this size are not measured yet): all 8 instruments, 2,000 clips (200 held out: 25 per instrument), a VAE 3x the cpu one's
-            parameters with the reference's adversarial + feature-matching phase after a spectral warm-up, 512x
-            down to 16 channels (32x fewer floats per second), and a DiT 5.5x the cpu one's; quickstart resumes
-            stage by stage, so it may be stopped and rerun
+            measured step times, see below; the other stages at this size are not measured yet): all 8
+            instruments, 2,000 clips (200 held out: 25 per instrument), a VAE 3x the cpu one's parameters with
+            the reference's adversarial + feature-matching phase after a spectral warm-up, 512x down to 16
+            channels (32x fewer floats per second), and a DiT 5.5x the cpu one's; quickstart resumes stage by
+            stage, so it may be stopped and rerun
   gpu       one GPU: all 8 instruments, 5 s clips at 44.1 kHz stereo, SAO's VAE structure at half width (39 M
             parameters, 2048x down to 64 channels: SAO's 64x fewer floats per second, 32x per audio channel) and a
             12 x 512 DiT, both with the reference's hyper-parameters (stable-audio-tools' SAO VAE and DiT training
@@ -64,10 +65,11 @@ PRESETS = {
                 window_frames=1024, text_dim=128, text_layers=4, sample_steps=100, eval_clips=48, timing_prompts=48),
 }
 # cpu-long: sized from step times measured on the 2-core machine (benchmarks/preset_steps.py,
-# docs/results/preset_steps.json): a generator + discriminator pair of adversarial steps costs ~3.5 warm-up steps,
-# so more than half of the VAE's steps are spectral; a 32-filter discriminator or 8192-sample crops made the VAE
-# alone ~7 hours. The learning rates are the cpu preset's (the reference's would not move these models in a few
-# thousand steps). The VAE is the SAO structure at CPU size: 4 blocks of 24-192 channels, 512x down, 16 channels.
+# docs/results/preset_steps.json): a generator + discriminator pair of adversarial steps costs ~3.5 warm-up steps, so
+# more than half of the VAE's steps are spectral (the cpu preset's 16-filter discriminator and 4096-sample crops: a
+# wider discriminator or longer crops did not fit the budget). The learning rates are the cpu preset's (set for a
+# few thousand steps; the reference's 1.5e-4 VAE and 5e-5 DiT rates are set for runs of a million). The VAE is the SAO structure at CPU size: 4 blocks
+# of 24-192 channels, 512x down, 16 channels.
 CPU_LONG_VAE = ["model.channels=24", "model.c_mults=(1,2,4,8)", "model.strides=(2,4,8,8)"]
 PRESETS["cpu-long"] = dict(
     clips=2000, seconds=3.0, min_seconds=1.5, instruments=ALL_INSTRUMENTS, sample_rate=16000, channels=1,
