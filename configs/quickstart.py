@@ -67,9 +67,9 @@ PRESETS = {
 # cpu-long: sized from step times measured on the 2-core machine (benchmarks/preset_steps.py,
 # docs/results/preset_steps.json): a generator + discriminator pair of adversarial steps costs ~3.5 warm-up steps, so
 # more than half of the VAE's steps are spectral (the cpu preset's 16-filter discriminator and 4096-sample crops: a
-# wider discriminator or longer crops did not fit the budget). The learning rates are the cpu preset's (set for a
-# few thousand steps; the reference's 1.5e-4 VAE and 5e-5 DiT rates are set for runs of a million). The VAE is the SAO structure at CPU size: 4 blocks
-# of 24-192 channels, 512x down, 16 channels.
+# wider discriminator or longer crops did not fit the budget). The learning rates are the cpu preset's (set for a few
+# thousand steps; the reference's 1.5e-4 VAE and 5e-5 DiT rates are set for runs of a million). The VAE is the SAO
+# structure at CPU size: 4 blocks of 24-192 channels, 512x down, 16 channels.
 CPU_LONG_VAE = ["model.channels=24", "model.c_mults=(1,2,4,8)", "model.strides=(2,4,8,8)"]
 PRESETS["cpu-long"] = dict(
     clips=2000, seconds=3.0, min_seconds=1.5, instruments=ALL_INSTRUMENTS, sample_rate=16000, channels=1,
