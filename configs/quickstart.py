@@ -65,7 +65,7 @@ PRESETS = {
                 window_frames=1024, text_dim=128, text_layers=4, sample_steps=100, eval_clips=48, timing_prompts=48),
 }
 # cpu-long: sized from step times measured on the 2-core machine (benchmarks/preset_steps.py,
-# docs/results/preset_steps.json): a generator + discriminator pair of adversarial steps costs ~3.5 warm-up steps, so
+# docs/results/preset_steps.json): a generator + discriminator pair of adversarial steps costs ~3 warm-up steps, so
 # more than half of the VAE's steps are spectral (the cpu preset's 16-filter discriminator and 4096-sample crops: a
 # wider discriminator or longer crops did not fit the budget). The learning rates are the cpu preset's (set for a few
 # thousand steps; the reference's 1.5e-4 VAE and 5e-5 DiT rates are set for runs of a million). The VAE is the SAO
