@@ -82,8 +82,11 @@ class StoredJudge:
     """What both instrument judges share: fitting and predicting from audio through the judge's own per-segment
     ``features``, and saving and loading its labels and arrays as one small ``.npz``, applied with numpy when loaded
     (no dependence on the scikit-learn version that fitted it). A judge defines ``features``, ``fit`` (per clip its
-    feature rows) and ``predict`` (the same)."""
+    feature rows) and ``log_probabilities`` (the same); it predicts the most probable instrument."""
     what = "instrument judge"  # names the kind of file in load's error
+
+    def predict(self, clips: Sequence[np.ndarray]) -> list[str]:
+        return [self.labels[i] for i in self.log_probabilities(clips).argmax(axis=1)]
 
     @classmethod
     def fit_audio(cls, audio: Sequence[np.ndarray], sample_rate: int, labels: Sequence[str], seed: int = 0):
@@ -145,9 +148,6 @@ class InstrumentClassifier(StoredJudge):
     def log_probabilities(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """``[clips, instruments]``: the mean over a clip's segments of their log-probabilities."""
         return clip_log_probabilities([self._hidden(c) @ self.out_w + self.out_b for c in clips])
-
-    def predict(self, clips: Sequence[np.ndarray]) -> list[str]:
-        return [self.labels[i] for i in self.log_probabilities(clips).argmax(axis=1)]
 
     def accuracy(self, clips: Sequence[np.ndarray], labels: Sequence[str]) -> float:
         return float(np.mean([a == b for a, b in zip(self.predict(clips), labels)]))

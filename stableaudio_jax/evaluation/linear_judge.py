@@ -82,5 +82,3 @@ class LinearJudge(StoredJudge):
         """``[clips, instruments]``: the mean over a clip's segments of their log-probabilities."""
         return clip_log_probabilities([(c - self.mean) / self.scale @ self.weights + self.bias for c in clips])
 
-    def predict(self, clips: Sequence[np.ndarray]) -> list[str]:
-        return [self.labels[i] for i in self.log_probabilities(clips).argmax(axis=1)]
