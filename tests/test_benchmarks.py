@@ -227,3 +227,21 @@ def test_preset_steps_estimate_counts_each_step_kind_it_takes():
     assert estimate["train_dit_s"] == 40 * 0.5 + 5 and estimate["total_s"] == estimate["train_vae_s"] + 25
     preset.vae.overrides = ["training.warmup_steps=100"]
     assert bench.estimate(preset, vae, dit)["train_vae_s"] == 100 * 1.0 + 10
+
+
+def test_learning_record_reuses_the_quickstart_evaluation_only_when_it_asked_the_same(tmp_path):
+    """The record reads the quickstart's evaluation of the final model instead of rerunning it only when that run
+    asked for the same clips, sampling steps, timing prompts, baselines, judges' file (any spelling of its path)
+    and seed; anything else is evaluated again."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    record = _benchmark_module("learning_record")
+    classifier = tmp_path / "evaluation" / "classifier.npz"
+    asked = {"clips": 200, "steps": 50, "timing_prompts": 48, "baselines": True, "classifier": str(classifier)}
+    assert record.quickstart_evaluation(str(tmp_path), "dit", asked, 0) is None  # nothing stored
+    stored = {"seed": 0, "sections": {}, "settings": {**asked, "classifier": os.path.relpath(classifier)}}
+    (tmp_path / "evaluation" / "dit").mkdir(parents=True)
+    (tmp_path / "evaluation" / "dit" / "evaluation.json").write_text(json.dumps(stored))
+    assert record.quickstart_evaluation(str(tmp_path), "dit", asked, 0) == stored
+    assert record.quickstart_evaluation(str(tmp_path), "dit", asked, 1) is None  # another seed
+    assert record.quickstart_evaluation(str(tmp_path), "dit", {**asked, "clips": 96}, 0) is None
+    assert record.quickstart_evaluation(str(tmp_path), "unet", asked, 0) is None

@@ -88,6 +88,9 @@ def test_quickstart_notebook_shows_the_main_job_and_resumes_it(tiny_world, tmp_p
     assert [row["step"] for row in report["denoisers"]["dit"]] == [10, 20, 30, 40]
     assert set(report["final"]["dit"]["prompt adherence"]) == set(evaluation["sections"]["prompt adherence"])
     assert all(os.path.getsize(p) > 10_000 for p in report["plots"]) and len(report["plots"]) == 3
+    examples = report["examples"]["dit"]  # one per instrument of the test split, generated and real, as wavs
+    assert examples and len({e["instrument"] for e in examples}) == len(examples)
+    assert all(os.path.getsize(os.path.join(ROOT, e[kind])) > 1000 for e in examples for kind in ("generated", "real"))
 
 
 def test_convert_and_generate_notebook(tmp_path):

@@ -87,7 +87,11 @@ def run_evaluation(data: str, out_dir: str, model: str | None = None, vae: str |
     held = E.load_split(data, split, clips, rate, channels)  # in the model's audio format
     result: dict[str, Any] = {"model": model, "vae": vae, "data": paths.absolute(data), "split": split,
                               "seed": seed, "sample_rate": rate, "channels": channels, "sections": {},
-                              "notes": notes}
+                              "notes": notes,
+                              # what was asked, so a later reader (benchmarks/learning_record.py) can tell whether
+                              # this evaluation is the one it would run
+                              "settings": {"clips": clips, "steps": steps, "timing_prompts": timing_prompts,
+                                           "baselines": baselines, "classifier": classifier}}
     reconstructions = E.reconstruct(trained_vae, held)
     autoencoder = {"trained VAE": E.autoencoder_metrics(reconstructions, held)}
     if baselines:
