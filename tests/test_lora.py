@@ -90,15 +90,24 @@ def test_a_foreign_adapter_and_bad_specs_are_refused():
         lora.LoraSpec(rank=0, alpha=1)
 
 
-@pytest.mark.parametrize("targets", ["attention", "attention+mlp+conv"])
-def test_the_u_net_is_adapted_and_merges_exactly(targets):
+@pytest.fixture(scope="module")
+def small_unet():
+    """configs/unet.py:tiny cut to two levels (attention at both, as test_store's U-Net): the same layer kinds the
+    adapters target, a fraction of the work; initialised once under jit for both target sets."""
     from helpers import model_config
     from stableaudio_jax.models.unet import unet_from_config
-    unet = unet_from_config(model_config("configs/unet.py:tiny"))
+    small = ["model.factors=(1,2)", "model.multipliers=(1,1,1)", "model.num_blocks=(1,1)", "model.attentions=(0,1,1)"]
+    unet = unet_from_config(model_config("configs/unet.py:tiny", small))
     rng = np.random.default_rng(0)
     inputs = [jnp.asarray(rng.standard_normal((1, 16, unet.in_channels)), jnp.float32), jnp.full((1,), 0.3),
               jnp.asarray(rng.standard_normal((1, 4, unet.context_features)), jnp.float32)]
-    variables = nn.unbox(unet.init(jax.random.key(0), *inputs))
+    variables = nn.unbox(jax.jit(unet.init)(jax.random.key(0), *inputs))
+    return unet, variables, inputs
+
+
+@pytest.mark.parametrize("targets", ["attention", "attention+mlp+conv"])
+def test_the_u_net_is_adapted_and_merges_exactly(small_unet, targets):
+    unet, variables, inputs = small_unet
     spec = lora.LoraSpec.from_config({"rank": 4, "alpha": 8.0, "targets": targets})
     adapters = lora.create(unet.apply, variables, spec, jax.random.key(1), *inputs)
     paths = lora.adapter_paths(adapters)
@@ -106,6 +115,7 @@ def test_the_u_net_is_adapted_and_merges_exactly(targets):
     convs = [p for p in paths if p.endswith(("conv1", "conv2", "_conv"))]
     assert attention and (convs if targets.endswith("conv") else attention == paths)
     trained = _trained(adapters)
-    np.testing.assert_allclose(np.asarray(unet.apply(lora.merge(variables, trained), *inputs)),
-                               np.asarray(unet.apply(lora.with_adapters(variables, trained), *inputs)),
+    apply = jax.jit(unet.apply)
+    np.testing.assert_allclose(np.asarray(apply(lora.merge(variables, trained), *inputs)),
+                               np.asarray(apply(lora.with_adapters(variables, trained), *inputs)),
                                atol=2e-5, rtol=1e-5)
