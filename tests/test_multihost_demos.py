@@ -62,6 +62,7 @@ def test_a_two_process_fsdp_run_renders_its_demos_and_exports(tmp_path):
     launcher = [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--cpu-devices", "4", "2", *command]
     result = subprocess.run(launcher, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.stdout.count("done: {") == 2  # both processes ran to the last step and said so
     config = json.loads((run / "config.json").read_text())
     assert config["mesh"]["fsdp"] == 8  # the weights were sharded over both processes' devices
     for step in (2, 4):
