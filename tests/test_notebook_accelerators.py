@@ -102,9 +102,16 @@ def test_a_single_simulated_cpu_device_plans_ahead_of_time_and_needs_aot(tmp_pat
 # ------------------------------------------------------------------------------------ up to the check, in a kernel
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-@pytest.mark.parametrize("platform, hints", [("tpu", {"TPU_ACCELERATOR_TYPE": "v5litepod-1", "COLAB_GPU": "0"}),
-                                             ("gpu", {"COLAB_GPU": "1"})])
+TPU_HINTS, GPU_HINTS = {"TPU_ACCELERATOR_TYPE": "v5litepod-1", "COLAB_GPU": "0"}, {"COLAB_GPU": "1"}
+
+
+# every notebook in a kernel on one accelerator runtime, both for the sharding notebook (its install line adds
+# `aot`); each platform's message for every case is checked in-process (test_the_check_names_the_fix_for_each_platform)
+# and every notebook's install choice per runtime by test_the_install_cell_picks_the_extra_for_the_runtime
+@pytest.mark.parametrize("name, platform, hints", [("quickstart.ipynb", "tpu", TPU_HINTS),
+                                                   ("convert_and_generate.ipynb", "gpu", GPU_HINTS),
+                                                   ("sharding.ipynb", "tpu", TPU_HINTS),
+                                                   ("sharding.ipynb", "gpu", GPU_HINTS)])
 def test_an_accelerator_runtime_whose_jax_is_on_the_cpu_stops_at_the_check(name, platform, hints, tmp_path):
     """A real kernel runs the notebook's first cells up to its runtime check. The package is importable here, so
     the install cell only prints its command; JAX_PLATFORMS=cpu keeps JAX (and libtpu) off hardware this machine
