@@ -31,6 +31,11 @@ def checkpoint_steps(run_dir: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
 
 
+def chosen_steps(kept: list[int], only: list[int] | None) -> list[int]:
+    """The kept checkpoints to evaluate: all of them by default, else those in ``only`` and always the last."""
+    return [s for s in kept if only is None or s in only or s == kept[-1]]
+
+
 def quickstart_evaluation(workdir: str, denoiser: str, asked: dict, seed: int) -> dict | None:
     """The quickstart's evaluation of its final model (``evaluation/<denoiser>/evaluation.json``) when it was run
     with the ``asked`` settings (clips, sampling steps, timing prompts, baselines, judges' file) and ``seed``."""
@@ -53,12 +58,11 @@ def evaluate_steps(workdir: str, denoiser: str, clips: int, steps: int, seed: in
     run_dir = os.path.join(workdir, denoiser)
     classifier = os.path.join(workdir, "evaluation", "classifier.npz")  # the quickstart's, shared by denoisers
     kept = checkpoint_steps(run_dir)
-    chosen = [s for s in kept if only is None or s in only or s == kept[-1]]
     asked = {"clips": clips, "steps": steps, "timing_prompts": timing_prompts, "baselines": True,
              "classifier": os.path.abspath(classifier)}
     reused = quickstart_evaluation(workdir, denoiser, asked, seed)
     rows, source = [], "evaluated here"
-    for step in chosen:
+    for step in chosen_steps(kept, only):
         last = step == kept[-1]
         if last and reused is not None:
             result, source = reused, reused["files"]["json"]

@@ -233,7 +233,6 @@ def test_learning_record_reuses_the_quickstart_evaluation_only_when_it_asked_the
     """The record reads the quickstart's evaluation of the final model instead of rerunning it only when that run
     asked for the same clips, sampling steps, timing prompts, baselines, judges' file (any spelling of its path)
     and seed; anything else is evaluated again."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     record = _benchmark_module("learning_record")
     classifier = tmp_path / "evaluation" / "classifier.npz"
     asked = {"clips": 200, "steps": 50, "timing_prompts": 48, "baselines": True, "classifier": str(classifier)}
@@ -245,3 +244,14 @@ def test_learning_record_reuses_the_quickstart_evaluation_only_when_it_asked_the
     assert record.quickstart_evaluation(str(tmp_path), "dit", asked, 1) is None  # another seed
     assert record.quickstart_evaluation(str(tmp_path), "dit", {**asked, "clips": 96}, 0) is None
     assert record.quickstart_evaluation(str(tmp_path), "unet", asked, 0) is None
+
+
+def test_learning_record_evaluates_every_kept_checkpoint_unless_told_and_always_the_last(tmp_path):
+    record = _benchmark_module("learning_record")
+    for step in (10, 20, 30, 40):
+        (tmp_path / "dit" / "checkpoints" / str(step)).mkdir(parents=True)
+    (tmp_path / "dit" / "checkpoints" / "tmp_50").mkdir()  # an unfinished save is not a checkpoint
+    kept = record.checkpoint_steps(str(tmp_path / "dit"))
+    assert kept == [10, 20, 30, 40] and record.checkpoint_steps(str(tmp_path / "unet")) == []
+    assert record.chosen_steps(kept, None) == kept
+    assert record.chosen_steps(kept, [20]) == [20, 40] and record.chosen_steps(kept, [40]) == [40]
