@@ -47,15 +47,15 @@ def test_training_reduces_the_reconstruction_loss(music, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["channels"] == 8
 
 
-EIGHT = ("training.steps=8", "training.log_every=4", "training.checkpoint_every=8")
+FOUR = ("training.steps=4", "training.log_every=2", "training.checkpoint_every=4")
 
 
 @pytest.fixture(scope="module")
 def straight(music, tmp_path_factory):
-    """Eight steps (4 generator, 4 discriminator updates) in one go on the FSDP mesh: the run the resumed one must
+    """Four steps (2 generator, 2 discriminator updates) in one go on the FSDP mesh: the run the resumed one must
     equal, and the checkpoint the broken-checkpoint test corrupts (a copy of it)."""
     workdir = tmp_path_factory.mktemp("vae") / "straight"
-    train_vae(_config(*EIGHT), str(workdir), str(music))
+    train_vae(_config(*FOUR), str(workdir), str(music))
     return workdir
 
 
@@ -68,20 +68,20 @@ def _restore(workdir, config, mesh):
 
 def test_resume_is_exact_and_restores_onto_other_meshes(music, straight, tmp_path, caplog):
     from stableaudio_jax.training.sources import resolve_vae
-    config = _config(*EIGHT)
+    config = _config(*FOUR)
     straight, split = str(straight), str(tmp_path / "split")
-    train_vae(config, split, str(music), max_steps=4)  # stop halfway ...
-    assert TrainCheckpointer(split).latest_step() == 4
+    train_vae(config, split, str(music), max_steps=2)  # stop halfway (one update of each) ...
+    assert TrainCheckpointer(split).latest_step() == 2
     # an unfinished run has no exported VAE: its latest checkpoint is used, and the log says which
     assert not os.path.exists(os.path.join(split, "model"))
     with caplog.at_level("WARNING"):
         assert resolve_vae(split).source == split
-    assert "has no exported model (the run is at step 4 of 8): using checkpoint step 4" in caplog.text
+    assert "has no exported model (the run is at step 2 of 4): using checkpoint step 2" in caplog.text
     train_vae(config, split, str(music))  # ... and resume to the end
     mesh8 = make_mesh(config.mesh)
     a, data_a = _restore(straight, config, mesh8)
     b, data_b = _restore(split, config, mesh8)
-    assert int(a.step) == 8 and int(a.gen_steps) == 4 and int(a.disc_steps) == 4 and data_a == data_b
+    assert int(a.step) == 4 and int(a.gen_steps) == 2 and int(a.disc_steps) == 2 and data_a == data_b
     assert_trees_equal(a, b)  # bit-identical on CPU
     exported = resolve_vae(split)  # the finished run exported its EMA weights: preferred over checkpoints
     assert exported.source == os.path.join(split, "model")
@@ -89,7 +89,7 @@ def test_resume_is_exact_and_restores_onto_other_meshes(music, straight, tmp_pat
     # the 8-device checkpoint restores onto 4 devices and onto 1, with the same values
     for devices, mesh_shape in ((jax.devices()[:4], ["mesh.data=2", "mesh.fsdp=2"]), (jax.devices()[:1],
                                                                                         ["mesh.data=1"])):
-        config_n = _config(*EIGHT, mesh=mesh_shape)
+        config_n = _config(*FOUR, mesh=mesh_shape)
         mesh = make_mesh(config_n.mesh, devices=devices)
         c, _ = _restore(straight, config_n, mesh)
         leaf = c.gen_params["params"]["decoder"]["blocks_0"]["conv_t"]["weight_v"]
@@ -98,8 +98,9 @@ def test_resume_is_exact_and_restores_onto_other_meshes(music, straight, tmp_pat
 
 
 def test_non_finite_loss_stops_without_saving_it(music, tmp_path):
-    config = _config("training.steps=40", "training.log_every=2", "training.checkpoint_every=2",
-                     "training.gen_optimizer.lr=1e12", "training.disc_optimizer.lr=1e12",
+    # a warm-up-only run (the generator's spectral step, which carries the same finite flag): one compile
+    config = _config("training.steps=40", "training.warmup_steps=40", "training.log_every=2",
+                     "training.checkpoint_every=2", "training.gen_optimizer.lr=1e12", "training.disc_optimizer.lr=1e12",
                      "training.gen_optimizer.schedule.warmup=0.0", "training.disc_optimizer.schedule.warmup=0.0")
     workdir = str(tmp_path / "nan")
     with pytest.raises(NonFiniteLossError, match="non-finite loss between steps"):
@@ -112,14 +113,14 @@ def test_non_finite_loss_stops_without_saving_it(music, tmp_path):
 
 def test_broken_or_mismatched_checkpoints_raise(music, straight, tmp_path):
     workdir = tmp_path / "run"
-    shutil.copytree(straight, workdir)  # a finished 8-step run (a copy: the fixture's run is shared)
+    shutil.copytree(straight, workdir)  # a finished 4-step run (a copy: the fixture's run is shared)
     # no memory check: it would compile the 16-channel steps only to be refused by the checkpoint's config
     other = _config("training.steps=16", "model.channels=16", "training.check_memory=False")
     with pytest.raises(CheckpointError, match="different model config"):
         train_vae(other, str(workdir), str(music))
     broken = tmp_path / "broken"
     shutil.copytree(workdir, broken)
-    state_dir = broken / "checkpoints" / "8" / "state"
+    state_dir = broken / "checkpoints" / "4" / "state"
     assert state_dir.is_dir()
     for path in state_dir.rglob("*"):
         if path.is_file() and "manifest" in path.name:
