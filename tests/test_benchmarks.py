@@ -50,7 +50,8 @@ def test_dit_benchmark_writes_json(tmp_path):
     forward + backward, each with its pairs."""
     out = tmp_path / "dit.json"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "dit_bench.py"), "--config", "configs/dit.py:sao",
-           "--config.model.depth=1", "--frames", "16", "--tokens", "10", "--dtype", "float32", "--pairs", "2",
+           "--config.model.depth=1", "--config.model.embed_dim=768", "--config.model.num_heads=12", "--frames", "16",
+           "--tokens", "10", "--dtype", "float32", "--pairs", "2",
            "--out", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))

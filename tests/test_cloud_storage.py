@@ -134,14 +134,14 @@ def test_the_whole_workflow_lives_in_the_bucket(prefix, tmp_path, monkeypatch):
          "--text-encoder", f"{prefix}/t5", "--max-length", 24, "--window-frames", 128, "--batch-size", 16,
          "--no-progress")
     train = ["train", "--config", "configs/dit.py:tiny", "--data", f"{prefix}/latents", "--workdir",
-             f"{prefix}/dit", "--config.training.checkpoint_every=10", "--config.training.log_every=5",
-             "--config.training.demo.every=20", "--config.training.demo.steps=2", "--no-progress"]
-    _cli(*train, "--config.training.steps=10")
-    assert paths.listdir(f"{prefix}/dit/checkpoints") == ["10"]
-    _cli(*train, "--config.training.steps=20")  # the same command, further: resumes from the bucket
-    # continued from step 10 (a fresh start would log 5, 10 again), and the log kept the first run's lines
-    assert [m["step"] for m in read_metrics(f"{prefix}/dit") if "train/loss" in m] == [5, 10, 15, 20]
-    assert paths.listdir(f"{prefix}/dit/checkpoints") == ["10", "20"]
+             f"{prefix}/dit", "--config.training.checkpoint_every=2", "--config.training.log_every=1",
+             "--config.training.demo.every=4", "--config.training.demo.steps=2", "--no-progress"]
+    _cli(*train, "--config.training.steps=2")
+    assert paths.listdir(f"{prefix}/dit/checkpoints") == ["2"]
+    _cli(*train, "--config.training.steps=4")  # the same command, further: resumes from the bucket
+    # continued from step 2 (a fresh start would log 1, 2 again), and the log kept the first run's lines
+    assert [m["step"] for m in read_metrics(f"{prefix}/dit") if "train/loss" in m] == [1, 2, 3, 4]
+    assert paths.listdir(f"{prefix}/dit/checkpoints") == ["2", "4"]
     _cli("generate", "a low drone", "--checkpoint", f"{prefix}/dit/model", "--out", f"{prefix}/out/gen.wav",
          "--steps", 4, "--spectrogram", "--no-progress")
 
@@ -151,9 +151,9 @@ def test_the_whole_workflow_lives_in_the_bucket(prefix, tmp_path, monkeypatch):
     for expected in ("ingested/ingest_report.json", "vae/model/stableaudio_jax.json", "vae/config.json",
                      "vae/metrics.jsonl", "latents/manifest.json", "dit/config.json", "dit/data.json",
                      "dit/model/stableaudio_jax.json", "dit/model/diffusion/weights.safetensors",
-                     "dit/demos/step_20/0.wav", "dit/demos/step_20/0.png", "out/gen.png"):
+                     "dit/demos/step_4/0.wav", "dit/demos/step_4/0.png", "out/gen.png"):
         assert expected in written, (expected, sorted(written))
-    assert any(p.startswith("dit/checkpoints/20/") for p in written)
+    assert any(p.startswith("dit/checkpoints/4/") for p in written)
     assert any(p.startswith("dit/tensorboard/") for p in written)
     assert json.loads(paths.read_text(f"{prefix}/latents/manifest.json"))["sources"]["vae"] == f"{prefix}/vae/model"
     assert os.listdir(workdir) == [] and os.listdir(tmp) == []
