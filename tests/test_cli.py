@@ -22,6 +22,15 @@ def _run(*args, cwd=None):
     return result
 
 
+def _in_process(capsys, *args) -> tuple[int, str]:
+    """``stableaudio-jax ARGS`` in this process (the same ``cli.main`` the console script calls, without a new
+    interpreter's start-up and compiles): its exit code and stderr. Subprocess runs above keep the script covered."""
+    from stableaudio_jax import cli
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
@@ -54,25 +63,25 @@ def test_generate_writes_wavs_and_spectrograms(converted):
         assert os.path.getsize(converted / "out" / f"clip_{i}.png") > 100
 
 
-def test_both_layouts_convert_to_the_same_model(converted):
+def test_both_layouts_convert_to_the_same_model(converted, capsys):
     outs = []
     for name in ("ck_d", "ck_s"):
         path = converted / f"{name}.wav"
-        result = _run("generate", "rain on a tin roof", "--checkpoint", str(converted / name), "--steps", "3",
-                      "--out", str(path), "--no-progress", "--seed", "4")
-        assert result.returncode == 0, result.stderr
+        code, err = _in_process(capsys, "generate", "rain on a tin roof", "--checkpoint", converted / name,
+                                "--steps", "3", "--out", path, "--no-progress", "--seed", "4")
+        assert code == 0, err
         outs.append(sf.read(path)[0])
     assert np.abs(outs[0] - outs[1]).max() <= 2 / 32768  # the same audio, to 16-bit quantisation
 
 
-def test_inpainting_and_audio_to_audio_from_files(converted, monkeypatch):
+def test_inpainting_and_audio_to_audio_from_files(converted, capsys):
     source = converted / "source.wav"
     sf.write(source, 0.2 * np.random.default_rng(0).standard_normal((512, 1)), 22050)  # mono, another rate
     for extra in (["--inpaint-audio", str(source), "--inpaint-keep", "0:0.005"],
                   ["--init-audio", str(source), "--init-noise-level", "3"]):
-        result = _run("generate", "a dog barking", "--checkpoint", str(converted / "ck_d"), "--steps", "2",
-                      "--out", str(converted / "edit.wav"), "--no-progress", *extra)
-        assert result.returncode == 0, result.stderr
+        code, err = _in_process(capsys, "generate", "a dog barking", "--checkpoint", converted / "ck_d", "--steps",
+                                "2", "--out", converted / "edit.wav", "--no-progress", *extra)
+        assert code == 0, err
         assert sf.read(converted / "edit.wav")[0].shape == (512, 2)
 
 
@@ -82,11 +91,12 @@ def test_inpainting_and_audio_to_audio_from_files(converted, monkeypatch):
     (["generate", "x", "--inpaint-audio", "nope.wav"], "cannot read audio file 'nope.wav'"),
     (["convert", "--from", "stable-audio-tools", "--checkpoint", "x", "--out", "y"], "needs --model-config"),
 ])
-def test_bad_arguments_exit_2_with_a_message(converted, args, message):
+def test_bad_arguments_exit_2_with_a_message(converted, args, message, capsys, monkeypatch):
     if args[0] == "generate":
         args = args + ["--checkpoint", str(converted / "ck_d"), "--steps", "2", "--no-progress"]
-    result = _run(*args, cwd=converted)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
+    monkeypatch.chdir(converted)
+    code, err = _in_process(capsys, *args)
+    assert code == 2 and message in err, err
 
 
 def test_a_url_with_an_unknown_scheme_is_named_not_taken_for_a_local_path(capsys):
@@ -97,12 +107,12 @@ def test_a_url_with_an_unknown_scheme_is_named_not_taken_for_a_local_path(capsys
     assert "nosuch://bucket/run: no filesystem for nosuch:// URLs" in err, err
 
 
-def test_generate_without_a_model_names_the_options(tmp_path, monkeypatch):
-    result = subprocess.run([CLI, "generate", "x"], capture_output=True, text=True, timeout=300,
-                            env={k: v for k, v in os.environ.items() if k != "STABLEAUDIO_JAX_CHECKPOINT"})
-    assert result.returncode == 2 and "--checkpoint DIR or set $STABLEAUDIO_JAX_CHECKPOINT" in result.stderr
-    missing = _run("generate", "x", "--checkpoint", str(tmp_path))
-    assert missing.returncode == 2 and "not a stableaudio-jax stored model" in missing.stderr
+def test_generate_without_a_model_names_the_options(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("STABLEAUDIO_JAX_CHECKPOINT", raising=False)
+    code, err = _in_process(capsys, "generate", "x")
+    assert code == 2 and "--checkpoint DIR or set $STABLEAUDIO_JAX_CHECKPOINT" in err
+    code, err = _in_process(capsys, "generate", "x", "--checkpoint", tmp_path)
+    assert code == 2 and "not a stableaudio-jax stored model" in err
 
 
 def _wait_for_step(workdir, step, process, timeout=300):
