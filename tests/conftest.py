@@ -10,6 +10,10 @@ os.environ["XLA_FLAGS"] = " ".join(
     [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     + ["--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"])
 os.environ["JAX_PLATFORMS"] = "cpu"  # tests never need an accelerator
+# The ahead-of-time TPU tests load libtpu (the aot extra) for its topologies; by default the first process to load
+# it takes a machine-wide lock file, so a test would fail while any other JAX process on the machine (a training
+# run, the other xdist worker) holds libtpu. bench/targets.py sets the same for `bench sharding`.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # One persistent compilation cache for the session, inherited by the subprocesses the CLI and multi-host tests
 # start: a computation compiled once (same HLO, same devices, same flags) is not compiled again.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
