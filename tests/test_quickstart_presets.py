@@ -70,3 +70,21 @@ def test_gpu_and_tpu_train_bigger_models_with_the_reference_hyper_parameters(cpu
     assert dit.training.optimizer.to_dict() == reference.optimizer.to_dict()
     assert dit.training.timestep_sampler == reference.timestep_sampler
     assert q.encode.window_frames * 2048 / 44100 >= q.demo.seconds
+
+
+def test_a_stopped_quickstart_keeps_the_times_of_the_stages_it_finished(tmp_path):
+    """quickstart.json is written as each stage ends: a run stopped during training keeps its earlier stages'
+    times, and the resumed invocation that finishes is added beside it, not over it."""
+    import json
+    from stableaudio_jax.commands.quickstart import _record
+    path = str(tmp_path / "quickstart.json")
+    _record(path, "cpu-long", "dit", "first", {"demo-data": 400.0}, done=False)
+    _record(path, "cpu-long", "dit", "first", {"demo-data": 400.0, "text encoder": 5.0}, done=False)
+    runs = json.load(open(path))["runs"]
+    assert runs["dit"]["invocations"] == [{"started": "first", "finished": False,
+                                           "stage_seconds": {"demo-data": 400.0, "text encoder": 5.0}}]
+    assert "stage_seconds" not in runs["dit"]  # no invocation has finished yet
+    _record(path, "cpu-long", "dit", "second", {"demo-data": 0.5, "text encoder": 0.1}, done=True)
+    run = json.load(open(path))["runs"]["dit"]
+    assert [h["started"] for h in run["invocations"]] == ["first", "second"]
+    assert run["stage_seconds"] == {"demo-data": 0.5, "text encoder": 0.1} and run["total_seconds"] == 0.6

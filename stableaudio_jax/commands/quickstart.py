@@ -49,13 +49,15 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     storage.makedirs(workdir)
     _check_preset(workdir, args.preset)
     paths = Paths(workdir, args.denoiser)
-    timings = {}
+    timings, record = {}, os.path.join(workdir, "quickstart.json")
+    invocation = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for number, (name, stage) in enumerate(zip(STAGES, _stage_functions()), 1):
         started = time.time()
         logger.info("quickstart stage %d/%d: %s", number, len(STAGES), name)
         stage(config, paths, args.denoiser, not args.no_progress)
         timings[name] = round(time.time() - started, 1)
-    _record(os.path.join(workdir, "quickstart.json"), args.preset, args.denoiser, timings)
+        # written as each stage ends, so a run stopped part-way keeps the times of the stages it finished
+        _record(record, args.preset, args.denoiser, invocation, timings, done=number == len(STAGES))
     print(summary(paths, timings))
     return 0
 
@@ -89,12 +91,19 @@ def _check_preset(workdir: str, preset: str) -> None:
         _write_json(path, settings)
 
 
-def _record(path: str, preset: str, denoiser: str, timings: dict) -> None:
-    """``quickstart.json``: the preset and, per denoiser run, the seconds of every stage (in stage order)."""
+def _record(path: str, preset: str, denoiser: str, invocation: str, timings: dict, done: bool) -> None:
+    """``quickstart.json``: the preset and, per denoiser run, the seconds of every stage of the last complete
+    invocation (``stage_seconds``, in stage order; a rerun that finds everything done records its skips), and
+    ``invocations``: every invocation's stage times, a stopped one's up to where it stopped. A run resumed after a
+    stop spent the sum of its invocations' times."""
     record = {"preset": preset, "runs": {}}
     if storage.isfile(path):
         record = storage.read_json(path)
-    record["runs"][denoiser] = {"stage_seconds": timings, "total_seconds": round(sum(timings.values()), 1)}
+    run = record["runs"].setdefault(denoiser, {})
+    history = [h for h in run.get("invocations", []) if h["started"] != invocation]
+    run["invocations"] = history + [{"started": invocation, "stage_seconds": dict(timings), "finished": done}]
+    if done:
+        run.update(stage_seconds=dict(timings), total_seconds=round(sum(timings.values()), 1))
     _write_json(path, record)
 
 
