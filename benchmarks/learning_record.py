@@ -9,15 +9,21 @@ of training bought; the final step also gets the reference rows (real held-out a
 quickstart's own evaluation of the final model asked for exactly these settings, it is that step's row (read, not
 rerun: the same computation). PNGs: the VAE's and the denoisers' loss curves, instrument accuracy and Fréchet
 distance against steps (with 95 % intervals), and per instrument the spectrogram of a generated clip beside the
-real clip of the same held-out caption; the same examples as short wavs.
+real clip of the same held-out caption; the same examples as short wavs. Training times come from the runs'
+``metrics.jsonl`` (pauses and stops taken out, and listed) and, with ``--log``, the stage times of each
+invocation from the quickstart's saved output.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
+import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, write_report  # noqa: E402
@@ -79,6 +85,50 @@ def evaluate_steps(workdir: str, denoiser: str, clips: int, steps: int, seed: in
     return rows, source
 
 
+def training_time(run_dir: str) -> dict | None:
+    """A training run's time from its ``metrics.jsonl``: the median logged step time (and range), and the wall span
+    from the first to the last logged step less the gaps (a pause, a stop and resume: an interval over 5x the
+    median between two log lines), which are listed."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        rows = [r for r in map(json.loads, f) if "perf/step_time_s" in r]
+    if len(rows) < 3:
+        return None
+    step_times = sorted(r["perf/step_time_s"] for r in rows)
+    intervals = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])]
+    usual = float(np.median(intervals))
+    gaps = [{"after_step": a["step"], "seconds": round(b["time"] - a["time"], 1)}
+            for a, b in zip(rows, rows[1:]) if b["time"] - a["time"] > 5 * usual]
+    span = rows[-1]["time"] - rows[0]["time"]
+    return {"first_logged_step": rows[0]["step"], "last_logged_step": rows[-1]["step"],
+            "median_step_seconds": round(step_times[len(step_times) // 2], 3),
+            "step_seconds_range": [round(step_times[0], 3), round(step_times[-1], 3)],
+            "span_seconds": round(span, 1), "gaps": gaps,
+            "span_less_gaps_seconds": round(span - sum(g["seconds"] - usual for g in gaps), 1)}
+
+
+def log_stages(log: str) -> list[dict]:
+    """Per quickstart invocation in a log of its output, each stage's seconds from the timestamps of the "stage
+    i/8" lines; a stage with no next stage in the same invocation (stopped, or the last) is ``None``."""
+    pattern = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ INFO \S+: quickstart stage (\d+)/\d+: (.+)$")
+    starts = []
+    with open(log, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = pattern.match(line.rstrip("\n"))
+            if m:
+                starts.append((time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")), int(m[2]), m[3]))
+    invocations = []
+    for (t, number, name), following in zip(starts, starts[1:] + [None]):
+        if number == 1:
+            invocations.append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)),
+                                "stage_seconds": {}})
+        ends_here = following is not None and following[1] == number + 1  # else stopped, or the last stage
+        invocations[-1]["stage_seconds"][name] = round(following[0] - t, 1) if ends_here else None
+    return invocations
+
+
 def instrument_examples(workdir: str, denoiser: str, out: str, seconds: float, seed: int) -> list[dict]:
     """Per instrument, the first held-out caption: the final model's generation (its own sampler and guidance) and
     the real clip, both as wavs cut to ``seconds`` (16-bit, the model's rate) and as log-mel arrays for the plot."""
@@ -115,6 +165,8 @@ def main(argv=None) -> int:
                         help="comma-separated training steps to evaluate (the last kept one always is); "
                              "default: every kept checkpoint")
     parser.add_argument("--example-seconds", type=float, default=2.0, help="length of the example wavs")
+    parser.add_argument("--log", help="the quickstart's saved output (stderr included): stage times per invocation "
+                                      "of a run that was stopped and resumed")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     denoisers = [d for d in DENOISERS if checkpoint_steps(os.path.join(args.workdir, d))]
@@ -126,7 +178,10 @@ def main(argv=None) -> int:
     settings = json.load(open(os.path.join(args.workdir, "quickstart.json")))
     final = {d: rows[-1]["final"] for d, rows in records.items()}
     report = {"benchmark": "learning_record", **environment(False), "workdir": os.path.abspath(args.workdir),
-              "quickstart": settings, "clips": args.clips, "sampling_steps": args.steps,
+              "quickstart": settings, "log_stages": log_stages(args.log) if args.log else None,
+              "training_time": {part: training_time(os.path.join(args.workdir, part))
+                                for part in ("vae", *denoisers)},
+              "clips": args.clips, "sampling_steps": args.steps,
               "timing_prompts": args.timing_prompts, "final_source": sources,
               "judges": final[denoisers[0]].get("judges"),
               "vae_final": final[denoisers[0]]["sections"]["autoencoder reconstruction"],
