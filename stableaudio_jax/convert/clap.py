@@ -146,7 +146,7 @@ def load_clap(checkpoint: str | os.PathLike | Mapping, tokenizer_dir: str | os.P
     Stable Audio 1.0 / 2.0 use ``layer=-2``, ``output="features"``.
     """
     from stableaudio_jax.convert.state_dict import load_json, read_state_dict
-    from stableaudio_jax.convert.t5 import _read_hf_weights
+    from stableaudio_jax.convert.state_dict import read_hf_weights
     from stableaudio_jax.store.clap_text import ClapText
     from stableaudio_jax.store.clap_tokenizer import ClapTokenizer
     if isinstance(checkpoint, Mapping):  # a state dict already read (a fine-tuned CLAP inside a model checkpoint)
@@ -157,7 +157,7 @@ def load_clap(checkpoint: str | os.PathLike | Mapping, tokenizer_dir: str | os.P
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"{checkpoint}: no config.json; expected a Hugging Face CLAP directory")
         config = clap_config_from_hf(load_json(config_path, "CLAP config"), config_path)
-        state, source = _read_hf_weights(checkpoint)
+        state, source = read_hf_weights(checkpoint)
         tokenizer_dir = checkpoint if tokenizer_dir is None else tokenizer_dir
     else:
         state, source = read_state_dict(checkpoint), checkpoint

@@ -151,3 +151,23 @@ def fill_params(state: Mapping[str, np.ndarray], abstract_params: Any, key_for: 
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(source, sorted(missing), unexpected, mismatched)
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def read_hf_weights(directory: str) -> tuple[dict, str]:
+    """The weights of a Hugging Face model directory and the file they came from: a sharded safetensors index,
+    ``model.safetensors``, or ``pytorch_model.bin`` (torch needed)."""
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        weight_map = load_json(index, "weights index").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UnreadableCheckpointError(f"{index}: no 'weight_map' object; not a safetensors index")
+        files = sorted(set(weight_map.values()))
+        state = {}
+        for name in files:
+            state.update(read_state_dict(os.path.join(directory, name)))
+        return state, index
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return read_state_dict(path), path
+    raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")

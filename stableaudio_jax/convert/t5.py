@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stableaudio_jax.convert.state_dict import Path, UnreadableCheckpointError, fill_params, load_json, read_state_dict
+from stableaudio_jax.convert.state_dict import Path, fill_params, load_json, read_hf_weights
 from stableaudio_jax.store.tokenizers import SPIECE_FILE, T5Tokenizer
 from stableaudio_jax.store.text_encoders import T5TextEncoder
 from stableaudio_jax.models.t5 import T5Encoder
@@ -98,24 +98,6 @@ def t5_params_from_state_dict(state: Mapping[str, np.ndarray], module: T5Encoder
     return {"params": fill_params(state, abstract, _hf_key, _hf_to_ours(module), source, ignore=ignore)}
 
 
-def _read_hf_weights(directory: str) -> tuple[dict, str]:
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        weight_map = load_json(index, "weights index").get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise UnreadableCheckpointError(f"{index}: no 'weight_map' object; not a safetensors index")
-        files = sorted(set(weight_map.values()))
-        state = {}
-        for name in files:
-            state.update(read_state_dict(os.path.join(directory, name)))
-        return state, index
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            return read_state_dict(path), path
-    raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-
-
 def load_hf_t5(directory: str | os.PathLike, max_length: int = 128, dtype: Any = jnp.float32,
                require_tokenizer: bool = True, tokenizer_file: str | os.PathLike | None = None) -> T5TextEncoder:
     """A ready text encoder from a Hugging Face T5 directory (``config.json``, weights, ``spiece.model``).
@@ -138,6 +120,6 @@ def load_hf_t5(directory: str | os.PathLike, max_length: int = 128, dtype: Any =
     module = t5_from_config(model_cfg, dtype=dtype)
     if tokenizer is not None and tokenizer.vocab_size > module.vocab_size:
         raise ValueError(f"{spiece}: {tokenizer.vocab_size} pieces but the model's vocab_size is {module.vocab_size}")
-    state, source = _read_hf_weights(directory)
+    state, source = read_hf_weights(directory)
     params = t5_params_from_state_dict(state, module, source)
     return T5TextEncoder(module, params, tokenizer, max_length, source=directory)
