@@ -99,3 +99,20 @@ def test_a_missing_tensor_is_named_and_an_sa3_checkpoint_prefix_is_read(referenc
         same_params_from_state_dict(state, model)
     with pytest.raises(ValueError, match=r"audio has shape \(1, 100\); expected \[batch, samples, 2\]"):
         model.apply(variables, jnp.zeros((1, 100)), method="encode")
+
+
+@pytest.mark.parametrize("name, overlap", [("s", 6), ("l", 5)], ids=["SAME-S shaped", "SAME-L shaped"])
+def test_chunked_encode_and_decode_equal_the_whole_pass(reference, name, overlap):
+    """Long audio in windows (here 4 latents plus the overlap either side, the receptive field's bound), one
+    window at a time: the same latents and audio as one pass over everything, ends included."""
+    data, configs = reference
+    model = _ours(configs[name])
+    variables = same_params_from_state_dict(_state(data, name), model)
+    audio = jax.random.normal(jax.random.key(1), (1, 40 * model.downsampling_ratio - 5, 2))
+    whole = model.apply(variables, audio, method="encode")
+    chunked = jax.jit(lambda a: same.chunked_encode(model, variables, a, chunk_size=4, overlap=overlap))(audio)
+    np.testing.assert_allclose(chunked, whole, atol=1e-4, rtol=1e-4)
+    decoded = jax.jit(lambda z: same.chunked_decode(model, variables, z, chunk_size=4, overlap=overlap))(whole)
+    np.testing.assert_allclose(decoded, model.apply(variables, whole, method="decode"), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=f"overlap {overlap - 2} latent frames is below the receptive field"):
+        same.chunked_encode(model, variables, audio, chunk_size=4, overlap=overlap - 2)

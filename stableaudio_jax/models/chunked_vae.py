@@ -63,13 +63,13 @@ def _window_plan(frames: int, chunk_size: int, overlap: int) -> tuple[np.ndarray
     return out_starts.astype(np.int32), win_starts.astype(np.int32), window
 
 
-def _check_overlap(overlap: int, needed: int, what: str) -> None:
+def check_overlap(overlap: int, needed: int, what: str) -> None:
     if overlap < needed:
         raise ValueError(f"chunked {what}: overlap {overlap} latent frames is below the receptive field ({needed}); "
                          f"chunks would not match the unchunked result")
 
 
-def _scan_windows(fn, x: jax.Array, frames: int, chunk_size: int, overlap: int, in_rate: int, out_rate: int,
+def scan_windows(fn, x: jax.Array, frames: int, chunk_size: int, overlap: int, in_rate: int, out_rate: int,
                   out_shape: tuple[int, ...], out_dtype: Any) -> jax.Array:
     """Runs ``fn`` over same-shaped windows of ``x`` (time axis 1) and stitches the central parts."""
     out_starts, win_starts, window = _window_plan(frames, chunk_size, overlap)
@@ -87,20 +87,20 @@ def _scan_windows(fn, x: jax.Array, frames: int, chunk_size: int, overlap: int, 
 def chunked_decode(vae: OobleckVAE, params: Any, latents: jax.Array, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                    overlap: int = DEFAULT_OVERLAP) -> jax.Array:
     """``vae.decode`` in windows of latent frames; equal to the whole-signal decode. Traceable (jit it)."""
-    _check_overlap(overlap, decoder_receptive_field(vae), "decode")
+    check_overlap(overlap, decoder_receptive_field(vae), "decode")
     decode = lambda z: vae.apply(params, z, method=type(vae).decode)  # noqa: E731
     frames = latents.shape[1]
     if frames <= chunk_size + 2 * overlap:
         return decode(latents)
     ratio = vae.downsampling_ratio
     out_shape = (latents.shape[0], frames * ratio, vae.audio_channels)
-    return _scan_windows(decode, latents, frames, chunk_size, overlap, 1, ratio, out_shape, jnp.dtype(vae.dtype))
+    return scan_windows(decode, latents, frames, chunk_size, overlap, 1, ratio, out_shape, jnp.dtype(vae.dtype))
 
 
 def chunked_encode_moments(vae: OobleckVAE, params: Any, audio: jax.Array, *,
                            chunk_size: int = DEFAULT_CHUNK_SIZE, overlap: int = DEFAULT_OVERLAP) -> jax.Array:
     """``vae.encode_moments`` in windows; windows start on multiples of the downsampling ratio."""
-    _check_overlap(overlap, encoder_receptive_field(vae), "encode")
+    check_overlap(overlap, encoder_receptive_field(vae), "encode")
     ratio = vae.downsampling_ratio
     moments = lambda a: vae.apply(params, a, method=type(vae).encode_moments)  # noqa: E731
     if audio.ndim != 3 or audio.shape[1] % ratio:
@@ -109,7 +109,7 @@ def chunked_encode_moments(vae: OobleckVAE, params: Any, audio: jax.Array, *,
     if frames <= chunk_size + 2 * overlap:
         return moments(audio)
     out_shape = (audio.shape[0], frames, 2 * vae.latent_dim)
-    return _scan_windows(moments, audio, frames, chunk_size, overlap, ratio, 1, out_shape, jnp.dtype(vae.dtype))
+    return scan_windows(moments, audio, frames, chunk_size, overlap, ratio, 1, out_shape, jnp.dtype(vae.dtype))
 
 
 def chunked_encode(vae: OobleckVAE, params: Any, audio: jax.Array, *, sample: bool = False,

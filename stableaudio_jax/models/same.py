@@ -316,3 +316,59 @@ def unpatchify(patches: jax.Array, channels: int) -> jax.Array:
     batch, length, features = patches.shape
     audio = jnp.swapaxes(patches.reshape(batch, length, channels, features // channels), 2, 3)
     return audio.reshape(batch, length * (features // channels), channels)
+
+
+def receptive_field(model: SAMEAutoencoder, part: str) -> int:
+    """Latents on each side that can change one latent (``part='encoder'``) or one latent's audio (``'decoder'``),
+    an upper bound: a band of ``sliding_window`` latents per block, or chunks of ``chunk_size / stride`` latents
+    (two chunks' reach with the midpoint shift), plus one for the mapping convolution."""
+    depth = model.encoder_depth if part == "encoder" else model.decoder_depth
+    if model.sliding_window is not None:
+        return depth * model.sliding_window + 2
+    return 2 * (model.chunk_size // model.stride) + 2
+
+
+def _alignment(model: SAMEAutoencoder) -> int:
+    """Windows start on multiples of this many latents, so that their attention chunks fall where the whole
+    pass's do."""
+    return 1 if model.sliding_window is not None else model.chunk_size // model.stride
+
+
+def chunked_encode(model: SAMEAutoencoder, params: Any, audio: jax.Array, *, chunk_size: int = 128,
+                   overlap: int = 32) -> jax.Array:
+    """``model.encode`` in windows of ``chunk_size + 2 overlap`` latents (the reference's chunked defaults), one
+    window's activations alive at a time; equal to the whole-signal encode. Traceable (jit it)."""
+    from stableaudio_jax.models.chunked_vae import check_overlap, scan_windows
+    check_overlap(overlap, receptive_field(model, "encoder"), "SAME encode")
+    ratio, align = model.downsampling_ratio, _alignment(model)
+    audio = _pad_to_multiple(audio, ratio * align)  # what the whole pass pads, done first
+    frames = audio.shape[1] // ratio
+    encode = lambda a: model.apply(params, a, method="encode")  # noqa: E731
+    if frames <= chunk_size + 2 * overlap:
+        return encode(audio)
+    _check_aligned(chunk_size, overlap, align)
+    return scan_windows(encode, audio, frames, chunk_size, overlap, ratio, 1,
+                        (audio.shape[0], frames, model.latent_dim), jnp.dtype(model.dtype))
+
+
+def chunked_decode(model: SAMEAutoencoder, params: Any, latents: jax.Array, *, chunk_size: int = 128,
+                   overlap: int = 32) -> jax.Array:
+    """``model.decode`` (without noise) in windows of latents; equal to the whole-signal decode."""
+    from stableaudio_jax.models.chunked_vae import check_overlap, scan_windows
+    check_overlap(overlap, receptive_field(model, "decoder"), "SAME decode")
+    align = _alignment(model)
+    latents = _pad_to_multiple(latents, align)
+    frames, ratio = latents.shape[1], model.downsampling_ratio
+    decode = lambda z: model.apply(params, z, method="decode")  # noqa: E731
+    if frames <= chunk_size + 2 * overlap:
+        return decode(latents)
+    _check_aligned(chunk_size, overlap, align)
+    return scan_windows(decode, latents, frames, chunk_size, overlap, 1, ratio,
+                        (latents.shape[0], frames * ratio, model.audio_channels), jnp.dtype(model.dtype))
+
+
+def _check_aligned(chunk_size: int, overlap: int, align: int) -> None:
+    if chunk_size % align or overlap % align:
+        raise ValueError(f"chunked SAME: chunk_size {chunk_size} and overlap {overlap} must be multiples of "
+                         f"{align} latents (the attention chunk), or windows would chunk differently from the "
+                         "whole pass")
