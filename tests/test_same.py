@@ -5,6 +5,7 @@ blocks), their weights, an input that needs padding, and the reference's latents
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,3 +117,21 @@ def test_chunked_encode_and_decode_equal_the_whole_pass(reference, name, overlap
     np.testing.assert_allclose(decoded, model.apply(variables, whole, method="decode"), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match=f"overlap {overlap - 2} latent frames is below the receptive field"):
         same.chunked_encode(model, variables, audio, chunk_size=4, overlap=overlap - 2)
+
+
+@pytest.mark.parametrize("variant, tensors, parameters", [("s", 244, 108_244_529), ("l", 472, 852_127_073)])
+def test_full_size_configs_hold_the_reference_checkpoints_tensors(variant, tensors, parameters):
+    """configs/same.py at full size (shapes only): one parameter per reference tensor except each block's rotary
+    buffer and the empty noise_scaling_factor (SAME-S 244 and SAME-L 472 tensors in the reference layout)."""
+    from stableaudio_jax.config_loader import load_config
+    from stableaudio_jax.convert.same import _key
+    config = dict(load_config(f"configs/same.py:{variant}").model)
+    assert (config.pop("type"), config.pop("sample_rate")) == ("same", 44100)
+    model = same.SAMEAutoencoder(**config)
+    abstract = jax.eval_shape(lambda a: model.init(jax.random.key(0), a),
+                              jax.ShapeDtypeStruct((1, 2 * model.downsampling_ratio, 2), jnp.float32))["params"]
+    flat = jax.tree_util.tree_flatten_with_path(nn.unbox(abstract))[0]
+    keys = {_key(tuple(str(getattr(k, "key", k)) for k in path)) for path, _ in flat}
+    blocks = model.encoder_depth + model.decoder_depth
+    assert len(keys) == len(flat) == tensors - blocks - 1
+    assert sum(int(np.prod(leaf.shape)) for _, leaf in flat) == parameters
