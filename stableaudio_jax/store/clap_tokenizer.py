@@ -8,18 +8,16 @@ prompt gives ``<s></s>``. The vocabulary comes from a Hugging Face RoBERTa token
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Sequence
 
 import numpy as np
 
 from stableaudio_jax import paths
-from stableaudio_jax.store.tokenizers import TokenizedPrompts, _as_prompt_list
+from stableaudio_jax.store.tokenizers import TokenizedPrompts, _as_prompt_list, flag_truncated
 
 BOS, PAD, EOS = "<s>", "<pad>", "</s>"
 VOCAB_FILE, MERGES_FILE, TOKENIZER_FILE = "vocab.json", "merges.txt", "tokenizer.json"
-logger = logging.getLogger(__name__)
 
 
 class ClapTokenizer:
@@ -83,12 +81,7 @@ class ClapTokenizer:
             row = [self.bos_id, *e.ids[: self.max_length - 2], self.eos_id]
             ids[i, : len(row)] = row
             mask[i, : len(row)] = True
-        truncated = num_tokens > self.max_length
-        if truncated.any():
-            cut = [f"#{i} ({num_tokens[i]} tokens)" for i in np.flatnonzero(truncated)]
-            logger.warning("ClapTokenizer: prompts %s are longer than max_length %d and were truncated",
-                           ", ".join(cut), self.max_length)
-        return TokenizedPrompts(ids, mask, num_tokens, truncated)
+        return TokenizedPrompts(ids, mask, num_tokens, flag_truncated("ClapTokenizer", num_tokens, self.max_length))
 
     def __call__(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         out = self.tokenize_with_info(prompts)

@@ -11,17 +11,15 @@ The mask is True on every token that is not padding.
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Sequence
 
 import numpy as np
 
 from stableaudio_jax import paths
-from stableaudio_jax.store.tokenizers import TokenizedPrompts, _as_prompt_list
+from stableaudio_jax.store.tokenizers import TokenizedPrompts, _as_prompt_list, flag_truncated
 
 TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
-logger = logging.getLogger(__name__)
 
 
 def _token_text(token) -> str | None:
@@ -79,12 +77,7 @@ class HFTokenizer:
         ids = np.array([e.ids for e in encoded], np.int32)
         mask = np.array([e.attention_mask for e in encoded], bool)
         num_tokens = np.array([len(e.ids) for e in self.whole.encode_batch(prompts)])
-        truncated = num_tokens > self.max_length
-        if truncated.any():
-            cut = [f"#{i} ({num_tokens[i]} tokens)" for i in np.flatnonzero(truncated)]
-            logger.warning("%s: prompts %s are longer than max_length %d and were truncated", self.source,
-                           ", ".join(cut), self.max_length)
-        return TokenizedPrompts(ids, mask, num_tokens, truncated)
+        return TokenizedPrompts(ids, mask, num_tokens, flag_truncated(self.source, num_tokens, self.max_length))
 
     def __call__(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         out = self.tokenize_with_info(prompts)

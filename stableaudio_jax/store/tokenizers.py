@@ -44,6 +44,16 @@ def _as_prompt_list(prompts: str | Sequence[str]) -> list[str]:
     return prompts
 
 
+def flag_truncated(who: str, num_tokens: np.ndarray, max_length: int) -> np.ndarray:
+    """Which prompts needed more than ``max_length`` tokens; logs a warning naming them."""
+    truncated = num_tokens > max_length
+    if truncated.any():
+        cut = [f"#{i} ({num_tokens[i]} tokens)" for i in np.flatnonzero(truncated)]
+        logger.warning("%s: prompts %s are longer than max_length %d and were truncated", who, ", ".join(cut),
+                       max_length)
+    return truncated
+
+
 class T5Tokenizer:
     """sentencepiece → T5 ids with T5's ``</s>`` / ``<pad>`` convention, fixed length ``max_length``."""
 
@@ -84,12 +94,7 @@ class T5Tokenizer:
             row = row[: self.max_length - 1] + [EOS_ID]
             ids[i, : len(row)] = row
             mask[i, : len(row)] = True
-        truncated = num_tokens > self.max_length
-        if truncated.any():
-            cut = [f"#{i} ({num_tokens[i]} tokens)" for i in np.flatnonzero(truncated)]
-            logger.warning("T5Tokenizer: prompts %s are longer than max_length %d and were truncated",
-                           ", ".join(cut), self.max_length)
-        return TokenizedPrompts(ids, mask, num_tokens, truncated)
+        return TokenizedPrompts(ids, mask, num_tokens, flag_truncated("T5Tokenizer", num_tokens, self.max_length))
 
     def __call__(self, prompts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ids [B, max_length] int32, mask [B, max_length] bool)."""
