@@ -5,9 +5,7 @@ mapping) and SAME-L (sliding-window attention, sinusoidal decoder blocks), with 
   git clone https://github.com/Stability-AI/stable-audio-3 /tmp/sa3   # (or any checkout of it)
   python benchmarks/make_same_reference.py --reference /tmp/sa3 --out tests/data/same_reference.npz
 
-The reference is not installable here (it needs torchaudio, which must not be installed next to this project's
-torch): the few modules used are imported from the checkout with torchaudio and the package's top level stubbed
-out; none of the stubbed code runs. Every parameter is drawn at random (the reference initialises the branch
+The reference's modules are imported from the checkout as benchmarks/sa3_reference.py does. Every parameter is drawn at random (the reference initialises the branch
 outputs to zero, which would hide the blocks). The reference's inference-time noise (decoder mask noise, the
 bottleneck's noise regularisation) is off, so the outputs are deterministic.
 """
@@ -16,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import types
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sa3_reference import import_reference, reference_commit  # noqa: E402
 
 CONFIGS = {
     # SAME-S shaped (width 24 = 3 heads of 8): chunks of 8 patches = 2 latents at stride 4, the midpoint shift in
@@ -34,23 +33,6 @@ CONFIGS = {
               decoder=dict(conv_mapping=False, sinusoidal_blocks=[3])),
 }
 SAMPLES = 8 * 4 * 5 + 3  # 5 latents and a bit: the encoder pads to whole patches and chunks
-
-
-def import_reference(root: str):
-    """The reference's autoencoder, bottleneck and pretransform modules, without running its package import."""
-    torchaudio = types.ModuleType("torchaudio")
-    torchaudio.transforms = types.SimpleNamespace(Resample=None)
-    sys.modules.setdefault("torchaudio", torchaudio)
-    sys.modules.setdefault("torchaudio.transforms", torchaudio.transforms)
-    package = types.ModuleType("stable_audio_3")
-    package.__path__ = [os.path.join(root, "stable_audio_3")]
-    sys.modules["stable_audio_3"] = package
-    audio_utils = types.ModuleType("stable_audio_3.inference.audio_utils")
-    audio_utils.prepare_audio = None
-    sys.modules["stable_audio_3.inference.audio_utils"] = audio_utils
-    from stable_audio_3.models import autoencoders, bottleneck, pretransforms, transformer
-    transformer.flex_attention_compiled = None  # the CPU band attention then takes its plain SDPA path
-    return autoencoders, bottleneck, pretransforms
 
 
 def build(reference, config: dict, torch):
@@ -84,7 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-commit", help="the checkout's commit, when it is not a git work tree")
     args = parser.parse_args(argv)
     import torch
-    reference = import_reference(os.path.abspath(args.reference))
+    reference = import_reference(args.reference, "models.autoencoders", "models.bottleneck", "models.pretransforms")
     arrays = {}
     for name, config in CONFIGS.items():
         encoder, decoder, soft_norm, patcher = build(reference, config, torch)
@@ -99,8 +81,7 @@ def main(argv=None) -> int:
             for key, value in module.state_dict().items():
                 if not key.endswith("inv_freq"):
                     arrays[f"{name}/state/{prefix}.{key}"] = value.numpy()
-    commit = args.reference_commit or subprocess.run(["git", "-C", args.reference, "rev-parse", "HEAD"],
-                                                     capture_output=True, text=True).stdout.strip()
+    commit = reference_commit(args.reference, args.reference_commit)
     arrays["configs"] = np.array(json.dumps({"configs": CONFIGS, "samples": SAMPLES, "torch": torch.__version__,
                                              "reference_commit": commit or None}))
     np.savez_compressed(args.out, **arrays)

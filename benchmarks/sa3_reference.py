@@ -1,0 +1,41 @@
+"""Imports modules of Stable Audio 3's reference code (a checkout of Stability-AI/stable-audio-3) for the scripts
+that write parity fixtures (benchmarks/make_same_reference.py, benchmarks/make_sa3_guidance_reference.py).
+
+The reference is not installable here (it needs torchaudio, which must not be installed next to this project's
+torch, and its package import pulls in the whole pipeline): torchaudio and the package's top level are stubbed out,
+so only the modules asked for are imported; none of the stubbed code runs.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import types
+
+
+def import_reference(root: str, *modules: str) -> list:
+    """``stable_audio_3.<module>`` for each of ``modules``, from the checkout at ``root``."""
+    torchaudio = types.ModuleType("torchaudio")
+    torchaudio.transforms = types.SimpleNamespace(Resample=None)
+    sys.modules.setdefault("torchaudio", torchaudio)
+    sys.modules.setdefault("torchaudio.transforms", torchaudio.transforms)
+    package = types.ModuleType("stable_audio_3")
+    package.__path__ = [os.path.join(os.path.abspath(root), "stable_audio_3")]
+    sys.modules["stable_audio_3"] = package
+    audio_utils = types.ModuleType("stable_audio_3.inference.audio_utils")
+    audio_utils.prepare_audio = None
+    sys.modules["stable_audio_3.inference.audio_utils"] = audio_utils
+    found = [importlib.import_module(f"stable_audio_3.{name}") for name in modules]
+    transformer = sys.modules.get("stable_audio_3.models.transformer")
+    if transformer is not None:
+        transformer.flex_attention_compiled = None  # CPU attention then takes its plain SDPA paths
+    return found
+
+
+def reference_commit(root: str, given: str | None) -> str | None:
+    """The checkout's commit: ``given``, else ``git rev-parse HEAD`` in it (None outside a work tree)."""
+    if given:
+        return given
+    found = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
+    return found.stdout.strip() or None
