@@ -11,7 +11,9 @@ rerun: the same computation). PNGs: the VAE's and the denoisers' loss curves, in
 distance against steps (with 95 % intervals), and per instrument the spectrogram of a generated clip beside the
 real clip of the same held-out caption; the same examples as short wavs. Training times come from the runs'
 ``metrics.jsonl`` (pauses and stops taken out, and listed) and, with ``--log``, the stage times of each
-invocation from the quickstart's saved output.
+invocation from the quickstart's saved output. The JSON also keeps every logged loss term against its step and
+how much the VAE's latents move over time on held-out clips (a VAE whose latents stand still decodes every clip to
+the same static sound).
 """
 from __future__ import annotations
 
@@ -109,6 +111,40 @@ def training_time(run_dir: str) -> dict | None:
             "span_less_gaps_seconds": round(span - sum(g["seconds"] - usual for g in gaps), 1)}
 
 
+def loss_curves(run_dir: str) -> dict:
+    """Every logged ``train/*loss*`` term of a run against its step: ``{term: [[step, value], ...]}``."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    curves: dict[str, list] = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for row in map(json.loads, f):
+                for key, value in row.items():
+                    if key.startswith("train/") and "loss" in key:
+                        curves.setdefault(key[len("train/"):], []).append([row["step"], round(value, 5)])
+    return curves
+
+
+def latent_motion(workdir: str, clips: int = 24) -> dict:
+    """How much the VAE's latents move over time on held-out clips: per clip, the std over frames (averaged over
+    channels) against the std over all frames and channels. A VAE whose latents barely move in time decodes every
+    clip to the same static sound."""
+    import jax.numpy as jnp
+    from stableaudio_jax.evaluation.evaluate import load_split
+    from stableaudio_jax.store.models import load_vae
+    vae = load_vae(os.path.join(workdir, "vae", "model"))
+    module, ratio = vae.module, vae.module.downsampling_ratio
+    held = load_split(os.path.join(workdir, "demo_data"), "test", clips, module.sample_rate, module.audio_channels)
+    over_time, overall = [], []
+    for clip in held:
+        audio = clip.audio[: clip.audio.shape[0] // ratio * ratio][None]
+        latents = np.asarray(module.apply(vae.params, jnp.asarray(audio), method="encode"))[0]
+        over_time.append(float(latents.std(axis=0).mean()))
+        overall.append(float(latents.std()))
+    return {"clips": len(held), "std_over_time": round(float(np.mean(over_time)), 4),
+            "std_overall": round(float(np.mean(overall)), 4),
+            "ratio": round(float(np.mean(np.array(over_time) / np.array(overall))), 4)}
+
+
 def log_stages(log: str) -> list[dict]:
     """Per quickstart invocation in a log of its output, each stage's seconds from the timestamps of the "stage
     i/8" lines; a stage with no next stage in the same invocation (stopped, or the last) is ``None``."""
@@ -181,6 +217,8 @@ def main(argv=None) -> int:
               "quickstart": settings, "log_stages": log_stages(args.log) if args.log else None,
               "training_time": {part: training_time(os.path.join(args.workdir, part))
                                 for part in ("vae", *denoisers)},
+              "loss_curves": {part: loss_curves(os.path.join(args.workdir, part)) for part in ("vae", *denoisers)},
+              "latent_motion": latent_motion(args.workdir),
               "clips": args.clips, "sampling_steps": args.steps,
               "timing_prompts": args.timing_prompts, "final_source": sources,
               "judges": final[denoisers[0]].get("judges"),

@@ -258,19 +258,22 @@ def test_learning_record_evaluates_every_kept_checkpoint_unless_told_and_always_
     assert record.chosen_steps(kept, [20]) == [20, 40] and record.chosen_steps(kept, [40]) == [40]
 
 
-def test_learning_record_times_a_stopped_and_resumed_run_without_its_pauses(tmp_path):
+def test_learning_record_times_a_stopped_and_resumed_run_without_its_pauses_and_keeps_its_loss_curves(tmp_path):
     """A run paused or stopped and resumed: its training time is the logged span less the gaps (each listed), and
     the log's stage times per invocation leave a stopped stage open instead of counting the time it was down."""
     record = _benchmark_module("learning_record")
     rows = [{"step": 0, "time": 0.0, "data/files": 8}]  # the data line has no step time
-    rows += [{"step": 10 * i, "time": 100.0 + 10 * i + (500 if i > 3 else 0), "perf/step_time_s": 1.0 + i / 100}
-             for i in range(1, 7)]
+    rows += [{"step": 10 * i, "time": 100.0 + 10 * i + (500 if i > 3 else 0), "perf/step_time_s": 1.0 + i / 100,
+              "train/spectral_loss": 3.0 - i / 10, "train/grad_norm": 1.0} for i in range(1, 7)]
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     timed = record.training_time(str(tmp_path / "vae"))
     assert timed["gaps"] == [{"after_step": 30, "seconds": 510.0}] and timed["span_seconds"] == 550.0
     assert timed["span_less_gaps_seconds"] == 50.0 and timed["median_step_seconds"] == 1.04
     assert record.training_time(str(tmp_path / "dit")) is None
+    curves = record.loss_curves(str(tmp_path / "vae"))  # the loss terms' curves, not the other metrics
+    assert list(curves) == ["spectral_loss"] and curves["spectral_loss"][0] == [10, 2.9] and len(curves[
+        "spectral_loss"]) == 6
     log = tmp_path / "run.log"
     line = "2026-12-07 05:{:02d}:00,001 INFO stableaudio_jax.commands.quickstart: quickstart stage {}/8: {}\n"
     log.write_text(line.format(0, 1, "demo-data") + "progress bar\n" + line.format(7, 2, "text encoder")
