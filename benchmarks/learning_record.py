@@ -73,7 +73,7 @@ def evaluate_steps(workdir: str, denoiser: str, clips: int, steps: int, seed: in
     for step in chosen_steps(kept, only):
         last = step == kept[-1]
         if last and reused is not None:
-            result, source = reused, reused["files"]["json"]
+            result, source = reused, os.path.join(workdir, "evaluation", denoiser, "evaluation.json")
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 model = export_from_workdir(run_dir, os.path.join(tmp, "model"), step)
