@@ -32,6 +32,13 @@ from common import environment, write_report  # noqa: E402
 from learning_plots import plot_curves, plot_examples, plot_metrics  # noqa: E402
 
 DENOISERS = ("dit", "unet")
+# Published autoencoder figures to set beside ours (auraloss' multi-resolution STFT and MEL distances, SI-SDR in dB),
+# as the Stable Audio Open paper reports them (Evans et al. 2024, Table 4, on Song Describer: another data set, at
+# 44.1 kHz stereo), so that a table can be read from this one file.
+PUBLISHED_AUTOENCODERS = {
+    "Stable Audio Open VAE (published)": {"stft_distance": 1.29, "mel_distance": 0.77, "si_sdr_db": 6.28},
+    "Stable Audio 1.0 VAE (published)": {"stft_distance": 1.19, "mel_distance": 0.67, "si_sdr_db": 8.62},
+}
 
 
 def checkpoint_steps(run_dir: str) -> list[int]:
@@ -112,14 +119,15 @@ def training_time(run_dir: str) -> dict | None:
 
 
 def loss_curves(run_dir: str) -> dict:
-    """Every logged ``train/*loss*`` term of a run against its step: ``{term: [[step, value], ...]}``."""
+    """Every logged ``train/*loss*`` term of a run (and a VAE's batch latent std) against its step:
+    ``{term: [[step, value], ...]}``."""
     path = os.path.join(run_dir, "metrics.jsonl")
     curves: dict[str, list] = {}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             for row in map(json.loads, f):
                 for key, value in row.items():
-                    if key.startswith("train/") and "loss" in key:
+                    if key.startswith("train/") and ("loss" in key or key == "train/latent_std"):
                         curves.setdefault(key[len("train/"):], []).append([row["step"], round(value, 5)])
     return curves
 
@@ -130,6 +138,7 @@ def latent_motion(workdir: str, clips: int = 24) -> dict:
     clip to the same static sound."""
     import jax.numpy as jnp
     from stableaudio_jax.evaluation.evaluate import load_split
+    from stableaudio_jax.models.chunked_vae import decoder_receptive_field, encoder_receptive_field
     from stableaudio_jax.store.models import load_vae
     vae = load_vae(os.path.join(workdir, "vae", "model"))
     module, ratio = vae.module, vae.module.downsampling_ratio
@@ -140,9 +149,14 @@ def latent_motion(workdir: str, clips: int = 24) -> dict:
         latents = np.asarray(module.apply(vae.params, jnp.asarray(audio), method="encode"))[0]
         over_time.append(float(latents.std(axis=0).mean()))
         overall.append(float(latents.std()))
+    crop = json.load(open(os.path.join(workdir, "vae", "config.json")))["training"]["crop_samples"]
     return {"clips": len(held), "std_over_time": round(float(np.mean(over_time)), 4),
             "std_overall": round(float(np.mean(overall)), 4),
-            "ratio": round(float(np.mean(np.array(over_time) / np.array(overall))), 4)}
+            "ratio": round(float(np.mean(np.array(over_time) / np.array(overall))), 4),
+            # what a training crop is to this VAE: its latent frames, and how far (an upper bound) a frame reaches
+            "downsampling_ratio": ratio, "training_crop_frames": crop // ratio,
+            "encoder_receptive_field_frames": encoder_receptive_field(module),
+            "decoder_receptive_field_frames": decoder_receptive_field(module)}
 
 
 def log_stages(log: str) -> list[dict]:
@@ -223,6 +237,8 @@ def main(argv=None) -> int:
               "timing_prompts": args.timing_prompts, "final_source": sources,
               "judges": final[denoisers[0]].get("judges"),
               "vae_final": final[denoisers[0]]["sections"]["autoencoder reconstruction"],
+              "published_autoencoders": {"source": "Stable Audio Open paper (Evans et al. 2024), Table 4, Song "
+                                                   "Describer", **PUBLISHED_AUTOENCODERS},
               "denoisers": {d: [{k: v for k, v in r.items() if k != "final"} for r in rows]
                             for d, rows in records.items()},
               "final": {d: result["sections"] for d, result in final.items()},

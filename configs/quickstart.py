@@ -9,7 +9,8 @@ Variants:
             instruments, 2,000 clips (200 held out: 25 per instrument), a VAE 3x the cpu one's parameters with
             the reference's adversarial + feature-matching phase after a spectral warm-up, 512x down to 16
             channels (32x fewer floats per second), and a DiT 5.5x the cpu one's; quickstart resumes stage by
-            stage, so it may be stopped and rerun
+            stage, so it may be stopped and rerun. Its first run (docs/learning.md) failed: the VAE did not learn
+            on 4,096-sample crops, 8 latent frames at 512x (a hypothesis under test)
   gpu       one GPU: all 8 instruments, 5 s clips at 44.1 kHz stereo, SAO's VAE structure at half width (39 M
             parameters, 2048x down to 64 channels: SAO's 64x fewer floats per second, 32x per audio channel) and a
             12 x 512 DiT, both with the reference's hyper-parameters (stable-audio-tools' SAO VAE and DiT training
