@@ -11,7 +11,6 @@ padding mask (batch 2, 8 channels, 12 frames, the second item padded after frame
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sa3_reference import import_reference, reference_commit  # noqa: E402
+from sa3_reference import fixture_arguments, import_reference, reference_commit  # noqa: E402
 
 CASES = [dict(objective=o, cfg_scale=4.5, apg_scale=a, cfg_norm_threshold=n, scale_phi=p, padded=m)
          for o in ("v", "rectified_flow") for a, n, p, m in
@@ -38,11 +37,7 @@ def stand_in(dit_class, torch, objective: str, batch_output):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", required=True, help="a checkout of Stability-AI/stable-audio-3")
-    parser.add_argument("--out", default="tests/data/sa3_guidance_reference.npz")
-    parser.add_argument("--reference-commit", help="the checkout's commit, when it is not a git work tree")
-    args = parser.parse_args(argv)
+    args = fixture_arguments(__doc__, "tests/data/sa3_guidance_reference.npz", argv)
     import torch
     (dit,) = import_reference(args.reference, "models.dit")
     generator = torch.Generator().manual_seed(0)

@@ -11,7 +11,6 @@ bottleneck's noise regularisation) is off, so the outputs are deterministic.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sa3_reference import import_reference, reference_commit  # noqa: E402
+from sa3_reference import fixture_arguments, import_reference, reference_commit  # noqa: E402
 
 CONFIGS = {
     # SAME-S shaped (width 24 = 3 heads of 8): chunks of 8 patches = 2 latents at stride 4, the midpoint shift in
@@ -60,11 +59,7 @@ def build(reference, config: dict, torch):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", required=True, help="a checkout of Stability-AI/stable-audio-3")
-    parser.add_argument("--out", default="tests/data/same_reference.npz")
-    parser.add_argument("--reference-commit", help="the checkout's commit, when it is not a git work tree")
-    args = parser.parse_args(argv)
+    args = fixture_arguments(__doc__, "tests/data/same_reference.npz", argv)
     import torch
     reference = import_reference(args.reference, "models.autoencoders", "models.bottleneck", "models.pretransforms")
     arrays = {}

@@ -7,6 +7,7 @@ so only the modules asked for are imported; none of the stubbed code runs.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import subprocess
@@ -39,3 +40,12 @@ def reference_commit(root: str, given: str | None) -> str | None:
         return given
     found = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
     return found.stdout.strip() or None
+
+
+def fixture_arguments(description: str, default_out: str, argv=None) -> argparse.Namespace:
+    """The fixture scripts' command line: ``--reference`` (the checkout), ``--out``, ``--reference-commit``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", required=True, help="a checkout of Stability-AI/stable-audio-3")
+    parser.add_argument("--out", default=default_out)
+    parser.add_argument("--reference-commit", help="the checkout's commit, when it is not a git work tree")
+    return parser.parse_args(argv)
