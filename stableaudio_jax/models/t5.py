@@ -46,19 +46,23 @@ def relative_position_bucket(relative_position: jax.Array, num_buckets: int, max
 
 
 class T5LayerNorm(nn.Module):
-    """RMS norm without mean subtraction or bias, statistics in float32."""
+    """RMS norm without mean subtraction or bias, statistics in float32. ``unit_offset``: Gemma's form, the scale
+    is ``1 + weight`` with the weight starting at zero (T5Gemma)."""
 
     eps: float = 1e-6
+    unit_offset: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("weight", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-                           (x.shape[-1],), self.param_dtype)
+        init = nn.initializers.zeros_init() if self.unit_offset else nn.initializers.ones_init()
+        weight = self.param("weight", nn.with_logical_partitioning(init, ("norm",)), (x.shape[-1],),
+                            self.param_dtype)
+        scale = weight.astype(jnp.float32) + (1.0 if self.unit_offset else 0.0)
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (scale.astype(jnp.float32) * x32).astype(self.dtype)
+        return (scale * x32).astype(self.dtype)
 
 
 def _dense(features, axes, name, dtype, param_dtype, in_dims=1, std=1.0):

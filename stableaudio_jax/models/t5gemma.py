@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from stableaudio_jax.models.attention import apply_partial_rotary, rotary_tables
 from stableaudio_jax.models.layers import DenseGeneral
-from stableaudio_jax.models.t5 import ACTIVATIONS
+from stableaudio_jax.models.t5 import ACTIVATIONS, T5LayerNorm
 from stableaudio_jax.parallel.sharding import constrain
 
 Dtype = Any
@@ -35,20 +35,9 @@ def default_layer_types(num_layers: int) -> tuple[str, ...]:
     return tuple(LAYER_TYPES[i % 2] for i in range(num_layers))
 
 
-class GemmaRMSNorm(nn.Module):
-    """RMS norm scaled by ``1 + weight`` (zero-initialised), computed in float32, cast back after the scale."""
-
-    eps: float = 1e-6
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        weight = self.param("weight", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-                            (x.shape[-1],), self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (x32 * (1.0 + weight.astype(jnp.float32))).astype(self.dtype)
+def GemmaRMSNorm(eps: float = 1e-6, **kwargs) -> T5LayerNorm:  # noqa: N802 (a module, by its use)
+    """Gemma's RMS norm: scaled by ``1 + weight`` (zero-initialised), float32 statistics."""
+    return T5LayerNorm(eps, unit_offset=True, **kwargs)
 
 
 def _dense(features, axes, name, kw, in_dims=1, use_bias=False):
