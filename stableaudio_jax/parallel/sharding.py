@@ -56,6 +56,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("latent", None),          # latent channels of the DiT's input/output projections
     ("latent_out", None),
     ("layers", None),          # the stacked-layers axis of scanned blocks
+    ("memory", None),          # the SA3 DiT's memory tokens
+    ("adaln", None),           # the SA3 DiT's six adaLN modulations (scale, shift, gate x 2)
+    ("local_cond", None),      # the SA3 DiT's local (inpainting) conditioning channels
 )
 
 LogicalRules = Sequence[tuple[str, Any]]
