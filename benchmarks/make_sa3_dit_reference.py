@@ -2,7 +2,7 @@
 small random configurations (Small's layout, and Medium's with differential attention), with inputs (inpainting
 conditioning included) and outputs without a padding mask, with one as the reference's CPU path applies it (values
 at padded keys zeroed), and as its flash-attn varlen path does (padded frames removed: each clip run alone on its
-valid frames, no mask).
+valid frames, no mask); and the conditioning pieces (the prompt's learned padding, the seconds_total token).
 
   git clone https://github.com/Stability-AI/stable-audio-3 /tmp/sa3   # (or any checkout of it)
   python benchmarks/make_sa3_dit_reference.py --reference /tmp/sa3 --out tests/data/sa3_dit_reference.npz
@@ -94,10 +94,33 @@ def per_clip_valid(model, given: dict, torch):
     return out
 
 
+def conditioner_case(conditioners, blocks, torch) -> dict:
+    """The prompt's learned padding and the seconds_total token (clamped: -5 s and 500 s are outside [0, 384])."""
+    width = COMMON["cond_token_dim"]
+    generator = torch.Generator().manual_seed(2)
+    prompt = conditioners.Conditioner(width, width, padding_mode="learned")
+    seconds = conditioners.NumberConditioner(width, min_val=0, max_val=384, fourier_features_type="expo")
+    seconds.embedder.embedding[0] = rounded_frequencies(blocks, torch)(256)
+    for module in (prompt, seconds):
+        for p in module.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(p.shape[-1] if p.ndim > 1 else 4))
+    text = torch.randn(3, TOKENS, width, generator=generator)
+    mask = torch.arange(TOKENS)[None] < torch.tensor([5, 2, 0])[:, None]
+    given = [-5.0, 47.3, 500.0]
+    with torch.no_grad():
+        token, _ = seconds(given)
+        arrays = {"text": text.numpy(), "mask": mask.numpy(), "seconds": np.array(given, np.float32),
+                  "prompt": prompt.apply_padding(text, mask).numpy(), "token": token.numpy()}
+    state = {f"conditioner.conditioners.prompt.{k}": v for k, v in prompt.state_dict().items()}
+    state |= {f"conditioner.conditioners.seconds_total.{k}": v for k, v in seconds.state_dict().items()}
+    return arrays | {f"state/{k}": v.numpy() for k, v in state.items()}
+
+
 def main(argv=None) -> int:
     args = fixture_arguments(__doc__, "tests/data/sa3_dit_reference.npz", argv)
     import torch
-    dit, blocks = import_reference(args.reference, "models.dit", "models.blocks")
+    dit, blocks, conditioners = import_reference(args.reference, "models.dit", "models.blocks", "models.conditioners")
     arrays = {}
     expo_t = torch.tensor([0.0, 0.1, 0.27, 0.5, 0.83, 1.0])
     arrays["expo/t"] = expo_t.numpy()
@@ -114,6 +137,7 @@ def main(argv=None) -> int:
             arrays[f"{name}/in/{key}"] = value.numpy()
         for key, value in model.state_dict().items():
             arrays[f"{name}/state/{key}"] = value.numpy()
+    arrays |= {f"conditioner/{k}": v for k, v in conditioner_case(conditioners, blocks, torch).items()}
     commit = reference_commit(args.reference, args.reference_commit)
     arrays["configs"] = np.array(json.dumps({"configs": CONFIGS, "valid": VALID, "torch": torch.__version__,
                                              "reference_commit": commit or None}))

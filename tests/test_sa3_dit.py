@@ -114,3 +114,40 @@ def test_bad_inputs_are_refused_with_their_shapes(reference):
         jax.eval_shape(lambda: model.init(jax.random.key(0), x, t, cross, g, jnp.zeros((1, 6, 8))))
     with pytest.raises(ValueError, match="padding is 'varlen'"):
         jax.eval_shape(lambda: model.clone(padding="varlen").init(jax.random.key(0), x, t, cross, g))
+
+
+@pytest.mark.parametrize("variant,count,tensors", [("small", 459_130_880, 437), ("medium", 1_453_170_176, 521)])
+def test_full_size_configs_have_the_published_shapes(variant, count, tensors):
+    """configs/sa3.py's sizes (what its docstring states; the SA3 README's 433 M / 1.4 B leave out the blocks'
+    inpainting embedders, 26.2 M / 66.1 M)."""
+    import flax.linen as nn
+    from stableaudio_jax.config_loader import load_config
+    config = load_config(f"sa3.py:{variant}")
+    model = sa3_dit.sa3_dit_from_config(config.model).clone(scan_layers=False)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4, 256)), jnp.zeros((1,)),
+                                               jnp.zeros((1, 3, 768)), jnp.zeros((1, 768))))
+    leaves = jax.tree_util.tree_leaves(nn.unbox(shapes))
+    assert (sum(int(np.prod(leaf.shape)) for leaf in leaves), len(leaves)) == (count, tensors)
+    local = sum(int(np.prod(leaf.shape)) for path, leaf in jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
+                if "to_local_embed" in jax.tree_util.keystr(path))
+    assert round((count - local) / 1e6) == {"small": 433, "medium": 1387}[variant]
+
+
+def test_the_conditioning_matches_the_reference(reference):
+    """The prompt's padded positions become the learned embedding; seconds_total (clamped to [0, 384]: -5 and 500 s
+    are outside) becomes one token and the global conditioning; a negative prompt's padding reads as zeros."""
+    from stableaudio_jax.convert.sa3_dit import sa3_conditioner_params_from_state_dict
+    from stableaudio_jax.models.sa3_conditioning import SA3Conditioner, negative_cross
+    data, _, _ = reference
+    case = {k[len("conditioner/"):]: data[k] for k in data.files if k.startswith("conditioner/")}
+    state = {k[len("state/"):]: v for k, v in case.items() if k.startswith("state/")}
+    module = SA3Conditioner(features=case["text"].shape[-1])
+    variables = sa3_conditioner_params_from_state_dict(state, module)
+    cross, global_cond = module.apply(variables, jnp.asarray(case["text"]), jnp.asarray(case["mask"]),
+                                      jnp.asarray(case["seconds"]))
+    np.testing.assert_allclose(np.asarray(cross[:, :-1]), case["prompt"], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(cross[:, -1:]), case["token"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(global_cond), case["token"][:, 0], atol=1e-5)
+    negative = np.asarray(negative_cross(cross, jnp.asarray(case["mask"])))
+    assert np.all(negative[1, 2:-1] == 0) and np.array_equal(negative[1, :2], np.asarray(cross[1, :2]))
+    np.testing.assert_array_equal(negative[:, -1], np.asarray(cross[:, -1]))

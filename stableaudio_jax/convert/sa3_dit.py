@@ -27,6 +27,7 @@ import numpy as np
 
 from stableaudio_jax.convert.dit import stack_blocks
 from stableaudio_jax.convert.state_dict import Path, fill_params
+from stableaudio_jax.models.sa3_conditioning import SA3Conditioner
 from stableaudio_jax.models.sa3_dit import SA3DiT
 
 PREFIX = "model.model."
@@ -89,3 +90,21 @@ def sa3_dit_params_from_state_dict(state: Mapping[str, np.ndarray], dit: SA3DiT,
     params = fill_params(state, abstract, sa3_key, _layout(shapes), source, ignore=ignore)
     return {"params": stack_blocks(params, dit.depth) if dit.scan_layers else params}
 
+
+
+CONDITIONER = "conditioner.conditioners."
+_CONDITIONER_KEYS = {("padding_embedding",): "prompt.padding_embedding",
+                     ("seconds_total", "embedding", "kernel"): "seconds_total.embedder.embedding.1.weight",
+                     ("seconds_total", "embedding", "bias"): "seconds_total.embedder.embedding.1.bias"}
+
+
+def sa3_conditioner_params_from_state_dict(state: Mapping[str, np.ndarray], module: SA3Conditioner,
+                                           source: str = "SA3 checkpoint") -> dict:
+    """``{'params': ...}`` for :class:`SA3Conditioner` from an SA3 checkpoint's ``conditioner.conditioners.*``
+    tensors (the T5Gemma encoder is not in it; its other tensors are left out)."""
+    state = {k[len(CONDITIONER):]: v for k, v in state.items() if k.startswith(CONDITIONER)}
+    width = module.features
+    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 2, width)), jnp.ones((1, 2), bool),
+                                                  jnp.zeros((1,))))["params"]
+    return {"params": fill_params(state, abstract, lambda path: _CONDITIONER_KEYS[path],
+                                  lambda path, v: v.T if path[-1] == "kernel" else v, source)}

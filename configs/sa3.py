@@ -1,0 +1,51 @@
+"""Stable Audio 3's diffusion transformer (``stableaudio_jax.models.sa3_dit.SA3DiT``) and the settings of its
+published models (shapes from the reference's modules and its hard-coded MLX ports).
+
+Variants:
+  small   Small-Music / Small-SFX: 20 blocks of 1024 (16 heads x 64), GLU 4096, 64 memory tokens, SAME-S.
+          459,130,880 parameters in 437 tensors (the checkpoint adds a rotary buffer); the SA3 README's 433 M leaves out the blocks' inpainting
+          embedders (to_local_embed: 26.2 M).
+  medium  Medium: 24 blocks of 1536 (24 heads x 64), differential attention, GLU 6144, SAME-L.
+          1,453,170,176 parameters in 521 tensors (1.39 B without the inpainting embedders; README: 1.4 B).
+  tiny    the Small structure at toy size (2 blocks of 64, 8 latent channels), float32, for tests.
+Each variant's published checkpoints come as a post-trained ``rf_denoiser`` (sampled with ping-pong, 8 steps, no
+guidance) and a ``-base`` rectified-flow model (for fine-tuning; about 50 steps with guidance).
+
+Conditioning: the prompt's T5Gemma states (256 tokens of 768, padded positions replaced by a learned embedding)
+and a seconds_total token (clamped to [0, 384] s, exponential Fourier features, a Linear to 768) are the 257
+cross-attention tokens; seconds_total is also the global conditioning. The latent length follows the duration:
+``ceil((seconds + 6) * 44100 / 4096)`` frames rounded up to even, the 6 s of padding and the rest masked.
+"""
+import ml_collections
+
+DIT = dict(io_channels=256, cond_token_dim=768, global_cond_dim=768, local_cond_dim=257, num_memory_tokens=64,
+           timestep_features_dim=256, ff_mult=4, norm_eps=1e-5, qk_norm_eps=1e-6)
+MODELS = {
+    "small": dict(DIT, embed_dim=1024, depth=20, num_heads=16, differential=False),
+    "medium": dict(DIT, embed_dim=1536, depth=24, num_heads=24, differential=True),
+    "tiny": dict(DIT, io_channels=8, cond_token_dim=16, global_cond_dim=16, local_cond_dim=9, num_memory_tokens=4,
+                 embed_dim=64, depth=2, num_heads=1, differential=False),
+}
+AUTOENCODERS = {"small": "same.py:s", "medium": "same.py:l", "tiny": "same.py:tiny"}
+FULL_SIZE = ("small", "medium")
+
+
+def get_config(arg=None):
+    variant = arg or "small"
+    if variant not in MODELS:
+        raise ValueError(f"configs/sa3.py: unknown variant {variant!r}; expected one of {sorted(MODELS)}")
+    tiny = variant == "tiny"
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    config.model = ml_collections.ConfigDict(dict(type="sa3_dit", scan_layers=not tiny, **MODELS[variant]))
+    config.dtype = "float32" if tiny else "bfloat16"  # compute dtype; params stay float32
+    config.param_dtype = "float32"
+    config.autoencoder = AUTOENCODERS[variant]
+    config.conditioning = ml_collections.ConfigDict(dict(
+        text_encoder="t5gemma", max_length=8 if tiny else 256, text_dim=16 if tiny else 768,
+        seconds_max=384.0, seconds_features=256))
+    config.generation = ml_collections.ConfigDict(dict(
+        sample_rate=44100, downsampling_ratio=64 if tiny else 4096, duration_padding_seconds=6.0, frame_multiple=2,
+        max_frames=1292,  # the reference's default sample_size (5,292,032 samples, ~120 s with the padding)
+        objective="rf_denoiser", sampler="pingpong", steps=8, cfg_scale=1.0, apg_scale=1.0))
+    return config

@@ -1,0 +1,69 @@
+"""Stable Audio 3's conditioning: the prompt's text-encoder states and the requested duration, assembled into the
+SA3 DiT's inputs (the reference's ``MultiConditioner`` with a ``T5GemmaConditioner`` and a ``NumberConditioner``).
+
+  prompt         T5Gemma states [B, 256, 768]; positions the tokenizer padded replaced by a learned embedding
+  seconds_total  clamp(s, 0, 384) / 384 → exponential Fourier features (256) → Linear → one token [B, 1, 768]
+  cross          [prompt ; seconds_total]  → [B, 257, 768]        global = the seconds_total embedding [B, 768]
+
+Guidance: the unconditional branch is all zeros (the 257 tokens, before the DiT's projection); a negative prompt's
+padded positions are zeros too, not the learned embedding (the reference's ``forward``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from stableaudio_jax.models.layers import DenseGeneral
+from stableaudio_jax.models.sa3_dit import expo_fourier_features
+
+Dtype = Any
+
+
+class SecondsEmbedder(nn.Module):
+    """A duration in seconds per example → one token ``[B, 1, features]``."""
+
+    features: int = 768
+    fourier_dim: int = 256
+    max_seconds: float = 384.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, seconds: jax.Array) -> jax.Array:
+        normalised = jnp.clip(jnp.asarray(seconds, jnp.float32), 0.0, self.max_seconds) / self.max_seconds
+        features = expo_fourier_features(normalised, self.fourier_dim)
+        token = DenseGeneral((self.features,), ("fourier_out", "text_embed"), use_bias=True, name="embedding",
+                             dtype=self.dtype, param_dtype=self.param_dtype)(features)
+        return token[:, None]
+
+
+class SA3Conditioner(nn.Module):
+    """``(text [B, S, D], text_mask [B, S], seconds [B])`` → ``(cross [B, S + 1, D], global [B, D])``."""
+
+    features: int = 768
+    fourier_dim: int = 256
+    max_seconds: float = 384.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, text: jax.Array, text_mask: jax.Array, seconds: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if text.ndim != 3 or text.shape[-1] != self.features or text_mask.shape != text.shape[:2]:
+            raise ValueError(f"SA3Conditioner: text {tuple(text.shape)} with mask {tuple(text_mask.shape)}; expected "
+                             f"[B, S, {self.features}] and [B, S]")
+        padding = self.param("padding_embedding", nn.with_logical_partitioning(
+            nn.initializers.normal(0.02), ("text_embed",)), (self.features,), self.param_dtype)
+        prompt = jnp.where(text_mask[..., None].astype(bool), text.astype(self.dtype), padding.astype(self.dtype))
+        token = SecondsEmbedder(self.features, self.fourier_dim, self.max_seconds, name="seconds_total",
+                                dtype=self.dtype, param_dtype=self.param_dtype)(seconds)
+        return jnp.concatenate([prompt, token.astype(self.dtype)], axis=1), token[:, 0]
+
+
+def negative_cross(cross: jax.Array, text_mask: jax.Array) -> jax.Array:
+    """A negative prompt's cross tokens (built by :class:`SA3Conditioner`) as the guidance branch reads them: its
+    padded prompt positions zeroed (the duration token kept)."""
+    keep = jnp.concatenate([text_mask.astype(bool), jnp.ones((cross.shape[0], 1), bool)], axis=1)
+    return jnp.where(keep[..., None], cross, 0)
