@@ -2,7 +2,7 @@
 small random configurations (Small's layout, and Medium's with differential attention), with inputs (inpainting
 conditioning included) and outputs without a padding mask, with one as the reference's CPU path applies it (values
 at padded keys zeroed), and as its flash-attn varlen path does (padded frames removed: each clip run alone on its
-valid frames, no mask); and the conditioning pieces (the prompt's learned padding, the seconds_total token).
+valid frames, no mask); and the conditioning pieces (the prompt's learned padding, the seconds_total token) and the sampling time grids.
 
   git clone https://github.com/Stability-AI/stable-audio-3 /tmp/sa3   # (or any checkout of it)
   python benchmarks/make_sa3_dit_reference.py --reference /tmp/sa3 --out tests/data/sa3_dit_reference.npz
@@ -32,6 +32,7 @@ COMMON = dict(io_channels=8, embed_dim=64, depth=2, cond_token_dim=16, global_co
 CONFIGS = {"small": dict(COMMON, num_heads=2, differential=False),
            "medium": dict(COMMON, num_heads=1, differential=True)}
 BATCH, FRAMES, TOKENS, VALID = 2, 12, 5, [12, 7]
+SCHEDULES = [(8, 1.0), (50, 1.0), (4, 0.7)]  # (steps, first time): generation, the base models', audio-to-audio
 
 
 def build(dit, config: dict, torch):
@@ -120,7 +121,9 @@ def conditioner_case(conditioners, blocks, torch) -> dict:
 def main(argv=None) -> int:
     args = fixture_arguments(__doc__, "tests/data/sa3_dit_reference.npz", argv)
     import torch
-    dit, blocks, conditioners = import_reference(args.reference, "models.dit", "models.blocks", "models.conditioners")
+    dit, blocks, conditioners, sampling, shifts = import_reference(
+        args.reference, "models.dit", "models.blocks", "models.conditioners", "inference.sampling",
+        "inference.distribution_shift")
     arrays = {}
     expo_t = torch.tensor([0.0, 0.1, 0.27, 0.5, 0.83, 1.0])
     arrays["expo/t"] = expo_t.numpy()
@@ -137,6 +140,9 @@ def main(argv=None) -> int:
             arrays[f"{name}/in/{key}"] = value.numpy()
         for key, value in model.state_dict().items():
             arrays[f"{name}/state/{key}"] = value.numpy()
+    shift = shifts.LogSNRShift(rate=0, anchor_logsnr=-6.2, logsnr_end=2.0)  # the models' default sampling shift
+    for steps, t_max in SCHEDULES:
+        arrays[f"schedule/{steps}_{t_max}"] = sampling.build_schedule(steps, t_max, shift, fallback_seq_len=100).numpy()
     arrays |= {f"conditioner/{k}": v for k, v in conditioner_case(conditioners, blocks, torch).items()}
     commit = reference_commit(args.reference, args.reference_commit)
     arrays["configs"] = np.array(json.dumps({"configs": CONFIGS, "valid": VALID, "torch": torch.__version__,

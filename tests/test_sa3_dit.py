@@ -151,3 +151,14 @@ def test_the_conditioning_matches_the_reference(reference):
     negative = np.asarray(negative_cross(cross, jnp.asarray(case["mask"])))
     assert np.all(negative[1, 2:-1] == 0) and np.array_equal(negative[1, :2], np.asarray(cross[1, :2]))
     np.testing.assert_array_equal(negative[:, -1], np.asarray(cross[:, -1]))
+
+
+def test_the_sampling_time_grid_is_the_reference_s(reference):
+    """``build_schedule`` with the models' default logSNR shift: 8 steps (the post-trained models), 50 (the base
+    models) and 4 from t = 0.7 (audio-to-audio: the reference keeps t_max first, above the second time)."""
+    from stableaudio_jax.diffusion.schedules import logsnr_shifted_timesteps
+    data, _, _ = reference
+    for key in (k for k in data.files if k.startswith("schedule/")):
+        steps, t_max = key.split("/")[1].split("_")
+        np.testing.assert_allclose(np.asarray(logsnr_shifted_timesteps(int(steps), float(t_max))), data[key],
+                                   atol=2e-7)

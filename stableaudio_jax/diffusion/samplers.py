@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from stableaudio_jax.diffusion.objectives import ddpm_alphas_cumprod
-from stableaudio_jax.diffusion.schedules import loglinear_sigmas, rectified_flow_timesteps, sigma_to_t
+from stableaudio_jax.diffusion.schedules import (RF_SCHEDULES, loglinear_sigmas, logsnr_shifted_timesteps,
+                                                 rectified_flow_timesteps, sigma_to_t)
 
 SAMPLERS = {"v": ("dpmpp-3m-sde", "dpmpp-2m-sde", "dpmpp-2m", "ddim"), "eps": ("ddpm", "ddim"),
             "rectified_flow": ("euler", "pingpong")}
@@ -172,10 +173,14 @@ def sample_eps(model_fn, noise, rng, sampler, steps, alphas_cumprod, start_level
 
 
 def sample_rectified_flow(model_fn, noise, rng, steps, t_max, init=None, inpaint=None, on_step=None,
-                          sampler: str = "euler"):
+                          sampler: str = "euler", schedule: str = "stable-audio-tools"):
     """Euler on the flow ODE dx/dt = v(x, t) from t_max to 0 (stable-audio-tools' ``sample_rf``, 'euler'), or
-    ping-pong: denoise to x0 in one jump, re-noise to the next time (``sample_flow_pingpong``)."""
-    ts = rectified_flow_timesteps(steps, t_max)
+    ping-pong: denoise to x0 in one jump, re-noise to the next time (``sample_flow_pingpong``). ``schedule``: the
+    time grid of stable-audio-tools (logSNR -6 to 2) or Stable Audio 3 (its logSNR shift, -6.2 to 2)."""
+    if schedule not in RF_SCHEDULES:
+        raise ValueError(f"rectified-flow schedule {schedule!r}; expected one of {RF_SCHEDULES}")
+    ts = (rectified_flow_timesteps(steps, t_max) if schedule == "stable-audio-tools"
+          else logsnr_shifted_timesteps(steps, t_max))
     x_start = noise if init is None else init * (1 - ts[0]) + noise * ts[0]
 
     def step(carry, inputs):
@@ -204,13 +209,14 @@ def _chain(first: Callable | None, second: Callable) -> Callable:
 def sample(model_fn: ModelFn, noise: jax.Array, rng: jax.Array, *, objective: str = "v",
            sampler: str = "dpmpp-3m-sde", steps: int = 100, sigma_min=0.3, sigma_max=500.0, init_latents=None,
            init_noise_level=None, inpaint_latents=None, inpaint_mask=None, alphas_cumprod=None,
-           progress: Callable | None = None, on_step: Callable | None = None) -> jax.Array:
+           progress: Callable | None = None, on_step: Callable | None = None,
+           rf_schedule: str = "stable-audio-tools") -> jax.Array:
     """Runs the reverse process and returns clean latents, the shape of ``noise`` (standard normal).
 
     ``model_fn(x, t)`` returns the network output for the objective (v, eps, or flow velocity) and already includes
     conditioning and guidance. ``init_latents`` + ``init_noise_level``: audio-to-audio. ``inpaint_latents`` +
     ``inpaint_mask`` (``[B, T]`` or broadcastable, 1 = keep): inpainting / continuation. ``progress(i)`` is called
-    on the host after each step.
+    on the host after each step. ``rf_schedule``: rectified flow's time grid (``'stable-audio-3'`` for SA3 models).
     """
     check_sampler(objective, sampler)
     if progress is not None:
@@ -234,4 +240,5 @@ def sample(model_fn: ModelFn, noise: jax.Array, rng: jax.Array, *, objective: st
         level = jnp.inf if init_noise_level is None else init_noise_level
         return sample_eps(model_fn, noise, rng, sampler, steps, abar, level, init_latents, inpaint, on_step)
     t_max = 1.0 if init_noise_level is None else init_noise_level
-    return sample_rectified_flow(model_fn, noise, rng, steps, t_max, init_latents, inpaint, on_step, sampler)
+    return sample_rectified_flow(model_fn, noise, rng, steps, t_max, init_latents, inpaint, on_step, sampler,
+                                 rf_schedule)

@@ -68,3 +68,20 @@ def rectified_flow_timesteps(steps: int, t_max=1.0):
     logsnr_max = jnp.where(t_max < 1, jnp.log((1 - t_max) / t_max + 1e-6), -6.0)
     t = 1 / (1 + jnp.exp(jnp.linspace(0.0, 1.0, steps + 1) * (2.0 - logsnr_max) + logsnr_max))
     return t.at[0].set(t_max).at[-1].set(0.0)
+
+
+RF_SCHEDULES = ("stable-audio-tools", "stable-audio-3")
+
+
+def logsnr_shifted_timesteps(steps: int, t_max=1.0, anchor_logsnr: float = -6.2, logsnr_end: float = 2.0,
+                             rate: float = 0.0, seq_len=None, anchor_length: int = 2000):
+    """Stable Audio 3's grid (``build_schedule`` with its default ``LogSNRShift``): t = linspace(t_max, 0, steps + 1)
+    mapped through logsnr = end - t (end - start), t' = sigmoid(-logsnr), with start = anchor_logsnr - rate
+    log2(seq_len / anchor_length) (rate 0 by default: the same grid at every length); t = 0 and t = 1 stay exact,
+    and the first time is t_max."""
+    t = jnp.linspace(jnp.asarray(t_max, jnp.float32), 0.0, steps + 1)
+    start = anchor_logsnr - (0.0 if seq_len is None or rate == 0 else rate * jnp.log2(seq_len / anchor_length))
+    shifted = 1 / (1 + jnp.exp(logsnr_end - t * (logsnr_end - start)))  # sigmoid(-logsnr)
+    shifted = jnp.where(t <= 0, 0.0, jnp.where(t >= 1, 1.0, shifted))
+    return shifted.at[0].set(t_max)
+
