@@ -44,8 +44,12 @@ def get_config(arg=None):
     config.conditioning = ml_collections.ConfigDict(dict(
         text_encoder="t5gemma", max_length=8 if tiny else 256, text_dim=16 if tiny else 768,
         seconds_max=384.0, seconds_features=256))
+    # max_frames: Small's cap is the reference's default sample_size (5,292,032 samples, 120 s with the padding);
+    # Medium's follows the SA3 README's 380 s (its shipped sample_size was not available here). tiny: 2 kHz audio,
+    # SAME tiny's 32x, 8 padding frames, at most 64 frames (1.024 s)
     config.generation = ml_collections.ConfigDict(dict(
-        sample_rate=44100, downsampling_ratio=64 if tiny else 4096, duration_padding_seconds=6.0, frame_multiple=2,
-        max_frames=1292,  # the reference's default sample_size (5,292,032 samples, ~120 s with the padding)
-        objective="rf_denoiser", sampler="pingpong", steps=8, cfg_scale=1.0, apg_scale=1.0))
+        sample_rate=2000 if tiny else 44100, duration_padding_seconds=0.128 if tiny else 6.0, frame_multiple=2,
+        max_frames={"small": 1292, "medium": 4096, "tiny": 64}[variant], sampler="pingpong", steps=8,
+        cfg_scale=1.0, apg_scale=1.0))
+    config.diffusion = ml_collections.ConfigDict(dict(objective="rf_denoiser"))  # "-base" checkpoints: rectified_flow
     return config

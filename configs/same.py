@@ -34,7 +34,8 @@ def get_config(arg=None):
         raise ValueError(f"configs/same.py: unknown variant {variant!r}; expected one of {sorted(MODELS)}")
     config = ml_collections.ConfigDict()
     config.variant = variant
-    config.model = ml_collections.ConfigDict(dict(type="same", sample_rate=44100, **MODELS[variant]))
+    rate = 2000 if variant == "tiny" else 44100  # tiny: a toy rate (configs/sa3.py:tiny's)
+    config.model = ml_collections.ConfigDict(dict(type="same", sample_rate=rate, **MODELS[variant]))
     config.dtype = "bfloat16" if variant in FULL_SIZE else "float32"  # compute dtype; params stay float32
     config.param_dtype = "float32"
     # long audio: windows of latents, the reference's chunked defaults

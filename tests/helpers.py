@@ -432,3 +432,25 @@ def build_tiny_world(root):
                   "--init-from", root / "dit" / "model", "--config.diffusion.objective=rectified_flow",
                   "--config.training.steps=30", "--config.training.checkpoint_every=30", "--no-progress")
     return root
+
+
+def gemma_style_tokenizer(directory, config: dict) -> None:
+    """A small tokenizer.json shaped like Gemma's (byte-fallback BPE, spaces as ▁, <pad>=0 <eos>=1 <bos>=2 <unk>=3,
+    a post-processor adding <bos> … <eos>) trained here on captions, and a tokenizer_config.json."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    captions = [f"a {mood} piece for piano and flute at {bpm} BPM" for mood in ("slow", "happy", "sad")
+                for bpm in range(60, 200, 9)]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.normalizer = normalizers.Replace(" ", "▁")
+    tokenizer.train_from_iterator(captions, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"], show_progress=False))
+    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 2),
+                                                                                                     ("<eos>", 1)])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+        "unk_token": "<unk>", **config}))

@@ -249,7 +249,7 @@ def test_a_failed_conversion_leaves_nothing_in_the_cache(online, tmp_path, monke
 
     def disk_full(directory, vae, provenance=None):  # the last part of the bundle fails to write
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(models, "_write_vae", disk_full)
+    monkeypatch.setattr(models, "write_vae", disk_full)
     with pytest.raises(OSError, match="No space left"):
         TextToAudioPipeline.from_pretrained(SAO, token=TOKEN, cache_dir=tmp_path / "cache")
     assert _empty(tmp_path / "cache")  # no half-written model, no staging folder, no ref

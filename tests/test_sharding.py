@@ -148,6 +148,11 @@ def test_every_logical_name_has_a_rule():
     names |= _logical_names(unet, jnp.zeros((1, 16, 8)), jnp.zeros(1), jnp.zeros((1, 3, 32)))
     from stableaudio_jax.models.discriminator import MultiScaleSTFTDiscriminator
     names |= _logical_names(MultiScaleSTFTDiscriminator((64,), (16,), None, 4), jnp.zeros((1, 256, 2)))
+    from stableaudio_jax.models.sa3_conditioning import SA3Conditioner
+    from stableaudio_jax.models.sa3_dit import sa3_dit_from_config
+    sa3 = sa3_dit_from_config(dict(load_config("configs/sa3.py:tiny").model, scan_layers=True))
+    names |= _logical_names(sa3, jnp.zeros((1, 2, 8)), jnp.zeros(1), jnp.zeros((1, 3, 16)), jnp.zeros((1, 16)))
+    names |= _logical_names(SA3Conditioner(16), jnp.zeros((1, 3, 16)), jnp.ones((1, 3), bool), jnp.zeros(1))
     names |= {"batch", "length", "channels", "act_embed", "act_heads", "act_kv", "act_mlp"}  # activations
     assert names == {name for name, _ in DEFAULT_RULES}
 

@@ -12,6 +12,7 @@ from stableaudio_jax.convert.state_dict import CheckpointMismatchError
 from stableaudio_jax.convert.t5gemma import (load_hf_t5gemma, t5gemma_config_from_hf,
                                              t5gemma_params_from_state_dict)
 from stableaudio_jax.models.t5gemma import T5GemmaEncoder
+from helpers import gemma_style_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -92,26 +93,6 @@ def test_a_missing_tensor_or_a_wrong_config_is_named(reference, tmp_path):
                                                              jnp.ones((1, 4), bool))
 
 
-def _gemma_style_tokenizer(directory, config: dict) -> None:
-    """A small tokenizer.json shaped like Gemma's (byte-fallback BPE, spaces as ▁, <pad>=0 <eos>=1 <bos>=2 <unk>=3,
-    a post-processor adding <bos> … <eos>) trained here on captions, and a tokenizer_config.json."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
-    captions = [f"a {mood} piece for piano and flute at {bpm} BPM" for mood in ("slow", "happy", "sad")
-                for bpm in range(60, 200, 9)]
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tokenizer.normalizer = normalizers.Replace(" ", "▁")
-    tokenizer.train_from_iterator(captions, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"], show_progress=False))
-    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 2),
-                                                                                                     ("<eos>", 1)])
-    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-        "unk_token": "<unk>", **config}))
-
-
 @pytest.mark.parametrize("config", [{}, {"padding_side": "right"}, {"padding_side": "right", "add_eos_token": False,
                                                                    "truncation_side": "left"}],
                          ids=["class default", "right", "left truncation"])
@@ -119,7 +100,7 @@ def test_the_tokenizer_gives_the_ids_and_mask_auto_tokenizer_gives(tmp_path, con
     """As the reference conditioner calls it: padding to max_length, truncation on, an empty prompt, a prompt
     longer than max_length, a character outside the vocabulary (byte fallback)."""
     from stableaudio_jax.store.hf_tokenizer import HFTokenizer
-    _gemma_style_tokenizer(tmp_path, config)
+    gemma_style_tokenizer(tmp_path, config)
     prompts = ["a happy piece for flute at 87 BPM", "", "slow " * 12, "piano ♪ at 60 BPM"]
     reference = transformers.AutoTokenizer.from_pretrained(tmp_path)
     expected = reference(prompts, truncation=True, max_length=16, padding="max_length")
@@ -134,6 +115,6 @@ def test_a_tokenizer_directory_without_its_files_or_with_a_bad_side_is_named(tmp
     from stableaudio_jax.store.hf_tokenizer import HFTokenizer
     with pytest.raises(FileNotFoundError, match="no tokenizer.json; expected a Hugging Face tokenizer directory"):
         HFTokenizer.from_directory(tmp_path)
-    _gemma_style_tokenizer(tmp_path, {"padding_side": "middle"})
+    gemma_style_tokenizer(tmp_path, {"padding_side": "middle"})
     with pytest.raises(ValueError, match=r"tokenizer\.json: padding_side is 'middle'; expected 'left' or 'right'"):
         HFTokenizer.from_directory(tmp_path)

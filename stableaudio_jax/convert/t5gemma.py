@@ -20,7 +20,7 @@ import numpy as np
 
 from stableaudio_jax.convert.state_dict import Path, fill_params, load_json
 from stableaudio_jax.convert.state_dict import read_hf_weights
-from stableaudio_jax.models.t5gemma import T5GemmaEncoder
+from stableaudio_jax.models.t5gemma import T5GemmaEncoder, t5gemma_from_config
 
 _BLOCK_KEYS = {
     ("pre_attn_norm", "weight"): "pre_self_attn_layernorm.weight",
@@ -57,14 +57,6 @@ def t5gemma_config_from_hf(config: Mapping[str, Any], source: str = "config.json
         rope_theta=float(rope.get("rope_theta", encoder.get("rope_theta", 10000.0))),
         attention_bias=bool(encoder.get("attention_bias", False)),
         rms_norm_eps=float(encoder.get("rms_norm_eps", 1e-6))))
-
-
-def t5gemma_from_config(model_config: Any, dtype: Any = jnp.float32,
-                        param_dtype: Any = jnp.float32) -> T5GemmaEncoder:
-    fields = dict(model_config)
-    if fields.get("layer_types") is not None:
-        fields["layer_types"] = tuple(fields["layer_types"])
-    return T5GemmaEncoder(**fields, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
 
 
 def _hf_key(path: Path) -> str:

@@ -67,3 +67,26 @@ def negative_cross(cross: jax.Array, text_mask: jax.Array) -> jax.Array:
     padded prompt positions zeroed (the duration token kept)."""
     keep = jnp.concatenate([text_mask.astype(bool), jnp.ones((cross.shape[0], 1), bool)], axis=1)
     return jnp.where(keep[..., None], cross, 0)
+
+
+class SA3Denoiser(nn.Module):
+    """The SA3 DiT with its conditioner: ``__call__(x, t, text, text_mask, seconds, local=None, padding_mask=None)``
+    → velocity; ``condition`` and ``velocity`` split the two (generation conditions once, samples many times).
+    Params: ``{"dit": ..., "conditioner": ...}``."""
+
+    dit: nn.Module
+    conditioner: SA3Conditioner
+
+    @property
+    def latent_channels(self) -> int:
+        return self.dit.io_channels
+
+    def condition(self, text, text_mask, seconds):
+        return self.conditioner(text, text_mask, seconds)
+
+    def velocity(self, x, t, cross, global_cond, local=None, padding_mask=None):
+        return self.dit(x, t, cross, global_cond, local, padding_mask)
+
+    def __call__(self, x, t, text, text_mask, seconds, local=None, padding_mask=None):
+        cross, global_cond = self.condition(text, text_mask, seconds)
+        return self.velocity(x, t, cross, global_cond, local, padding_mask)

@@ -247,6 +247,7 @@ class SAMEAutoencoder(nn.Module):
     ``decode(latents, noise=None) -> audio [B, T * patch_size * stride, C]``. Defaults: SAME-S."""
 
     audio_channels: int = 2
+    sample_rate: int = 44100
     patch_size: int = 256
     width: int = 768
     latent_dim: int = 256
@@ -299,8 +300,23 @@ class SAMEAutoencoder(nn.Module):
         x = self.decoder_in(self.bottleneck.decode(latents, keys[0]))
         return unpatchify(self.decoder(x, keys[1]), self.audio_channels)
 
-    def __call__(self, audio: jax.Array) -> jax.Array:
-        return self.decode(self.encode(audio))
+    def __call__(self, audio: jax.Array, rng: jax.Array | None = None, sample: bool = False) -> jax.Array:
+        """Encode and decode (``sample`` is accepted for the store's VAE interface: SAME's bottleneck has no
+        posterior to sample; ``rng`` draws the decoder's inference noise)."""
+        return self.decode(self.encode(audio), rng)
+
+
+def same_from_config(model_config: Any, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32):
+    """Builds a SAME autoencoder from a ``config.model`` section (configs/same.py)."""
+    cfg = dict(model_config)
+    kind = cfg.pop("type", "same")
+    if kind != "same":
+        raise ValueError(f"config.model.type is {kind!r}; expected 'same'")
+    known = set(SAMEAutoencoder.__dataclass_fields__) - {"parent", "name", "dtype", "param_dtype"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"config.model has unknown keys {unknown}; expected a subset of {sorted(known)}")
+    return SAMEAutoencoder(**cfg, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
 
 
 def patchify(audio: jax.Array, patch_size: int) -> jax.Array:

@@ -180,3 +180,11 @@ class T5GemmaEncoder(nn.Module):
             near = jnp.abs(positions[:, None] - positions[None, :]) <= self.sliding_window
             allowed = allowed & near[None, None]
         return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)
+
+
+def t5gemma_from_config(model_config: Any, dtype: Any = jnp.float32,
+                        param_dtype: Any = jnp.float32) -> T5GemmaEncoder:
+    fields = dict(model_config)
+    if fields.get("layer_types") is not None:
+        fields["layer_types"] = tuple(fields["layer_types"])
+    return T5GemmaEncoder(**fields, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))

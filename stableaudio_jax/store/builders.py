@@ -44,6 +44,11 @@ def _dac(cfg, dtype, param_dtype):
     return dac_vae_from_config(cfg, dtype=dtype, param_dtype=param_dtype)
 
 
+def _same(cfg, dtype, param_dtype):
+    from stableaudio_jax.models.same import same_from_config
+    return same_from_config(cfg, dtype=dtype, param_dtype=param_dtype)
+
+
 def _dit(cfg, dtype, param_dtype):
     from stableaudio_jax.models.dit import dit_from_config
     return dit_from_config(cfg, dtype=dtype, param_dtype=param_dtype)
@@ -58,14 +63,19 @@ def _t5(cfg, dtype, param_dtype):
     return T5Encoder(**dict(cfg), dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
 
 
-VAE_TYPES: dict[str, Callable] = {"oobleck_vae": _oobleck, "dac_vae": _dac}
+VAE_TYPES: dict[str, Callable] = {"oobleck_vae": _oobleck, "dac_vae": _dac, "same": _same}
 DENOISER_TYPES: dict[str, Callable] = {"dit": _dit, "unet1d": _unet}
 def _clap(cfg, dtype, param_dtype):
     from stableaudio_jax.models.clap import ClapTextEncoder
     return ClapTextEncoder(**dict(cfg), dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
 
 
-TEXT_ENCODER_TYPES: dict[str, Callable] = {"t5": _t5, "clap": _clap}
+def _t5gemma(cfg, dtype, param_dtype):
+    from stableaudio_jax.models.t5gemma import t5gemma_from_config
+    return t5gemma_from_config(cfg, dtype=dtype, param_dtype=param_dtype)
+
+
+TEXT_ENCODER_TYPES: dict[str, Callable] = {"t5": _t5, "clap": _clap, "t5gemma": _t5gemma}
 
 
 def _build(table: dict, what: str, cfg: Any, dtype: Dtype, param_dtype: Dtype):

@@ -46,6 +46,8 @@ class HFTokenizer:
             raise ValueError(f"{source}: the pad token {pad_token!r} is not in the vocabulary")
         self.tokenizer, self.max_length, self.source = tokenizer, max_length, source
         self.pad_id, self.padding_side = int(pad_id), padding_side
+        self.pad_token, self.truncation_side = pad_token, truncation_side
+        self.files: dict[str, str] = {}  # {name in a stored model: path}, when read from a directory
         self.whole = tokenizer.from_str(tokenizer.to_str())  # an untruncated, unpadded copy: tokens each prompt needs
         self.whole.no_truncation()
         self.whole.no_padding()
@@ -64,8 +66,10 @@ class HFTokenizer:
         config = paths.read_json(config_file) if paths.isfile(config_file) else {}
         pad = _token_text(config.get("pad_token")) or "<pad>"
         side = config.get("padding_side") or default_padding_side(config.get("tokenizer_class"))
-        return cls(Tokenizer.from_str(paths.read_text(file)), max_length, pad, side,
-                   config.get("truncation_side") or "right", source=file)
+        tokenizer = cls(Tokenizer.from_str(paths.read_text(file)), max_length, pad, side,
+                        config.get("truncation_side") or "right", source=file)
+        tokenizer.files = {TOKENIZER_FILE: file} | ({CONFIG_FILE: config_file} if config else {})
+        return tokenizer
 
     @property
     def vocab_size(self) -> int:

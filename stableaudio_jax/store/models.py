@@ -101,11 +101,11 @@ def check_compatible(text: T5TextEncoder, diffusion: DiffusionModel, vae: VAE, w
 
 def save_vae(directory: str | os.PathLike, vae: VAE, overwrite: bool = False, provenance: dict | None = None) -> str:
     with staged_directory(directory, overwrite) as staging:
-        _write_vae(staging, vae, provenance)
+        write_vae(staging, vae, provenance)
     return paths.absolute(directory)
 
 
-def _write_vae(directory: str, vae: VAE, provenance: dict | None = None) -> str:
+def write_vae(directory: str, vae: VAE, provenance: dict | None = None) -> str:
     return write_model(directory, "vae", vae.config, vae.params, provenance=provenance)
 
 
@@ -113,8 +113,8 @@ def load_vae(path: str | os.PathLike, dtype: Any = jnp.float32, verify: bool = T
     """A stored VAE, or the VAE of a stored text-to-audio model."""
     info = read_info(path, ("vae", "text-to-audio"))
     if info.kind == "text-to-audio":
-        return load_vae(_component(info, "vae"), dtype, verify)
-    module = _built(info, builders.vae_from_config, info.config, dtype=dtype)
+        return load_vae(component_path(info, "vae"), dtype, verify)
+    module = built_from_config(info, builders.vae_from_config, info.config, dtype=dtype)
     params = read_weights(info, builders.abstract_vae_params(module), verify)
     vae = VAE(module, params, info.config, info.directory)
     vae.__dict__["sha256"] = info.weights_sha256  # verified above (or trusted): no need to hash again
@@ -126,14 +126,14 @@ def load_vae(path: str | os.PathLike, dtype: Any = jnp.float32, verify: bool = T
 
 def save_text_encoder(directory: str | os.PathLike, text: T5TextEncoder, overwrite: bool = False) -> str:
     with staged_directory(directory, overwrite) as staging:
-        _write_text_encoder(staging, text)
+        write_text_encoder(staging, text)
     return paths.absolute(directory)
 
 
-def _write_text_encoder(directory: str, text: T5TextEncoder) -> str:
+def write_text_encoder(directory: str, text: T5TextEncoder) -> str:
     if isinstance(text, MultiText):  # each part a stored text encoder of its own, in a sub-directory
         for name, part in text.parts:
-            _write_text_encoder(os.path.join(directory, name), part)
+            write_text_encoder(os.path.join(directory, name), part)
         return write_model(directory, "text_encoder", text.config, components={name: name for name, _ in text.parts})
     return write_model(directory, "text_encoder", text.config, text.params, files=text.tokenizer_files)
 
@@ -144,14 +144,14 @@ def load_text_encoder(path: str | os.PathLike, max_length: int | None = None, dt
     stored tokens per prompt."""
     info = read_info(path, ("text_encoder", "text-to-audio"))
     if info.kind == "text-to-audio":
-        return load_text_encoder(_component(info, "text_encoder"), max_length, dtype, verify)
+        return load_text_encoder(component_path(info, "text_encoder"), max_length, dtype, verify)
     kind = info.config.get("type", "t5")
     if kind == MULTI_TEXT:
         return _load_multi_text(info, max_length, dtype, verify)
     if kind not in TEXT_ENCODER_BINDERS:
         raise StoreError(f"{info.directory}: text encoder type {kind!r} is not known; expected one of "
                          f"{sorted(TEXT_ENCODER_BINDERS)}")
-    module = _built(info, builders.text_encoder_from_config, info.config, dtype=dtype)
+    module = built_from_config(info, builders.text_encoder_from_config, info.config, dtype=dtype)
     params = read_weights(info, builders.abstract_text_encoder_params(module), verify)
     text = TEXT_ENCODER_BINDERS[kind](info, module, params, int(max_length or info.config.max_length))
     text.__dict__["sha256"] = info.weights_sha256
@@ -163,7 +163,7 @@ def _load_multi_text(info, max_length: int | None, dtype: Any, verify: bool) -> 
     if sorted(names) != sorted(info.components):
         raise StoreError(f"{info.directory}: the multi-conditioner text encoder lists parts {names} but its "
                          f"components are {sorted(info.components)}")
-    text = MultiText([(name, load_text_encoder(_component(info, name), dtype=dtype, verify=verify))
+    text = MultiText([(name, load_text_encoder(component_path(info, name), dtype=dtype, verify=verify))
                       for name in names], source=info.directory)
     if max_length is not None and int(max_length) not in (text.max_length, text.output_length):
         raise StoreError(f"{info.directory}: a multi-conditioner text encoder keeps its parts' token counts "
@@ -184,8 +184,15 @@ def _bind_clap(info, module, params, max_length: int):
                     str(info.config.get("output", "features")), source=info.directory)
 
 
+def _bind_t5gemma(info, module, params, max_length: int):
+    from stableaudio_jax.store.hf_tokenizer import TOKENIZER_FILE, HFTokenizer
+    from stableaudio_jax.store.t5gemma_text import T5GemmaText
+    tokenizer = HFTokenizer.from_directory(info.directory, max_length) if TOKENIZER_FILE in info.files else None
+    return T5GemmaText(module, params, tokenizer, max_length, source=info.directory)
+
+
 # text encoder type → (stored info, module, params, max_length) → the bound encoder with its tokenizer
-TEXT_ENCODER_BINDERS = {"t5": _bind_t5, "clap": _bind_clap}
+TEXT_ENCODER_BINDERS = {"t5": _bind_t5, "clap": _bind_clap, "t5gemma": _bind_t5gemma}
 
 
 # ----------------------------------------------------------------------------------------- diffusion model
@@ -210,10 +217,11 @@ def save_diffusion(directory: str | os.PathLike, model: DiffusionModel, overwrit
 def load_diffusion(path: str | os.PathLike, dtype: Any = jnp.float32, verify: bool = True) -> DiffusionModel:
     """A stored diffusion model, or the diffusion model of a stored text-to-audio model."""
     info = read_info(path, ("diffusion", "text-to-audio"))
+    _refuse_sa3(info)
     if info.kind == "text-to-audio":
-        return load_diffusion(_component(info, "diffusion"), dtype, verify)
+        return load_diffusion(component_path(info, "diffusion"), dtype, verify)
     config = ml_collections.ConfigDict(info.config.to_dict())
-    model = _built(info, builders.diffusion_model_from_config, config, dtype, "float32")
+    model = built_from_config(info, builders.diffusion_model_from_config, config, dtype, "float32")
     params = read_weights(info, builders.abstract_diffusion_params(model, config), verify)
     loaded = DiffusionModel(model, params, config, info.directory)
     loaded.__dict__["sha256"] = info.weights_sha256
@@ -227,9 +235,9 @@ def save_text_to_audio(directory: str | os.PathLike, bundle: TextToAudioModel, o
                        provenance: dict | None = None) -> str:
     """Writes the three parts as sub-directories, then the bundle's manifest (their hashes included)."""
     with staged_directory(directory, overwrite) as staging:
-        _write_text_encoder(os.path.join(staging, "text_encoder"), bundle.text)
+        write_text_encoder(os.path.join(staging, "text_encoder"), bundle.text)
         write_model(os.path.join(staging, "diffusion"), "diffusion", bundle.diffusion.config, bundle.diffusion.params)
-        _write_vae(os.path.join(staging, "vae"), bundle.vae)
+        write_vae(os.path.join(staging, "vae"), bundle.vae)
         write_model(staging, "text-to-audio", bundle.config, components={p: p for p in BUNDLE_PARTS},
                     provenance=provenance)
     return paths.absolute(directory)
@@ -237,16 +245,23 @@ def save_text_to_audio(directory: str | os.PathLike, bundle: TextToAudioModel, o
 
 def load_text_to_audio(path: str | os.PathLike, dtype: Any = jnp.float32, verify: bool = True) -> TextToAudioModel:
     info = read_info(path, "text-to-audio")
+    _refuse_sa3(info)
     missing = [p for p in BUNDLE_PARTS if p not in info.components]
     if missing:
         raise StoreError(f"{info.directory}: the bundle's manifest lists no {missing} component")
-    text = load_text_encoder(_component(info, "text_encoder"), dtype=dtype, verify=verify)
-    diffusion = load_diffusion(_component(info, "diffusion"), dtype, verify)
-    vae = load_vae(_component(info, "vae"), dtype, verify)
+    text = load_text_encoder(component_path(info, "text_encoder"), dtype=dtype, verify=verify)
+    diffusion = load_diffusion(component_path(info, "diffusion"), dtype, verify)
+    vae = load_vae(component_path(info, "vae"), dtype, verify)
     return TextToAudioModel(text, diffusion, vae, info.config, info.directory)
 
 
-def _built(info, build, *args, **kwargs):
+def _refuse_sa3(info) -> None:
+    if info.config.get("family") == "sa3":
+        raise StoreError(f"{info.directory}: a Stable Audio 3 model; load it with store.sa3.load_sa3 (the SAO-family "
+                         "loaders cannot build it)")
+
+
+def built_from_config(info, build, *args, **kwargs):
     """A module from a stored config; a config this version cannot build is an error naming the model."""
     try:
         return build(*args, **kwargs)
@@ -254,7 +269,7 @@ def _built(info, build, *args, **kwargs):
         raise StoreError(f"{info.directory}: cannot build the stored {info.kind} model from its config: {e}") from e
 
 
-def _component(info, name: str) -> str:
+def component_path(info, name: str) -> str:
     """A bundle part's directory; its hash must be the one the bundle recorded (else a part was swapped)."""
     if name not in info.components:
         raise StoreError(f"{info.directory}: the bundle has no {name!r} component")
