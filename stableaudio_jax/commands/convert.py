@@ -7,25 +7,30 @@ import argparse
 import shutil
 import sys
 
-LOCAL_SOURCES = ("stable-audio-tools", "diffusers")
-LOCAL_ONLY = ("checkpoint", "model_config", "t5", "clap", "clap_tokenizer")
+LOCAL_SOURCES = ("stable-audio-tools", "diffusers", "stable-audio-3", "same")
+LOCAL_ONLY = ("checkpoint", "model_config", "t5", "clap", "clap_tokenizer", "text_encoder")
 
 
 def _source(value: str) -> str:
     if value in LOCAL_SOURCES or value.startswith("hf:"):
         return value
-    raise argparse.ArgumentTypeError(f"{value!r}: expected stable-audio-tools, diffusers or hf:OWNER/NAME[@REVISION]")
+    raise argparse.ArgumentTypeError(f"{value!r}: expected stable-audio-tools, diffusers, stable-audio-3, same or "
+                                     "hf:OWNER/NAME[@REVISION]")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert a Stable Audio checkpoint into a stored text-to-audio model",
                        description="Write a stored text-to-audio model that `generate --checkpoint` loads.")
     p.add_argument("--from", dest="source", required=True, type=_source,
-                   metavar="{stable-audio-tools,diffusers,hf:OWNER/NAME[@REVISION]}",
-                   help="the local checkpoint's layout, or a Hugging Face Hub repo to download and convert once "
-                        "(e.g. hf:stabilityai/stable-audio-open-1.0, gated: accept its licence on the Hub first)")
+                   metavar="{stable-audio-tools,diffusers,stable-audio-3,same,hf:OWNER/NAME[@REVISION]}",
+                   help="the local checkpoint's layout (stable-audio-3: a Stable Audio 3 model directory; same: a "
+                        "SAME-S / SAME-L autoencoder directory), or a Hugging Face Hub repo to download and convert "
+                        "once (e.g. hf:stabilityai/stable-audio-open-1.0, gated: accept its licence on the Hub first)")
     p.add_argument("--checkpoint",
-                   help="stable-audio-tools model.safetensors / model.ckpt, or a diffusers pipeline directory")
+                   help="stable-audio-tools model.safetensors / model.ckpt, a diffusers pipeline directory, or a "
+                        "Stable Audio 3 / SAME directory (model_config.json + model.safetensors)")
+    p.add_argument("--text-encoder", help="--from stable-audio-3: the T5Gemma directory (Hugging Face config.json, "
+                                          "weights, tokenizer.json)")
     p.add_argument("--model-config", help="stable-audio-tools model_config.json")
     p.add_argument("--t5", help="Hugging Face T5 directory (config.json, weights, spiece.model); diffusers folders "
                                 "default to their text_encoder/ and tokenizer/")
@@ -53,9 +58,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         if not getattr(args, name):
             raise ValueError(f"--from {args.source} needs --{name}")
     # reference checkpoints in a bucket are read from a local mirror (the converters open local files)
-    for name in ("checkpoint", "model_config", "t5", "clap", "clap_tokenizer"):
+    for name in ("checkpoint", "model_config", "t5", "clap", "clap_tokenizer", "text_encoder"):
         if getattr(args, name):
             setattr(args, name, paths.local(getattr(args, name)))
+    if args.source in ("stable-audio-3", "same"):
+        return _run_sa3(args)
     if args.source == "stable-audio-tools":
         if not args.model_config:
             raise ValueError("--from stable-audio-tools needs --model-config")
@@ -71,6 +78,18 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         pipe = TextToAudioPipeline.from_diffusers(args.checkpoint, t5_directory=args.t5, max_length=args.max_length)
     out = pipe.save(args.out, overwrite=args.overwrite)
     print(f"wrote {out} (window {pipe.window_seconds:.2f} s at {pipe.sample_rate} Hz)")
+    return 0
+
+
+def _run_sa3(args: argparse.Namespace) -> int:
+    from stableaudio_jax.convert.stable_audio_3 import convert_same, convert_sa3
+    if args.source == "same":
+        print(f"wrote {convert_same(args.checkpoint, args.out, args.overwrite)}")
+        return 0
+    if not args.text_encoder:
+        raise ValueError("--from stable-audio-3 needs --text-encoder: the T5Gemma directory (SA3 checkpoints do not "
+                         "hold its weights)")
+    print(f"wrote {convert_sa3(args.checkpoint, args.text_encoder, args.out, args.overwrite)}")
     return 0
 
 

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     import jax.numpy as jnp
     from tqdm import tqdm
 
-    from stableaudio_jax.audio.io import load_audio, write_audio, write_spectrogram_png
+    from stableaudio_jax.audio.io import load_audio
     from stableaudio_jax.inference.pipeline import TextToAudioPipeline
 
     checkpoint = args.checkpoint or os.environ.get(CHECKPOINT_ENV)
@@ -83,12 +83,16 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"no model: pass --checkpoint DIR or set ${CHECKPOINT_ENV}")
     if args.batch < 1:
         raise ValueError(f"--batch is {args.batch}; expected >= 1")
+    prompts = [p for p in args.prompt for _ in range(args.batch)]
+    if not checkpoint.startswith("hf:") and _is_sa3(checkpoint):
+        from stableaudio_jax.commands.generate_sa3 import run_sa3
+        clips, rate = run_sa3(args, checkpoint, prompts)
+        return _write(args, clips, rate)
     if checkpoint.startswith("hf:"):  # a Hub repo: the cached conversion (made on first use)
         pipe = TextToAudioPipeline.from_pretrained(checkpoint, dtype=getattr(jnp, args.dtype), loras=args.lora or ())
     else:
         pipe = TextToAudioPipeline.from_checkpoint(checkpoint, dtype=getattr(jnp, args.dtype),
                                                    loras=args.lora or ())
-    prompts = [p for p in args.prompt for _ in range(args.batch)]
     kwargs = {}
     if args.inpaint_audio:
         audio, rate = load_audio(args.inpaint_audio)
@@ -108,9 +112,23 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     finally:
         if bar is not None:
             bar.close()
-    for path, clip in zip(output_paths(args.out, len(prompts)), audio):
-        write_audio(path, clip, pipe.sample_rate)
-        print(f"wrote {path} ({clip.shape[0] / pipe.sample_rate:.2f} s, {clip.shape[1]} channels)")
+    return _write(args, audio, pipe.sample_rate)
+
+
+def _is_sa3(checkpoint: str) -> bool:
+    from stableaudio_jax.store.format import StoreError
+    from stableaudio_jax.store.sa3 import is_sa3
+    try:
+        return is_sa3(checkpoint)
+    except (StoreError, FileNotFoundError):
+        return False  # the SAO loader reports what is wrong with it
+
+
+def _write(args: argparse.Namespace, clips, sample_rate: int) -> int:
+    from stableaudio_jax.audio.io import write_audio, write_spectrogram_png
+    for path, clip in zip(output_paths(args.out, len(clips)), clips):
+        write_audio(path, clip, sample_rate)
+        print(f"wrote {path} ({clip.shape[0] / sample_rate:.2f} s, {clip.shape[1]} channels)")
         if args.spectrogram:
-            print(f"wrote {write_spectrogram_png(os.path.splitext(path)[0] + '.png', clip, pipe.sample_rate)}")
+            print(f"wrote {write_spectrogram_png(os.path.splitext(path)[0] + '.png', clip, sample_rate)}")
     return 0

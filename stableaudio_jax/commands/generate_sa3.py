@@ -1,0 +1,45 @@
+"""``stableaudio-jax generate`` on a Stable Audio 3 model (a stored bundle of family ``sa3``): the same options, read
+as SA3 reads them — ``--seconds`` sets each clip's length (the latent length follows it), ``--inpaint-keep`` the
+seconds of ``--inpaint-audio`` to keep (the rest is generated), ``--init-noise-level`` audio-to-audio's start."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+DEFAULT_SECONDS = 120.0  # the reference's generate() default, capped at the model's length
+
+
+def generate_regions(keep: np.ndarray, sample_rate: int) -> list[tuple[float, float]]:
+    """The (start, end) seconds where ``keep`` (per sample) is False: what SA3 generates."""
+    edges = np.flatnonzero(np.diff(np.r_[1, keep.astype(np.int8), 1]))
+    return [(float(a) / sample_rate, float(b) / sample_rate) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def run_sa3(args: argparse.Namespace, checkpoint: str, prompts: list[str]) -> tuple[list[np.ndarray], int]:
+    """The clips for ``prompts`` and their sample rate."""
+    import jax.numpy as jnp
+
+    from stableaudio_jax.audio.io import load_audio
+    from stableaudio_jax.commands.generate import keep_mask
+    from stableaudio_jax.inference.sa3_pipeline import SA3Pipeline
+    from stableaudio_jax.store.sa3 import load_sa3
+
+    for option in ("lora", "cfg_rescale", "sigma_min", "sigma_max"):
+        if getattr(args, option):
+            raise ValueError(f"--{option.replace('_', '-')} is not an option of Stable Audio 3 models")
+    pipe = SA3Pipeline(load_sa3(checkpoint, dtype=getattr(jnp, args.dtype)))
+    rate, channels = pipe.sample_rate, pipe.vae.audio_channels
+    longest = int(pipe.generation.max_frames) * pipe.vae.downsampling_ratio / rate
+    seconds = args.seconds if args.seconds is not None else min(DEFAULT_SECONDS, longest)
+    kwargs = {}
+    if args.init_audio:
+        kwargs.update(init_audio=load_audio(args.init_audio, rate, channels)[0][None],
+                      init_noise_level=args.init_noise_level)
+    if args.inpaint_audio:
+        audio = load_audio(args.inpaint_audio, rate, channels)[0]
+        kwargs.update(inpaint_audio=audio[None],
+                      inpaint_regions=generate_regions(keep_mask(args.inpaint_keep, audio.shape[0], rate), rate))
+    clips = pipe(prompts, [seconds] * len(prompts), seed=args.seed, steps=args.steps, sampler=args.sampler,
+                 cfg_scale=args.cfg_scale, negative_prompt=args.negative_prompt, **kwargs)
+    return clips, rate
