@@ -6,6 +6,10 @@ from the reference code with random weights, for the converter's tests (tests/da
   medium/  the Medium model's layout: differential attention, a SAME-L-shaped autoencoder (sliding window,
            sinusoidal decoder blocks), a "-base" objective (rectified_flow)
   same/    a standalone autoencoder repository's layout (SAME-L shaped: the encoder/decoder at the config's top)
+  loras/   adapter files for small/ written by the reference's LoRA code (lora, dora-rows, dora-cols, bora,
+           lora-xs, dora-rows-xs; rank 2, alpha 3, on a few DiT and conditioner layers, random values), and
+           baked.npz: the weights the reference's parametrisations give at strength 0.7, each file alone and
+           lora then dora-cols chained
 
   git clone https://github.com/Stability-AI/stable-audio-3 /tmp/sa3
   python benchmarks/make_sa3_checkpoints.py --reference /tmp/sa3 --out tests/data/sa3_tiny
@@ -92,10 +96,62 @@ def save(directory: str, config: dict, module) -> None:
     print(f"wrote {directory}: {len(state)} tensors, {sum(v.numel() for v in state.values())} values")
 
 
+ADAPTERS = ("lora", "dora-rows", "dora-cols", "bora", "lora-xs", "dora-rows-xs")
+LORA_INCLUDE = ["transformer.layers.1.self_attn", "to_global_embed", "preprocess_conv", "embedder.embedding"]
+CHAINS = {kind: [kind] for kind in ADAPTERS} | {"lora+dora-cols": ["lora", "dora-cols"]}
+STRENGTH = 0.7
+
+
+def write_adapters(factory, lora, torch, out: str) -> dict:
+    """One adapter file per type on small/'s model (random adapter values), and the reference's baked weights."""
+    from functools import partial
+    os.makedirs(out, exist_ok=True)
+    for seed, kind in enumerate(ADAPTERS):
+        model = small_model(factory, torch)
+        config = {torch.nn.Linear: {"weight": partial(lora.LoRAParametrization.from_linear, rank=2, lora_alpha=3,
+                                                      adapter_type=kind)},
+                  torch.nn.Conv1d: {"weight": partial(lora.LoRAParametrization.from_conv1d, rank=2, lora_alpha=3,
+                                                      adapter_type=kind)}}
+        for part in (model.model, model.conditioner):
+            lora.add_lora(part, config, include=LORA_INCLUDE)
+        generator = torch.Generator().manual_seed(100 + seed)
+        state = {}
+        for part in (model.model, model.conditioner):
+            for name, p in lora.get_lora_state_dict(part).items():
+                scale = 1.0 if "magnitude" in name else 0.5
+                with torch.no_grad():
+                    value = torch.randn(p.shape, generator=generator) * scale
+                    state[name] = value.abs() + 0.5 if "magnitude" in name else value
+        lora.save_lora_safetensors(state, {"rank": 2, "alpha": 3, "adapter_type": kind, "include": LORA_INCLUDE},
+                                   os.path.join(out, f"{kind}.safetensors"))
+    baked = {}
+    for name, kinds in CHAINS.items():
+        model = small_model(factory, torch)
+        loader = sys.modules["stable_audio_3.models.lora.loader"]
+        loader.load_and_apply_loras(model, [os.path.join(out, f"{k}.safetensors") for k in kinds], "diffusion_cond")
+        for part in (model.model, model.conditioner):
+            lora.set_lora_strength(part, STRENGTH)
+        for part, prefix in ((model.model, ""), (model.conditioner, "conditioner.")):
+            for module_name, module in part.named_modules():
+                if hasattr(module, "parametrizations"):
+                    baked[f"{name}/{prefix}{module_name}"] = module.weight.detach().reshape(
+                        module.weight.shape[0], -1).numpy()
+    np.savez_compressed(os.path.join(out, "baked.npz"), **baked)
+    print(f"wrote {out}: {len(ADAPTERS)} adapter files, {len(baked)} baked weights")
+    return baked
+
+
+def small_model(factory, torch):
+    model = factory.create_diffusion_cond_from_config(model_config("small"))
+    randomise(model, torch, 0)
+    return model
+
+
 def main(argv=None) -> int:
     args = fixture_arguments(__doc__, "tests/data/sa3_tiny", argv)
     import torch
-    factory, conditioners = import_reference(args.reference, "factory", "models.conditioners")
+    factory, conditioners, lora, _ = import_reference(args.reference, "factory", "models.conditioners", "models.lora",
+                                                      "models.lora.loader")
 
     class StandInT5Gemma(conditioners.Conditioner):  # see the module docstring
         def __init__(self, output_dim, model_name="google/t5gemma-b-b-ul2", max_length=128, padding_mode="zero",
@@ -113,6 +169,7 @@ def main(argv=None) -> int:
     autoencoder = factory.create_autoencoder_from_config(config["model"], SAMPLE_RATE)
     randomise(autoencoder, torch, 7)
     save(os.path.join(args.out, "same"), config, autoencoder)
+    write_adapters(factory, lora, torch, os.path.join(args.out, "loras"))
     commit = reference_commit(args.reference, args.reference_commit)
     with open(os.path.join(args.out, "made_by.json"), "w", encoding="utf-8") as f:
         json.dump({"script": "benchmarks/make_sa3_checkpoints.py", "reference_commit": commit,

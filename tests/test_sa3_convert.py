@@ -59,6 +59,12 @@ def test_an_sa3_checkpoint_converts_and_generates_the_requested_duration(capsys,
         audio, rate = sf.read(tmp_path / f"clip_{i}.wav")
         assert (audio.shape, rate) == ((1200, 2), 2000)
     assert "wrote" in printed and "0.60 s, 2 channels" in printed
+    if layout == "small":  # an SA3 DoRA file (tests/test_sa3_lora.py checks its weights) changes the audio
+        code, _, err = _cli(capsys, "generate", "a slow piano piece", "--checkpoint", out, "--seconds", 0.6,
+                            "--lora", DATA / "loras" / "dora-rows.safetensors:0.7", "--out", tmp_path / "dora.wav",
+                            "--no-progress")
+        assert code == 0, err
+        assert np.abs(sf.read(tmp_path / "dora.wav")[0] - sf.read(tmp_path / "clip_0.wav")[0]).max() > 1e-4
 
 
 def test_a_same_repository_converts_to_a_stored_vae(capsys, tmp_path):

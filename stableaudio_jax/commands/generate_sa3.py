@@ -1,6 +1,7 @@
 """``stableaudio-jax generate`` on a Stable Audio 3 model (a stored bundle of family ``sa3``): the same options, read
 as SA3 reads them — ``--seconds`` sets each clip's length (the latent length follows it), ``--inpaint-keep`` the
-seconds of ``--inpaint-audio`` to keep (the rest is generated), ``--init-noise-level`` audio-to-audio's start."""
+seconds of ``--inpaint-audio`` to keep (the rest is generated), ``--init-noise-level`` audio-to-audio's start,
+``--lora FILE[:STRENGTH]`` an SA3 adapter file (LoRA, DoRA, BoRA or their -XS forms), merged into the weights."""
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,16 @@ def run_sa3(args: argparse.Namespace, checkpoint: str, prompts: list[str]) -> tu
     from stableaudio_jax.inference.sa3_pipeline import SA3Pipeline
     from stableaudio_jax.store.sa3 import load_sa3
 
-    for option in ("lora", "cfg_rescale", "sigma_min", "sigma_max"):
+    for option in ("cfg_rescale", "sigma_min", "sigma_max"):
         if getattr(args, option):
             raise ValueError(f"--{option.replace('_', '-')} is not an option of Stable Audio 3 models")
-    pipe = SA3Pipeline(load_sa3(checkpoint, dtype=getattr(jnp, args.dtype)))
+    model = load_sa3(checkpoint, dtype=getattr(jnp, args.dtype))
+    if args.lora:  # SA3 adapter files (LoRA / DoRA / BoRA, -XS), merged in order at their strengths
+        from stableaudio_jax.convert.sa3_lora import apply_sa3_loras
+        from stableaudio_jax.store.adapters import parse_lora_argument
+        model.params = apply_sa3_loras(model.params, [parse_lora_argument(a) for a in args.lora],
+                                       model.denoiser.dit.scan_layers)
+    pipe = SA3Pipeline(model)
     rate, channels = pipe.sample_rate, pipe.vae.audio_channels
     longest = int(pipe.generation.max_frames) * pipe.vae.downsampling_ratio / rate
     seconds = args.seconds if args.seconds is not None else min(DEFAULT_SECONDS, longest)
