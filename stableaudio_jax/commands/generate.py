@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
 
 CHECKPOINT_ENV = "STABLEAUDIO_JAX_CHECKPOINT"
 
@@ -48,22 +47,6 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def keep_mask(spec: str, samples: int, sample_rate: int) -> np.ndarray:
-    """'0:10,20:25' (seconds) → boolean mask over ``samples``."""
-    mask = np.zeros(samples, bool)
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        try:
-            start, end = (float(v) for v in part.split(":"))
-        except ValueError:
-            raise ValueError(f"--inpaint-keep part {part!r} is not START:END in seconds") from None
-        if not 0 <= start < end:
-            raise ValueError(f"--inpaint-keep part {part!r}: expected 0 <= START < END")
-        mask[int(start * sample_rate):int(end * sample_rate)] = True
-    if not mask.any():
-        raise ValueError("--inpaint-audio needs --inpaint-keep with at least one START:END range")
-    return mask
-
-
 def output_paths(out: str, count: int) -> list[str]:
     if count == 1:
         return [out]
@@ -76,6 +59,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from tqdm import tqdm
 
     from stableaudio_jax.audio.io import load_audio
+    from stableaudio_jax.inference.generation_inputs import keep_mask
     from stableaudio_jax.inference.pipeline import TextToAudioPipeline
 
     checkpoint = args.checkpoint or os.environ.get(CHECKPOINT_ENV)

@@ -22,7 +22,7 @@ def run_sa3(args: argparse.Namespace, checkpoint: str, prompts: list[str]) -> tu
     import jax.numpy as jnp
 
     from stableaudio_jax.audio.io import load_audio
-    from stableaudio_jax.commands.generate import keep_mask
+    from stableaudio_jax.inference.generation_inputs import keep_mask
     from stableaudio_jax.inference.sa3_pipeline import SA3Pipeline
     from stableaudio_jax.store.sa3 import load_sa3
 

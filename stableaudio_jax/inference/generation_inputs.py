@@ -116,3 +116,18 @@ def mask_to_latent_frames(mask, audio_samples: int, source_rate: int, target_rat
     mask = mask[:, :window] if mask.shape[1] >= window else np.pad(mask, ((0, 0), (0, window - mask.shape[1])))
     return mask.reshape(mask.shape[0], frames, ratio).mean(axis=-1)
 
+
+def keep_mask(spec: str, samples: int, sample_rate: int) -> np.ndarray:
+    """'0:10,20:25' (seconds) → boolean mask over ``samples``."""
+    mask = np.zeros(samples, bool)
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        try:
+            start, end = (float(v) for v in part.split(":"))
+        except ValueError:
+            raise ValueError(f"--inpaint-keep part {part!r} is not START:END in seconds") from None
+        if not 0 <= start < end:
+            raise ValueError(f"--inpaint-keep part {part!r}: expected 0 <= START < END")
+        mask[int(start * sample_rate):int(end * sample_rate)] = True
+    if not mask.any():
+        raise ValueError("--inpaint-audio needs --inpaint-keep with at least one START:END range")
+    return mask

@@ -24,6 +24,7 @@ import numpy as np
 
 from stableaudio_jax.diffusion.guidance import guided_prediction
 from stableaudio_jax.diffusion.samplers import sample
+from stableaudio_jax.models.sa3_conditioning import inpainting_conditioning  # noqa: F401 (part of this API)
 
 LENGTH_BUCKETS = (64, 128, 192, 256, 384, 512, 768, 1024, 1292, 2048, 3072, 4096)  # latent frames, all even
 
@@ -59,12 +60,6 @@ def latent_lengths(seconds: Sequence[float], *, sample_rate: int = 44100, downsa
 def padding_mask(valid: Sequence[int], frames: int) -> jax.Array:
     """``[B, frames]``, True on each clip's valid frames."""
     return jnp.arange(frames)[None] < jnp.asarray(valid)[:, None]
-
-
-def inpainting_conditioning(latents: jax.Array, keep: jax.Array) -> jax.Array:
-    """The DiT's local conditioning ``[B, T, 1 + C]``: the keep mask (1 = keep) then the kept latents."""
-    keep = keep.astype(latents.dtype)[..., None]
-    return jnp.concatenate([keep, latents * keep], axis=-1)
 
 
 def keep_mask_from_seconds(regions: Sequence[tuple[float, float]], seconds_total: float, frames: int, *,

@@ -90,3 +90,9 @@ class SA3Denoiser(nn.Module):
     def __call__(self, x, t, text, text_mask, seconds, local=None, padding_mask=None):
         cross, global_cond = self.condition(text, text_mask, seconds)
         return self.velocity(x, t, cross, global_cond, local, padding_mask)
+
+
+def inpainting_conditioning(latents: jax.Array, keep: jax.Array) -> jax.Array:
+    """The DiT's local conditioning ``[B, T, 1 + C]``: the keep mask (1 = keep) then the kept latents."""
+    keep = keep.astype(latents.dtype)[..., None]
+    return jnp.concatenate([keep, latents * keep], axis=-1)

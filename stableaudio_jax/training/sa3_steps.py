@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from stableaudio_jax.diffusion.objectives import sample_timesteps
-from stableaudio_jax.inference.sa3 import inpainting_conditioning
+from stableaudio_jax.models.sa3_conditioning import inpainting_conditioning
 
 INPAINT_KINDS = ("segments", "none_given", "prefix")  # the reference's mask types 0, 1 (FULL_MASK), 2 (CAUSAL)
 
