@@ -25,7 +25,7 @@ def import_reference(root: str, *modules: str) -> list:
     package.__path__ = [os.path.join(os.path.abspath(root), "stable_audio_3")]
     sys.modules["stable_audio_3"] = package
     audio_utils = types.ModuleType("stable_audio_3.inference.audio_utils")
-    audio_utils.prepare_audio = None
+    audio_utils.prepare_audio = audio_utils.numpy_audio_to_tensor = None
     sys.modules["stable_audio_3.inference.audio_utils"] = audio_utils
     found = [importlib.import_module(f"stable_audio_3.{name}") for name in modules]
     transformer = sys.modules.get("stable_audio_3.models.transformer")
