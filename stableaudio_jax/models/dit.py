@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from stableaudio_jax.models.attention import CrossAttention, LayerNorm, SelfAttention, rotary_tables
-from stableaudio_jax.models.layers import DenseGeneral
+from stableaudio_jax.models.layers import DenseGeneral, module_from_config
 from stableaudio_jax.models.lora import LORA, LORA_RNG, LORA_SCALE
 from stableaudio_jax.parallel.sharding import constrain
 
@@ -233,12 +233,4 @@ def combine_guidance(cond, uncond, cfg_scale, scale_phi=0.0):
 
 def dit_from_config(model_config: Any, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> DiT:
     """Builds the DiT from a ``config.model`` section (see configs/dit.py)."""
-    cfg = dict(model_config)
-    kind = cfg.pop("type", "dit")
-    if kind != "dit":
-        raise ValueError(f"config.model.type is {kind!r}; expected 'dit'")
-    known = set(DiT.__dataclass_fields__) - {"parent", "name", "dtype", "param_dtype"}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"config.model has unknown keys {unknown}; expected a subset of {sorted(known)}")
-    return DiT(**cfg, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
+    return module_from_config(DiT, model_config, "dit", dtype, param_dtype)

@@ -262,3 +262,18 @@ class WNConv2d(nn.Module):
         y = lax.conv_general_dilated(x.astype(self.dtype), w, (1, 1), [(ph, ph), (pw, pw)], rhs_dilation=(dh, dw),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + b.astype(self.dtype)
+
+
+def module_from_config(cls: type, model_config: Any, kind: str, dtype: Any = jnp.float32,
+                       param_dtype: Any = jnp.float32, **converted: Any) -> nn.Module:
+    """``cls`` from a ``config.model`` section whose ``type`` must be ``kind`` (absent: taken as it) and whose other
+    keys must be fields of ``cls``; ``converted`` overrides values after the checks (e.g. lists → tuples)."""
+    cfg = dict(model_config)
+    found = cfg.pop("type", kind)
+    if found != kind:
+        raise ValueError(f"config.model.type is {found!r}; expected {kind!r}")
+    known = set(cls.__dataclass_fields__) - {"parent", "name", "dtype", "param_dtype"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"config.model has unknown keys {unknown}; expected a subset of {sorted(known)}")
+    return cls(**(cfg | converted), dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))

@@ -32,7 +32,7 @@ import numpy as np
 
 from stableaudio_jax.models.attention import HEAD_AXES, apply_partial_rotary, dot_product_attention, rotary_tables
 from stableaudio_jax.models.dit import EMBED_AXES, REMAT_POLICIES, MLP2, SwiGLU
-from stableaudio_jax.models.layers import DenseGeneral
+from stableaudio_jax.models.layers import DenseGeneral, module_from_config
 from stableaudio_jax.models.lora import LORA, LORA_RNG, LORA_SCALE
 from stableaudio_jax.models.t5 import T5LayerNorm
 from stableaudio_jax.parallel.sharding import constrain
@@ -299,12 +299,4 @@ class SA3DiT(nn.Module):
 
 def sa3_dit_from_config(model_config: Any, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> SA3DiT:
     """Builds the SA3 DiT from a ``config.model`` section (configs/sa3.py)."""
-    cfg = dict(model_config)
-    kind = cfg.pop("type", "sa3_dit")
-    if kind != "sa3_dit":
-        raise ValueError(f"config.model.type is {kind!r}; expected 'sa3_dit'")
-    known = set(SA3DiT.__dataclass_fields__) - {"parent", "name", "dtype", "param_dtype"}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"config.model has unknown keys {unknown}; expected a subset of {sorted(known)}")
-    return SA3DiT(**cfg, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
+    return module_from_config(SA3DiT, model_config, "sa3_dit", dtype, param_dtype)

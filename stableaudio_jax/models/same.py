@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from stableaudio_jax.models.attention import apply_partial_rotary, rotary_tables
-from stableaudio_jax.models.layers import DenseGeneral, WNConv1d
+from stableaudio_jax.models.layers import DenseGeneral, WNConv1d, module_from_config
 
 Dtype = Any
 
@@ -308,15 +308,7 @@ class SAMEAutoencoder(nn.Module):
 
 def same_from_config(model_config: Any, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32):
     """Builds a SAME autoencoder from a ``config.model`` section (configs/same.py)."""
-    cfg = dict(model_config)
-    kind = cfg.pop("type", "same")
-    if kind != "same":
-        raise ValueError(f"config.model.type is {kind!r}; expected 'same'")
-    known = set(SAMEAutoencoder.__dataclass_fields__) - {"parent", "name", "dtype", "param_dtype"}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"config.model has unknown keys {unknown}; expected a subset of {sorted(known)}")
-    return SAMEAutoencoder(**cfg, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
+    return module_from_config(SAMEAutoencoder, model_config, "same", dtype, param_dtype)
 
 
 def patchify(audio: jax.Array, patch_size: int) -> jax.Array:

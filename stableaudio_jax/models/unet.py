@@ -32,7 +32,7 @@ from stableaudio_jax.models.attention import LayerNorm, dot_product_attention
 from stableaudio_jax.models.conditioning import LearnedFourierFeatures, LearnedNullEmbedding
 from stableaudio_jax.models.dit import combine_guidance
 from stableaudio_jax.models import lora
-from stableaudio_jax.models.layers import DenseGeneral
+from stableaudio_jax.models.layers import DenseGeneral, module_from_config
 from stableaudio_jax.parallel.sharding import constrain
 
 Dtype = Any
@@ -321,15 +321,6 @@ class UNet1d(nn.Module):
 
 def unet_from_config(model_config: Any, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> UNet1d:
     """Builds the U-Net from a ``config.model`` section (see configs/unet.py)."""
-    cfg = dict(model_config)
-    kind = cfg.pop("type", "unet1d")
-    if kind != "unet1d":
-        raise ValueError(f"config.model.type is {kind!r}; expected 'unet1d'")
-    known = set(UNet1d.__dataclass_fields__) - {"parent", "name", "dtype", "param_dtype"}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"config.model has unknown keys {unknown}; expected a subset of {sorted(known)}")
-    for key in ("multipliers", "factors", "num_blocks", "attentions"):
-        if key in cfg:
-            cfg[key] = tuple(int(v) for v in cfg[key])
-    return UNet1d(**cfg, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
+    tuples = {k: tuple(int(v) for v in dict(model_config)[k])
+              for k in ("multipliers", "factors", "num_blocks", "attentions") if k in dict(model_config)}
+    return module_from_config(UNet1d, model_config, "unet1d", dtype, param_dtype, **tuples)
