@@ -15,7 +15,6 @@ features are stored too (``expo/*``) for the test that measures that difference.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -23,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sa3_reference import fixture_arguments, import_reference, reference_commit  # noqa: E402
+from sa3_reference import fixture_arguments, import_reference, write_fixture  # noqa: E402
 
 # Small's layout on two heads of 32 (the rotary embedding then spans each head: max(32 // 2, 32)); Medium's with
 # differential attention on one head of 64 (rotary on its first 32 dims, as the published models' heads)
@@ -144,11 +143,7 @@ def main(argv=None) -> int:
     for steps, t_max in SCHEDULES:
         arrays[f"schedule/{steps}_{t_max}"] = sampling.build_schedule(steps, t_max, shift, fallback_seq_len=100).numpy()
     arrays |= {f"conditioner/{k}": v for k, v in conditioner_case(conditioners, blocks, torch).items()}
-    commit = reference_commit(args.reference, args.reference_commit)
-    arrays["configs"] = np.array(json.dumps({"configs": CONFIGS, "valid": VALID, "torch": torch.__version__,
-                                             "reference_commit": commit or None}))
-    np.savez_compressed(args.out, **arrays)
-    print(f"wrote {args.out}: {len(arrays)} arrays, {os.path.getsize(args.out) / 1e3:.0f} kB")
+    write_fixture(args, arrays, {"configs": CONFIGS, "valid": VALID})
     return 0
 
 

@@ -11,14 +11,12 @@ bottleneck's noise regularisation) is off, so the outputs are deterministic.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sa3_reference import fixture_arguments, import_reference, reference_commit  # noqa: E402
+from sa3_reference import fixture_arguments, import_reference, write_fixture  # noqa: E402
 
 CONFIGS = {
     # SAME-S shaped (width 24 = 3 heads of 8): chunks of 8 patches = 2 latents at stride 4, the midpoint shift in
@@ -76,11 +74,7 @@ def main(argv=None) -> int:
             for key, value in module.state_dict().items():
                 if not key.endswith("inv_freq"):
                     arrays[f"{name}/state/{prefix}.{key}"] = value.numpy()
-    commit = reference_commit(args.reference, args.reference_commit)
-    arrays["configs"] = np.array(json.dumps({"configs": CONFIGS, "samples": SAMPLES, "torch": torch.__version__,
-                                             "reference_commit": commit or None}))
-    np.savez_compressed(args.out, **arrays)
-    print(f"wrote {args.out}: {len(arrays)} arrays, {os.path.getsize(args.out) / 1e3:.0f} kB")
+    write_fixture(args, arrays, {"configs": CONFIGS, "samples": SAMPLES})
     return 0
 
 

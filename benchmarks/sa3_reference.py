@@ -49,3 +49,15 @@ def fixture_arguments(description: str, default_out: str, argv=None) -> argparse
     parser.add_argument("--out", default=default_out)
     parser.add_argument("--reference-commit", help="the checkout's commit, when it is not a git work tree")
     return parser.parse_args(argv)
+
+
+def write_fixture(args: argparse.Namespace, arrays: dict, meta: dict) -> None:
+    """``arrays`` and a ``configs`` entry (``meta`` + torch's version + the checkout's commit) into ``args.out``."""
+    import json
+
+    import numpy as np
+    import torch
+    commit = reference_commit(args.reference, args.reference_commit)
+    arrays["configs"] = np.array(json.dumps(dict(meta, torch=torch.__version__, reference_commit=commit or None)))
+    np.savez_compressed(args.out, **arrays)
+    print(f"wrote {args.out}: {len(arrays)} arrays, {os.path.getsize(args.out) / 1e3:.0f} kB")
