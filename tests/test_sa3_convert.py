@@ -93,6 +93,12 @@ def test_bad_sa3_inputs_are_one_clear_error(capsys, tmp_path, text_encoder):
     code, _, err = _cli(capsys, "convert", "--from", "stable-audio-3", "--checkpoint", DATA / "small",
                         "--text-encoder", tmp_path, "--out", tmp_path / "z")
     assert code == 2 and "no config.json" in err
+    untokenized = tmp_path / "t5gemma_without_tokenizer"
+    shutil.copytree(text_encoder, untokenized, ignore=shutil.ignore_patterns("tokenizer*"))
+    code, _, err = _cli(capsys, "convert", "--from", "stable-audio-3", "--checkpoint", DATA / "small",
+                        "--text-encoder", untokenized, "--out", tmp_path / "w")
+    assert code == 2 and "no tokenizer.json; expected a Hugging Face tokenizer directory" in err
+    assert len(err.strip().splitlines()) == 1
     converted = tmp_path / "model"
     assert _cli(capsys, "convert", "--from", "stable-audio-3", "--checkpoint", DATA / "small", "--text-encoder",
                 text_encoder, "--out", converted)[0] == 0
