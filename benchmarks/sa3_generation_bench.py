@@ -122,7 +122,7 @@ def reference_model(args, s: dict, config: dict, text_dir: str, hf_text):
     return model_module.StableAudioModel(model, config, "cpu", False), model
 
 
-def our_pipeline(s: dict, config: dict, reference_module, text_dir: str):
+def our_pipeline(s: dict, config: dict, reference_module, text_dir: str, exact: bool):
     from stableaudio_jax.convert.stable_audio_3 import load_sa3_checkpoint
     from stableaudio_jax.inference.sa3_pipeline import SA3Pipeline
     from safetensors.torch import save_file
@@ -131,7 +131,8 @@ def our_pipeline(s: dict, config: dict, reference_module, text_dir: str):
               os.path.join(directory, "model.safetensors"))
     with open(os.path.join(directory, "model_config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f)
-    return SA3Pipeline(load_sa3_checkpoint(directory, text_dir))
+    from stableaudio_jax.inference.sa3 import LENGTH_BUCKETS
+    return SA3Pipeline(load_sa3_checkpoint(directory, text_dir), buckets=None if exact else LENGTH_BUCKETS)
 
 
 def sa3_frames(pipe, seconds: float) -> int:
@@ -157,6 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--out", default="docs/results/sa3_generation_cpu.json")
     parser.add_argument("--workdir", default="/tmp/sa3_bench")
+    parser.add_argument("--exact-length", action="store_true",
+                        help="ours on the reference's exact latent length instead of its length bucket")
     args = parser.parse_args(argv)
     import jax
     import torch
@@ -165,7 +168,7 @@ def main(argv=None) -> int:
     text_dir = tokenizer_directory(args.workdir, s["vocab"])
     hf_text = text_model(s, text_dir)
     reference, module = reference_model(args, s, config, text_dir, hf_text)
-    ours = our_pipeline(s, config, module, text_dir)
+    ours = our_pipeline(s, config, module, text_dir, args.exact_length)
     rows = []
     for seconds in args.seconds:
         run_ours = lambda: jax.block_until_ready(ours([PROMPT], [seconds], seed=0))  # noqa: E731
@@ -173,7 +176,7 @@ def main(argv=None) -> int:
         warm = {"ours_first_call_s": timed(run_ours), "reference_first_call_s": timed(run_reference)}
         pairs = [(timed(run_ours), timed(run_reference)) for _ in range(args.pairs)]
         ratios = [r / o for o, r in pairs]  # > 1: ours is faster
-        frames = {"ours_frames": ours.lengths([seconds]).frames,  # ours: rounded up to a length bucket
+        frames = {"ours_frames": ours.lengths([seconds]).frames,  # ours: a length bucket unless --exact-length
                   "reference_frames": sa3_frames(ours, seconds)}
         rows.append({"seconds": seconds, **frames, **warm, "pairs_s": pairs, "speedup_median": statistics.median(ratios),
                      "speedup_min": min(ratios), "speedup_max": max(ratios)})
@@ -181,6 +184,7 @@ def main(argv=None) -> int:
               f"{statistics.median(p[1] for p in pairs):.2f} s, speed-up {statistics.median(ratios):.2f}x "
               f"[{min(ratios):.2f}, {max(ratios):.2f}]", flush=True)
     out = {"script": "benchmarks/sa3_generation_bench.py", "variant": args.variant, "prompt": PROMPT,
+           "exact_length": args.exact_length,
            "sampler": "pingpong, 8 steps, no guidance, float32", "rows": rows,
            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                        "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
