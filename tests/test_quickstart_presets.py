@@ -88,3 +88,33 @@ def test_a_stopped_quickstart_keeps_the_times_of_the_stages_it_finished(tmp_path
     run = json.load(open(path))["runs"]["dit"]
     assert [h["started"] for h in run["invocations"]] == ["first", "second"]
     assert run["stage_seconds"] == {"demo-data": 0.5, "text encoder": 0.1} and run["total_seconds"] == 0.6
+
+
+def test_a_training_stage_stopped_by_a_signal_ends_the_quickstart_there(tmp_path, monkeypatch, capfd):
+    """SIGINT/SIGTERM during train-vae saves a checkpoint and the training returns early; the quickstart must stop
+    there (exit 75, the stage's time kept, not finished) rather than encode the data with the unfinished VAE's
+    checkpoint."""
+    import json
+    import jax.numpy as jnp
+    from stableaudio_jax.cli import main
+    from stableaudio_jax.commands import quickstart_stages as stages
+    from stableaudio_jax.training import vae_train
+    from stableaudio_jax.training.checkpoints import TrainCheckpointer
+    ran = []
+    for name in ("demo_data", "text_encoder", "ingest", "encode", "train", "generate", "evaluate"):
+        monkeypatch.setattr(stages, name, lambda *a, name=name: ran.append(name))
+
+    def stopped_at_step_7(config, workdir, data_dir, progress=False):  # what a stop signal leaves behind
+        checkpointer = TrainCheckpointer(workdir, async_save=False)
+        checkpointer.save(7, {"w": jnp.zeros(2)}, {}, config)
+        checkpointer.close()
+    monkeypatch.setattr(vae_train, "train_vae", stopped_at_step_7)
+    workdir = tmp_path / "run"
+    assert main(["quickstart", "--workdir", str(workdir), "--preset", "cpu", "--no-progress"]) == 75
+    assert ran == ["demo_data", "text_encoder", "ingest"]  # nothing after train-vae
+    steps = load_config("configs/quickstart.py:cpu").vae.steps
+    logged = capfd.readouterr().err
+    assert f"train-vae stopped at step 7 of {steps}" in logged and "rerun the same command" in logged
+    run = json.loads((workdir / "quickstart.json").read_text())["runs"]["dit"]
+    assert list(run["invocations"][0]["stage_seconds"])[-1] == "train-vae"
+    assert run["invocations"][0]["finished"] is False and "stage_seconds" not in run

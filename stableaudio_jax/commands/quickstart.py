@@ -10,7 +10,8 @@
   8 evaluate       reconstruction, prompt adherence, timing, against real audio and untrained models
 
 A stage whose output is complete is skipped when the command runs again; the training stages resume from their
-checkpoints. Presets (configs/quickstart.py): cpu (default), cpu-long, gpu, tpu, ci.
+checkpoints. A training stage stopped by SIGINT/SIGTERM (or a preemption notice) saves a checkpoint and ends the
+command with exit status 75, later stages not run. Presets (configs/quickstart.py): cpu (default), cpu-long, gpu, tpu, ci.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import time
 from stableaudio_jax import paths as storage  # (``paths`` below is the run's Paths)
 
 logger = logging.getLogger(__name__)
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal with its work saved; the same command resumes
 STAGES = ("demo-data", "text encoder", "ingest", "train-vae", "encode", "train", "generate", "evaluate")
 
 
@@ -41,6 +43,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from stableaudio_jax.commands import setup_logging
+    from stableaudio_jax.commands.quickstart_stages import StoppedEarly
     from stableaudio_jax.config_loader import load_config
 
     setup_logging()
@@ -54,7 +57,13 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     for number, (name, stage) in enumerate(zip(STAGES, _stage_functions()), 1):
         started = time.time()
         logger.info("quickstart stage %d/%d: %s", number, len(STAGES), name)
-        stage(config, paths, args.denoiser, not args.no_progress)
+        try:
+            stage(config, paths, args.denoiser, not args.no_progress)
+        except StoppedEarly as stopped:
+            timings[name] = round(time.time() - started, 1)
+            _record(record, args.preset, args.denoiser, invocation, timings, done=False)
+            logger.warning("quickstart: %s", stopped)
+            return EXIT_STOPPED
         timings[name] = round(time.time() - started, 1)
         # written as each stage ends, so a run stopped part-way keeps the times of the stages it finished
         _record(record, args.preset, args.denoiser, invocation, timings, done=number == len(STAGES))

@@ -74,6 +74,24 @@ def _finished(model_dir: str, steps: int) -> bool:
     return is_stored_model(model_dir) and read_info(model_dir).provenance.get("step") == steps
 
 
+class StoppedEarly(RuntimeError):
+    """A training stage returned before its last step (a stop signal or a preemption notice saved a checkpoint):
+    the next stages must not run on that unfinished model (``encode`` would take the VAE's last checkpoint)."""
+
+
+def _require_finished(stage: str, run_dir: str, model_dir: str, steps: int) -> None:
+    if _finished(model_dir, steps):
+        return
+    from stableaudio_jax.training.checkpoints import TrainCheckpointer
+    checkpointer = TrainCheckpointer(run_dir)
+    try:
+        step = checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+    raise StoppedEarly(f"{stage} stopped at step {step} of {steps} (checkpoint in {run_dir}/checkpoints); rerun the "
+                       "same command to resume")
+
+
 def train_vae(config, paths, denoiser: str, progress: bool) -> None:
     from stableaudio_jax.config_loader import load_config
     from stableaudio_jax.training.vae_train import train_vae as train
@@ -82,6 +100,7 @@ def train_vae(config, paths, denoiser: str, progress: bool) -> None:
         return _skip("train-vae", paths.vae)
     vae_config = load_config(v.config, [*v.overrides, *_loop_overrides(v.steps), f"seed={config.seed}"])
     train(vae_config, paths.vae, paths.audio, progress=progress)
+    _require_finished("train-vae", paths.vae, os.path.join(paths.vae, "model"), v.steps)
 
 
 def encode(config, paths, denoiser: str, progress: bool) -> None:
@@ -110,6 +129,7 @@ def train(config, paths, denoiser: str, progress: bool) -> None:
         from stableaudio_jax.store import read_info
         train_config.vae = ml_collections.ConfigDict(read_info(os.path.join(paths.vae, "model")).config.to_dict())
     train_diffusion(train_config, paths.denoiser, paths.latents, progress=progress)
+    _require_finished("train", paths.denoiser, paths.model, section.steps)
 
 
 def generate(config, paths, denoiser: str, progress: bool) -> None:
