@@ -18,6 +18,9 @@ cross-attention tokens; seconds_total is also the global conditioning. The laten
 """
 import ml_collections
 
+from stableaudio_jax.configs import diffusion_training
+from stableaudio_jax.parallel.sharding import DEFAULT_RULES
+
 DIT = dict(io_channels=256, cond_token_dim=768, global_cond_dim=768, local_cond_dim=257, num_memory_tokens=64,
            timestep_features_dim=256, ff_mult=4, norm_eps=1e-5, qk_norm_eps=1e-6)
 MODELS = {
@@ -49,7 +52,31 @@ def get_config(arg=None):
     # SAME tiny's 32x, 8 padding frames, at most 64 frames (1.024 s)
     config.generation = ml_collections.ConfigDict(dict(
         sample_rate=2000 if tiny else 44100, duration_padding_seconds=0.128 if tiny else 6.0, frame_multiple=2,
-        max_frames={"small": 1292, "medium": 4096, "tiny": 64}[variant], sampler="pingpong", steps=8,
+        max_frames={"small": 1292, "medium": 4096, "tiny": 64}[variant], sampler="euler", steps=50,
         cfg_scale=1.0, apg_scale=1.0))
-    config.diffusion = ml_collections.ConfigDict(dict(objective="rf_denoiser"))  # "-base" checkpoints: rectified_flow
+    # what `train` trains: a "-base" (rectified-flow) model, sampled with Euler; the published post-trained models
+    # (converted, not built from this file) are rf_denoiser, sampled with ping-pong at 8 steps
+    config.diffusion = ml_collections.ConfigDict(dict(objective="rectified_flow"))
+    _add_training(config, tiny)
     return config
+
+
+def _add_training(config, tiny: bool) -> None:
+    """``train`` on SA3: rectified flow on whole clips of any length up to ``crop_frames`` (padded and masked),
+    the reference's random inpainting masks, length shift and masked loss (training/sa3_steps.py). A model
+    trained from scratch is a "-base" (rectified-flow) model; ``--init-from`` a converted checkpoint fine-tunes it."""
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.sharding_rules = DEFAULT_RULES
+    t = diffusion_training.training_config(not tiny, config.generation.max_frames)
+    t.timestep_sampler = "logit_normal"  # the SA3 models' training sampler, then shifted by length
+    t.mask_padding = True                # frames past a clip never reach the loss (always, for SA3)
+    t.demo.every = 0                     # demos render through the SAO pipeline; SA3 runs show `generate` instead
+    # inpainting masks per example (the reference's types 0, 1, 2): segments given, nothing given, a prefix given
+    # context_loss_weight: the given frames' loss weight (the reference's mask_loss_weight, default 0: the model is
+    # not taught to reproduce the given latents, and generation does not paste them back)
+    t.sa3 = ml_collections.ConfigDict(dict(inpaint_probabilities=(0.1, 0.8, 0.1), length_shift=True,
+                                           context_loss_weight=0.0))
+    config.training = t
+    config.distributed = ml_collections.ConfigDict(dict(mode="auto", initialization_timeout=300,
+                                                        heartbeat_timeout=100))
+    config.seed = 0

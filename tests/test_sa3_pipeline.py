@@ -47,6 +47,9 @@ def stored(tmp_path_factory):
                        HFTokenizer.from_directory(root / "tokenizer", max_length=12), 12)
     config = load_config("sa3.py:tiny")
     config.conditioning.max_length = 12
+    # a post-trained model's settings (as converted ones have): the config's own are a "-base" model's (train)
+    config.diffusion.objective = "rf_denoiser"
+    config.generation.update(sampler="pingpong", steps=8)
     denoiser = denoiser_from_config(config)
     params = _random_kernels(denoiser.init(jax.random.key(1), *_example(denoiser)), 1)
     same = load_config("same.py:tiny").model

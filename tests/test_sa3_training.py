@@ -1,5 +1,6 @@
 """Stable Audio 3's training objective (training/sa3_steps.py): the reference's inpainting masks, length shift and
-masked loss; frames past a clip never reach the loss or the gradients; a tiny SA3 model learns a fixed set."""
+masked loss; frames past a clip never reach the loss or the gradients; a tiny SA3 model learns a fixed set, and with
+the context loss keeps the given region when inpainting."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,9 +70,8 @@ def test_frames_past_a_clip_never_reach_the_loss_or_the_gradients(tiny):
     assert float(loss(params, inside, jax.random.key(4))[0][0]) != float(value)
 
 
-def test_a_tiny_sa3_model_learns_a_fixed_set(tiny):
-    denoiser, params, batch = tiny
-    loss_fn = sa3_steps.bound_loss(denoiser)
+def _train(denoiser, params, batch, steps=150, **options):
+    loss_fn = sa3_steps.bound_loss(denoiser, **options)
     tx = optax.adam(3e-3)
 
     @jax.jit
@@ -80,11 +80,56 @@ def test_a_tiny_sa3_model_learns_a_fixed_set(tiny):
         updates, opt = tx.update(grads, opt, params)
         return optax.apply_updates(params, updates), opt, value
 
-    def held_out(p):  # the same 16 draws of times, noise and masks before and after
-        return np.mean([float(jax.jit(loss_fn)(p, batch, jax.random.key(1000 + i))[0]) for i in range(16)])
-
-    before, opt = held_out(params), tx.init(params)
-    for i in range(150):
+    opt = tx.init(params)
+    for i in range(steps):
         params, opt, _ = step(params, opt, jax.random.key(i))
-    after = held_out(params)
+    return params
+
+
+# a third of the examples given a prefix, a third given segments: inpainting is learned within a test's steps
+INPAINTING = dict(inpaint_probabilities=(1 / 3, 1 / 3, 1 / 3))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    """The tiny model trained on the fixed set without and with the context loss (the given frames' loss)."""
+    denoiser, params, batch = tiny
+    return {weight: _train(denoiser, params, batch, **INPAINTING, context_weight=weight) for weight in (0.0, 1.0)}
+
+
+def test_a_tiny_sa3_model_learns_a_fixed_set(tiny, trained):
+    denoiser, params, batch = tiny
+    loss_fn = jax.jit(sa3_steps.bound_loss(denoiser, **INPAINTING))
+
+    def held_out(p):  # the same 16 draws of times, noise and masks before and after
+        return np.mean([float(loss_fn(p, batch, jax.random.key(1000 + i))[0]) for i in range(16)])
+
+    before, after = held_out(params), held_out(trained[0.0])
     assert after < 0.6 * before, (before, after)
+
+
+def test_an_inpainting_model_keeps_the_given_region(tiny, trained):
+    """Asked to regenerate the second half of each clip with the first half given (generation does not paste the
+    given latents back), the model trained with the context loss returns the given half, well within the latents'
+    scale and at most half the error of the model trained without (which never learned what to output there)."""
+    from stableaudio_jax.inference.sa3 import generate_latents
+    denoiser, _, batch = tiny
+    x0, valid = batch["latents"], np.asarray(batch["valid"])
+    positions = np.arange(x0.shape[1])[None]
+    padding = jnp.asarray(positions < valid[:, None])
+    keep = jnp.asarray((positions < valid[:, None] // 2).astype(np.float32))
+    noise = jax.random.normal(jax.random.key(7), x0.shape)
+
+    def given_error(params):
+        cross, global_cond = denoiser.apply(params, batch["text"], batch["text_mask"], batch["seconds"],
+                                            method="condition")
+        apply = lambda *a: denoiser.apply(params, *a, method="velocity")  # noqa: E731
+        out = jax.jit(lambda n: generate_latents(apply, n, jax.random.key(8), cross, global_cond, padding, steps=20,
+                                                 sampler="euler", inpaint_latents=x0, keep=keep))(noise)
+        given = np.asarray(keep, bool)
+        return np.sqrt(np.mean((np.asarray(out) - np.asarray(x0))[given] ** 2))
+
+    scale = np.sqrt(np.mean(np.asarray(x0)[np.asarray(keep, bool)] ** 2))
+    with_context, without = given_error(trained[1.0]), given_error(trained[0.0])
+    # measured: 0.27 with, 0.75 without, against latents of RMS 0.70 (150 steps; more steps bring it closer)
+    assert with_context < 0.5 * scale and with_context < 0.5 * without, (with_context, without, scale)

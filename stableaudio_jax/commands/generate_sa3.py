@@ -1,7 +1,8 @@
 """``stableaudio-jax generate`` on a Stable Audio 3 model (a stored bundle of family ``sa3``): the same options, read
 as SA3 reads them — ``--seconds`` sets each clip's length (the latent length follows it), ``--inpaint-keep`` the
 seconds of ``--inpaint-audio`` to keep (the rest is generated), ``--init-noise-level`` audio-to-audio's start,
-``--lora FILE[:STRENGTH]`` an SA3 adapter file (LoRA, DoRA, BoRA or their -XS forms), merged into the weights."""
+``--lora PATH[:STRENGTH]`` an SA3 adapter file (LoRA, DoRA, BoRA or their -XS forms) or an adapter a ``train`` LoRA
+run stored, merged into the weights."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,24 @@ def generate_regions(keep: np.ndarray, sample_rate: int) -> list[tuple[float, fl
     return [(float(a) / sample_rate, float(b) / sample_rate) for a, b in zip(edges[::2], edges[1::2])]
 
 
+def merged_loras(model, arguments: list[str]):
+    """The model's weights with each ``PATH[:STRENGTH]`` merged in order: an SA3 adapter file (LoRA / DoRA / BoRA,
+    -XS) or an adapter stored by a ``train`` LoRA run on an SA3 base (its DiT layers)."""
+    from stableaudio_jax.convert.sa3_lora import apply_sa3_loras
+    from stableaudio_jax.store import is_stored_model
+    from stableaudio_jax.store.adapters import apply_adapters, load_lora, parse_lora_argument
+    from stableaudio_jax.store.format import weights_sha256
+    params, base_sha256 = model.params, weights_sha256(model.params)
+    for path, strength in map(parse_lora_argument, arguments):
+        if is_stored_model(path):
+            dit = apply_adapters({"params": params["params"]["dit"]}, [(load_lora(path), strength)], base_sha256,
+                                 model.source or "the SA3 model")
+            params = {"params": dict(params["params"], dit=dit["params"])}
+        else:
+            params = apply_sa3_loras(params, [(path, strength)], model.denoiser.dit.scan_layers)
+    return params
+
+
 def run_sa3(args: argparse.Namespace, checkpoint: str, prompts: list[str]) -> tuple[list[np.ndarray], int]:
     """The clips for ``prompts`` and their sample rate."""
     import jax.numpy as jnp
@@ -30,11 +49,8 @@ def run_sa3(args: argparse.Namespace, checkpoint: str, prompts: list[str]) -> tu
         if getattr(args, option):
             raise ValueError(f"--{option.replace('_', '-')} is not an option of Stable Audio 3 models")
     model = load_sa3(checkpoint, dtype=getattr(jnp, args.dtype))
-    if args.lora:  # SA3 adapter files (LoRA / DoRA / BoRA, -XS), merged in order at their strengths
-        from stableaudio_jax.convert.sa3_lora import apply_sa3_loras
-        from stableaudio_jax.store.adapters import parse_lora_argument
-        model.params = apply_sa3_loras(model.params, [parse_lora_argument(a) for a in args.lora],
-                                       model.denoiser.dit.scan_layers)
+    if args.lora:
+        model.params = merged_loras(model, args.lora)
     pipe = SA3Pipeline(model)
     rate, channels = pipe.sample_rate, pipe.vae.audio_channels
     longest = int(pipe.generation.max_frames) * pipe.vae.downsampling_ratio / rate

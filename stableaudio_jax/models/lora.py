@@ -26,8 +26,9 @@ import numpy as np
 
 LORA, LORA_SCALE, LORA_RNG = "lora", "lora_scale", "lora_dropout"
 COLLECTIONS = (LORA, LORA_SCALE)
-# attention q/k/v/out of the DiT (self_attn/qkv, cross_attn/q, cross_attn/kv, */out) and of the U-Net
-ATTENTION = (r"attn\w*/(qkv|q|kv|out)$",)
+# attention q/k/v/out of the DiT (self_attn/qkv, cross_attn/q, cross_attn/kv, */out), of the SA3 DiT (the same with
+# a to_ prefix) and of the U-Net
+ATTENTION = (r"attn\w*/(to_)?(qkv|q|kv|out)$",)
 ATTENTION_AND_MLP = ATTENTION + (r"ff/(proj|out)$", r"ff_(in|out)$")  # DiT SwiGLU, U-Net GELU MLP
 WITH_CONVS = ATTENTION_AND_MLP + (r"conv\w*$",)  # + convolutions (U-Net conv1/conv2, down_i_conv, up_i_conv)
 TARGET_SETS = {"attention": ATTENTION, "attention+mlp": ATTENTION_AND_MLP, "attention+mlp+conv": WITH_CONVS}

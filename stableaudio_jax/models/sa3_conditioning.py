@@ -10,6 +10,7 @@ padded positions are zeros too, not the learned embedding (the reference's ``for
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -96,3 +97,43 @@ def inpainting_conditioning(latents: jax.Array, keep: jax.Array) -> jax.Array:
     """The DiT's local conditioning ``[B, T, 1 + C]``: the keep mask (1 = keep) then the kept latents."""
     keep = keep.astype(latents.dtype)[..., None]
     return jnp.concatenate([keep, latents * keep], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SA3Conditioned:
+    """The SA3 DiT and its conditioner in the shape the trainers hold a ``models.conditioned.ConditionedDenoiser``:
+    params ``{"denoiser": DiT variables, "conditioner": conditioner variables}`` (the EMA and LoRA adapters cover
+    ``denoiser``, as the reference's EMA covers its DiT); ``condition`` gives the DiT's keyword inputs
+    (``cross_attn_cond``, ``global_cond``), so ``denoiser.apply(params["denoiser"], x, t, **cond)`` is the velocity.
+    Only ``seconds_total`` conditions SA3 (no start-time token)."""
+
+    denoiser: nn.Module            # models.sa3_dit.SA3DiT
+    conditioner: SA3Conditioner
+    kind = "sa3"
+
+    @property
+    def latent_channels(self) -> int:
+        return self.denoiser.io_channels
+
+    def init(self, rng: jax.Array, latents: jax.Array, text: jax.Array, text_mask: jax.Array) -> dict:
+        dit_key, cond_key = jax.random.split(rng)
+        seconds = jnp.zeros(latents.shape[:1], jnp.float32)
+        conditioner = self.conditioner.init(cond_key, text, text_mask, seconds)
+        cross, global_cond = self.conditioner.apply(conditioner, text, text_mask, seconds)
+        local = jnp.zeros((*latents.shape[:2], self.denoiser.local_cond_dim), latents.dtype)
+        dit = self.denoiser.init(dit_key, latents, seconds, cross, global_cond,
+                                 local if self.denoiser.local_cond_dim else None)
+        return {"denoiser": dit, "conditioner": conditioner}
+
+    def condition(self, params: dict, text: jax.Array, text_mask: jax.Array, seconds_start: jax.Array | None,
+                  seconds_total: jax.Array) -> dict:
+        cross, global_cond = self.conditioner.apply(params["conditioner"], text, text_mask, seconds_total)
+        return dict(cross_attn_cond=cross, global_cond=global_cond)
+
+    def denoiser_params(self, params: dict) -> dict:
+        """As a stored SA3 model holds them (``store.sa3``: ``{"params": {"dit", "conditioner"}}``)."""
+        return {"params": {"dit": params["denoiser"]["params"], "conditioner": params["conditioner"]["params"]}}
+
+    @staticmethod
+    def from_denoiser_params(stored: dict) -> dict:
+        return {"denoiser": {"params": stored["params"]["dit"]}, "conditioner": {"params": stored["params"]["conditioner"]}}

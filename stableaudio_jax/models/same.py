@@ -284,7 +284,9 @@ class SAMEAutoencoder(nn.Module):
                                        depth=self.decoder_depth, sinusoidal_blocks=self.decoder_sinusoidal_blocks,
                                        mask_noise=self.decoder_mask_noise, conv_mapping=self.decoder_conv_mapping, **kw)
 
-    def encode(self, audio: jax.Array) -> jax.Array:
+    def encode(self, audio: jax.Array, sample_posterior: bool = False, rng: jax.Array | None = None) -> jax.Array:
+        """``sample_posterior`` and ``rng`` are accepted for the VAE interface (``encode`` calls every VAE so):
+        the soft-norm bottleneck is deterministic, there is no posterior to sample."""
         if audio.ndim != 3 or audio.shape[-1] != self.audio_channels:
             raise ValueError(f"SAMEAutoencoder.encode: audio has shape {tuple(audio.shape)}; expected [batch, samples, "
                              f"{self.audio_channels}] (channels-last)")

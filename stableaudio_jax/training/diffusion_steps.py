@@ -33,14 +33,18 @@ from jax.sharding import NamedSharding, PartitionSpec
 from stableaudio_jax.diffusion.objectives import diffusion_loss, noisy_example
 from stableaudio_jax.models import lora
 from stableaudio_jax.models.conditioned import ConditionedDenoiser
+from stableaudio_jax.models.sa3_conditioning import SA3Conditioned
 from stableaudio_jax.parallel.sharding import in_mesh, normalize_rules, param_shardings
 from stableaudio_jax.store.builders import diffusion_model_from_config, resolve_conditioning
+from stableaudio_jax.store.sa3 import denoiser_from_config
+from stableaudio_jax.training import sa3_steps
 from stableaudio_jax.training.accumulate import accumulate
 from stableaudio_jax.training.loop import abstract_with_shardings, frozen_without
 from stableaudio_jax.training.optim import (ema_decay, ema_place, ema_shardings, ema_start, ema_step, learning_rate,
                                            make_optimizer)
 
 BATCH_AXES = ("data", "fsdp")
+SA3_TYPE = "sa3_dit"  # config.model.type of an SA3 DiT (configs/sa3.py): models.sa3_conditioning.SA3Conditioned
 BATCH_KEYS = ("latents", "padding_mask", "seconds_start", "seconds_total", "text_embeddings", "text_mask")
 
 
@@ -56,7 +60,7 @@ class DiffusionTrainState(flax.struct.PyTreeNode):
 class DiffusionTraining:
     """Static parts of a run: the conditioned model, optimiser, resolved config and the batch geometry."""
 
-    model: ConditionedDenoiser = flax.struct.field(pytree_node=False)
+    model: ConditionedDenoiser | SA3Conditioned = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     config: Any = flax.struct.field(pytree_node=False)   # conditioning widths resolved (store.resolve_conditioning)
     text_length: int = flax.struct.field(pytree_node=False)
@@ -79,11 +83,27 @@ class DiffusionTraining:
 def build(config, text_length: int, text_dim: int) -> DiffusionTraining:
     """The run for text features ``[text_length, text_dim]``: the dependent widths follow from them and
     ``conditioning.cond_dim`` (a text projection appears when the widths differ)."""
-    resolved = resolve_conditioning(config, text_dim, text_length)
     adapters = config.training.get("lora")
     spec = lora.LoraSpec.from_config(adapters) if adapters and int(adapters.get("rank", 0)) else None
+    if config.model.type == SA3_TYPE:
+        model = sa3_model(config, text_dim)
+        return DiffusionTraining(model, make_optimizer(config.training.optimizer), config, int(text_length),
+                                 int(text_dim), spec)
+    resolved = resolve_conditioning(config, text_dim, text_length)
     return DiffusionTraining(diffusion_model_from_config(resolved), make_optimizer(config.training.optimizer),
                              resolved, int(text_length), int(text_dim), spec)
+
+
+def sa3_model(config, text_dim: int) -> SA3Conditioned:
+    """An SA3 config's DiT and conditioner (configs/sa3.py); the data's text features must be its width."""
+    if int(config.conditioning.text_dim) != int(text_dim):
+        raise ValueError(f"the text features are {text_dim} wide but the SA3 config's conditioning.text_dim is "
+                         f"{config.conditioning.text_dim} (SA3 reads its text encoder's states unprojected)")
+    if config.diffusion.objective != "rectified_flow":
+        raise ValueError(f"config.diffusion.objective is {config.diffusion.objective!r}; `train` on an SA3 model "
+                         "trains rectified flow (a \"-base\" model); `train-arc` post-trains one")
+    denoiser = denoiser_from_config(config, jnp.dtype(config.get("dtype", "float32")))
+    return SA3Conditioned(denoiser.dit, denoiser.conditioner)
 
 
 def example_batch(run: DiffusionTraining, batch: int = 1) -> dict:
@@ -169,6 +189,12 @@ def state_shardings(run: DiffusionTraining, mesh, rules) -> Any:
 
 def loss_fn(run: DiffusionTraining, params, batch: dict, rng: jax.Array, base: dict | None = None):
     t = run.config.training
+    if run.kind == SA3Conditioned.kind:
+        params = model_params(run, params, base)
+        with lora.dropout(run.lora.dropout if run.lora else 0.0):
+            loss, metrics = sa3_steps.trainer_loss(run.model, params, batch, rng, t,
+                                                   {lora.LORA_RNG: jax.random.fold_in(rng, 2)} if run.lora else None)
+        return loss, {"loss": loss, **{f"sa3/{k}": v for k, v in metrics.items() if k != "loss"}}
     noise_rng, drop_rng = jax.random.split(rng)
     noisy = noisy_example(noise_rng, batch["latents"].astype(jnp.float32), run.config.diffusion.objective,
                           t.timestep_sampler)

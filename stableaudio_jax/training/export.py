@@ -41,6 +41,8 @@ def export_vae_model(config, weights, step: int, workdir: str, out: str) -> str:
 def export_model(run, state, config, manifest: dict | None, directory: str, sampling: dict | None = None) -> str:
     """The trained model (EMA denoiser + conditioners) as a text-to-audio model with the data's T5 and VAE, or the
     diffusion model alone when they are unknown; ``sampling``: generation defaults other than the objective's."""
+    if run.kind == "sa3":
+        return export_sa3(run, state, config, manifest, directory)
     params = host_arrays(sampling_params(run, state, None))
     if jax.process_index() != 0:
         return directory
@@ -63,6 +65,32 @@ def export_model(run, state, config, manifest: dict | None, directory: str, samp
     path = save_text_to_audio(directory, bundle, overwrite=True, provenance=provenance)
     logger.info("exported the trained %s to %s (stableaudio-jax generate --checkpoint %s)", model.model.kind, path,
                 path)
+    return path
+
+
+def export_sa3(run, state, config, manifest: dict | None, directory: str) -> str:
+    """An SA3 run's EMA weights as a Stable Audio 3 bundle (``store.sa3``) with the data's SAME and T5Gemma; the
+    generation settings are the config's, at the data's sample rate, capped at the frames the run trained on."""
+    from stableaudio_jax.models.sa3_conditioning import SA3Denoiser
+    from stableaudio_jax.store.sa3 import SA3Model, save_sa3
+    params = host_arrays(sampling_params(run, state, None))
+    if jax.process_index() != 0:
+        return directory
+    if not all(data_model_paths(config, manifest)):
+        raise ValueError(f"export to {directory}: an SA3 model is stored with the SAME and T5Gemma that encoded "
+                         "its data, and this run's data names none (train on `stableaudio-jax encode` output)")
+    vae, text = load_data_models(config, manifest)
+    model_config = ml_collections.ConfigDict({k: run.config[k].to_dict() for k in ("model", "conditioning",
+                                                                                 "diffusion", "generation")})
+    model_config.conditioning.max_length = int(manifest["text_length"])
+    model_config.generation.update(sample_rate=int(manifest["sample_rate"]), max_frames=min(
+        int(model_config.generation.max_frames), int(config.training.crop_frames)))
+    bundle = SA3Model(text, SA3Denoiser(run.model.denoiser, run.model.conditioner),
+                      run.model.denoiser_params(params), vae, model_config, directory)
+    provenance = {"run": paths.absolute(os.path.dirname(paths.absolute(directory))), "step": int(state.step),
+                  "data_encoder_config_hash": config.training.data.get("encoder_config_hash", "")}
+    path = save_sa3(directory, bundle, overwrite=True, provenance=provenance)
+    logger.info("exported the trained SA3 model to %s (stableaudio-jax generate --checkpoint %s)", path, path)
     return path
 
 
@@ -90,6 +118,12 @@ def export_merged(run, state, config, directory: str) -> str:
     source = config.training.init_from
     provenance = {"base": paths.absolute(source), "step": int(state.step),
                   "lora": {"rank": run.lora.rank, "alpha": run.lora.alpha}}
+    from stableaudio_jax.store.sa3 import is_sa3, load_sa3, save_sa3
+    if read_info(source).kind == "text-to-audio" and is_sa3(source):
+        bundle = load_sa3(source)
+        dit = lora.merge({"params": bundle.params["params"]["dit"]}, adapters)["params"]
+        bundle.params, bundle.source = {"params": dict(bundle.params["params"], dit=dit)}, directory
+        return save_sa3(directory, bundle, overwrite=True, provenance=provenance)
     if read_info(source).kind == "text-to-audio":
         bundle = load_text_to_audio(source)
         diffusion = bundle.diffusion

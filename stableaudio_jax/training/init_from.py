@@ -11,6 +11,7 @@ own checkpoints as usual.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable, Sequence
 
@@ -21,7 +22,7 @@ import numpy as np
 from stableaudio_jax import paths
 from stableaudio_jax.config_loader import OVERRIDE_PREFIX, apply_overrides
 from stableaudio_jax.store import load_diffusion, load_vae, read_info
-from stableaudio_jax.store.format import flatten
+from stableaudio_jax.store.format import flatten, weights_sha256
 
 logger = logging.getLogger(__name__)
 DIFFUSION_SECTIONS = ("model", "conditioning", "diffusion", "guidance", "vae")
@@ -49,6 +50,8 @@ def diffusion_config_from_model(config: ml_collections.ConfigDict, path: str,
             del run[key]
     if info.kind == "text-to-audio":
         run.vae = read_info(info.path(info.components["vae"]), "vae").config.to_dict()
+    if info.config.get("family") == "sa3":  # a Stable Audio 3 bundle keeps its length cap and sampler defaults
+        run.generation = info.config.generation.to_dict()
     apply_overrides(run, _section_overrides(overrides, DIFFUSION_SECTIONS))
     run.training.init_from = paths.absolute(path)
     return run
@@ -88,12 +91,32 @@ def placed(params: Any, shardings: Any) -> Any:
         shardings)
 
 
+@dataclasses.dataclass
+class Trainable:
+    """A stored denoiser's weights in the trainer's layout (``params``), their content hash and the model kind."""
+    params: Any
+    sha256: str
+    kind: str
+
+
+def load_trainable(path: str) -> Trainable:
+    """An SAO-family diffusion or text-to-audio model, or a Stable Audio 3 bundle (its DiT and conditioner as
+    :class:`~stableaudio_jax.models.sa3_conditioning.SA3Conditioned` holds them)."""
+    from stableaudio_jax.store.sa3 import is_sa3, load_sa3
+    if read_info(path).kind == "text-to-audio" and is_sa3(path):
+        from stableaudio_jax.models.sa3_conditioning import SA3Conditioned
+        model = load_sa3(path)
+        return Trainable(SA3Conditioned.from_denoiser_params(model.params), weights_sha256(model.params), "sa3")
+    model = load_diffusion(path)
+    return Trainable(model.params, model.sha256, model.model.kind)
+
+
 def start_diffusion_from_model(compiled, path: str) -> Callable[[], Any]:
     """The ``init`` of a diffusion run started from the stored model at ``path``."""
     def init():
-        model = load_diffusion(path)
+        model = load_trainable(path)
         check_same_shapes(model.params, compiled.abstract.params, path)
-        logger.info("initialised from %s (%s weights %s...)", path, model.model.kind, model.sha256[:12])
+        logger.info("initialised from %s (%s weights %s...)", path, model.kind, model.sha256[:12])
         fresh = compiled.init(jax.random.key(int(compiled.run.config.seed)))
         return compiled.start_from(fresh, placed(model.params, compiled.shardings.params))
     return init
@@ -114,7 +137,9 @@ def check_data_text(config: ml_collections.ConfigDict, manifest: dict, data_dir:
     """New data for a model started ``--init-from``: its text features must be the kind the model reads (same
     width; the type is checked with the rest of the data); features from other weights of the same kind are
     allowed, with a warning."""
-    path, text = config.training.init_from, config.conditioning.text
+    path, text = config.training.init_from, config.conditioning.get("text")
+    if text is None:  # an SA3 model: its width is checked when the run is built (diffusion_steps.sa3_model)
+        return
     if int(text.width) != int(manifest["text_dim"]):
         raise ValueError(f"--init-from {path}: the model reads {text.width}-wide {text.get('type', 't5')} text "
                          f"features but {data_dir} holds {manifest['text_dim']}-wide ones; encode the data with the "

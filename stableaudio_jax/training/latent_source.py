@@ -17,7 +17,7 @@ from stableaudio_jax.data.audio_folder import CheckpointableIterator
 from stableaudio_jax.data.latent_records import config_hash, manifest_path, read_manifest
 from stableaudio_jax.store.multi_text import MULTI_TEXT, ordered_parts
 from stableaudio_jax.training.checkpoints import TrainCheckpointer
-from stableaudio_jax.training.diffusion_steps import BATCH_KEYS
+from stableaudio_jax.training.diffusion_steps import BATCH_KEYS, SA3_TYPE
 
 SYNTHETIC = "synthetic"
 
@@ -67,12 +67,14 @@ def saved_data_hash(checkpointer: TrainCheckpointer) -> str | None:
 
 def synthetic_text_width(config) -> int:
     """Text feature width for synthetic data: the configured text encoder's, else the conditioning width."""
+    if config.model.type == SA3_TYPE:
+        return int(config.conditioning.text_dim)
     text = config.conditioning.get("text") or {}
     return int(text.get("width") or (text.get("model") or {}).get("d_model") or config.conditioning.cond_dim)
 
 
 def latent_channels(config) -> int:
-    return int(config.model.io_channels if config.model.type == "dit" else config.model.in_channels)
+    return int(config.model.io_channels if config.model.type in ("dit", SA3_TYPE) else config.model.in_channels)
 
 
 def check_data_fits(manifest: dict, config, data_dir: str) -> None:
@@ -82,6 +84,8 @@ def check_data_fits(manifest: dict, config, data_dir: str) -> None:
     if manifest["text"] != "embeddings":
         raise ValueError(f"{path}: text is {manifest['text']!r}; the diffusion trainer reads pre-computed T5 "
                          "embeddings: re-encode with `stableaudio-jax encode --text embeddings`")
+    if config.model.type == SA3_TYPE:
+        return _check_sa3_data(manifest, config, path)
     width = (config.conditioning.get("text") or {}).get("width")
     if width is not None and int(width) != manifest["text_dim"]:
         raise ValueError(f"{path}: text embeddings are {manifest['text_dim']} wide but config.conditioning.text.width "
@@ -98,6 +102,20 @@ def check_data_fits(manifest: dict, config, data_dir: str) -> None:
     if "vae" in config and vae is not None and config_hash(vae) != config_hash(config.vae):
         raise ValueError(f"{path}: the latents were encoded by a VAE config ({vae}) other than this model's "
                          f"config.vae ({config.vae.to_dict()})")
+
+
+def _check_sa3_data(manifest: dict, config, path: str) -> None:
+    """An SA3 model reads T5Gemma states of its conditioner's width, latents of a SAME autoencoder."""
+    encoder = manifest.get("encoder_config", {})
+    text_type = encoder.get("text", {}).get("type", "t5")
+    if text_type != "t5gemma":
+        raise ValueError(f"{path}: the text features were encoded by a {text_type!r} text encoder; an SA3 model "
+                         "reads T5Gemma states: encode with a T5Gemma text encoder (a converted SA3 model's "
+                         "text_encoder/)")
+    vae_type = encoder.get("vae", {}).get("type")
+    if vae_type not in (None, "same"):
+        raise ValueError(f"{path}: the latents were encoded by a {vae_type!r} VAE; an SA3 model takes SAME latents "
+                         "(encode with a SAME autoencoder: a converted SA3 model's vae/)")
 
 
 def _fit_text_parts(text, encoded: dict, path: str) -> None:

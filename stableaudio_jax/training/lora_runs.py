@@ -12,9 +12,8 @@ import logging
 import ml_collections
 
 from stableaudio_jax.models import lora
-from stableaudio_jax.store import load_diffusion
 from stableaudio_jax.training.checkpoints import CheckpointError
-from stableaudio_jax.training.init_from import check_same_shapes, placed
+from stableaudio_jax.training.init_from import check_same_shapes, load_trainable, placed
 from stableaudio_jax.training.optim import averaged
 
 logger = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ def lora_base(compiled, init_from: str | None, config: ml_collections.ConfigDict
     if not init_from:
         raise ValueError(f"training.lora.rank={rank} trains adapters on a model's weights: give --init-from MODEL "
                          "(a converted or exported diffusion / text-to-audio model)")
-    model = load_diffusion(init_from)
+    model = load_trainable(init_from)
     check_same_shapes(model.params, compiled.abstract_base, init_from)
     if checkpointer.latest_step() is not None:
         recorded = checkpointer.saved_config().get("training", {}).get("lora", {}).get("base_sha256")

@@ -10,7 +10,7 @@ Per batch of latents ``x0 [B, T, C]`` whose first ``valid[b]`` frames are the cl
            zero past the clip; the DiT's local conditioning is [keep ; x0 * keep]
   guidance the whole cross-attention input (prompt and duration tokens) zeroed for 10 % of the examples
   loss     per example, the squared error summed over the valid frames that are not given, over (their count x C);
-           the batch mean. Frames past the clip are masked in attention and never reach the loss.
+           the batch mean; optionally plus a weight times the same over the given frames (``context_weight``). Frames past the clip are masked in attention and never reach the loss.
 """
 from __future__ import annotations
 
@@ -65,10 +65,12 @@ def masked_loss(prediction: jax.Array, target: jax.Array, loss_mask: jax.Array) 
 
 def sa3_loss(velocity_fn: Callable, condition_fn: Callable, batch: dict, rng: jax.Array, *,
              timestep_sampler: str = "logit_normal", cfg_dropout: float = 0.1, inpaint_probabilities=(0.1, 0.8, 0.1),
-             shift: bool = True) -> tuple[jax.Array, dict]:
+             shift: bool = True, context_weight: float = 0.0) -> tuple[jax.Array, dict]:
     """The loss of one batch: ``batch`` has ``latents [B, T, C]``, ``valid [B]`` (frames of each clip),
     ``text [B, S, D]``, ``text_mask [B, S]``, ``seconds [B]``. ``condition_fn(text, text_mask, seconds)`` →
-    (cross, global); ``velocity_fn(x, t, cross, global, local, padding_mask)`` → v."""
+    (cross, global); ``velocity_fn(x, t, cross, global, local, padding_mask)`` → v. ``context_weight`` > 0 adds
+    the given frames' loss times it (the reference's ``mask_loss_weight`` with attention masking): without it the
+    model is never asked what to output where the latents are given, and inpainting does not paste them back."""
     x0, valid = batch["latents"], batch["valid"]
     batch_size, frames = x0.shape[:2]
     t_key, noise_key, mask_key, drop_key = jax.random.split(rng, 4)
@@ -85,7 +87,11 @@ def sa3_loss(velocity_fn: Callable, condition_fn: Callable, batch: dict, rng: ja
     v = velocity_fn(x_t, t, cross, global_cond, inpainting_conditioning(x0, keep), padding)
     loss_mask = padding & (keep == 0)
     loss = masked_loss(v, noise - x0, loss_mask)
-    return loss, {"loss": loss, "generated_fraction": jnp.mean(jnp.sum(loss_mask, 1) / jnp.maximum(valid, 1))}
+    metrics = {"generated_fraction": jnp.mean(jnp.sum(loss_mask, 1) / jnp.maximum(valid, 1))}
+    if context_weight:
+        context = masked_loss(v, noise - x0, padding & (keep > 0))
+        loss, metrics = loss + context_weight * context, dict(metrics, context_loss=context)
+    return loss, dict(metrics, loss=loss)
 
 
 def bound_loss(denoiser: Any, **options) -> Callable:
@@ -96,3 +102,26 @@ def bound_loss(denoiser: Any, **options) -> Callable:
         velocity = lambda *a: denoiser.apply(params, *a, method="velocity")  # noqa: E731
         return sa3_loss(velocity, condition, batch, rng, **options)
     return loss
+
+
+def trainer_loss(model: Any, params: dict, batch: dict, rng: jax.Array, training: Any,
+                 rngs: dict | None = None) -> tuple[jax.Array, dict]:
+    """:func:`sa3_loss` of a latent-reader batch (``train``): ``model`` is a
+    :class:`~stableaudio_jax.models.sa3_conditioning.SA3Conditioned`, ``params`` its ``{"denoiser",
+    "conditioner"}``; each record's ``padding_mask`` (a prefix of valid frames) gives the clip's length and its
+    ``seconds_total`` the duration token; ``training`` is ``config.training`` (sampler, CFG dropout, ``sa3``)."""
+    valid = jnp.sum(batch["padding_mask"].astype(jnp.int32), axis=1)
+    sa3_batch = {"latents": batch["latents"].astype(jnp.float32), "valid": valid, "text": batch["text_embeddings"],
+                 "text_mask": batch["text_mask"], "seconds": batch["seconds_total"]}
+
+    def condition(text, text_mask, seconds):
+        cond = model.condition(params, text, text_mask, None, seconds)
+        return cond["cross_attn_cond"], cond["global_cond"]
+
+    def velocity(x, t, cross, global_cond, local, padding):
+        return model.denoiser.apply(params["denoiser"], x, t, cross, global_cond, local, padding, rngs=rngs)
+    options = training.sa3
+    return sa3_loss(velocity, condition, sa3_batch, rng, timestep_sampler=training.timestep_sampler,
+                    cfg_dropout=float(training.cfg_dropout),
+                    inpaint_probabilities=tuple(options.inpaint_probabilities), shift=bool(options.length_shift),
+                    context_weight=float(options.get("context_loss_weight", 0.0)))
