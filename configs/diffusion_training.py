@@ -24,8 +24,8 @@ def training_config(full_size: bool, crop_frames: int, lr: float | None = None):
         ema=dict(beta=0.9999, power=0.75, inv_gamma=1.0, update_after_step=1,
                  place="device"),  # "host": in pinned host memory; "off": none (training/optim.py)
         # LoRA (rank > 0, with --init-from): adapters on the attention (or "attention+mlp", or regexes of layer
-        # paths) of a frozen base; alpha / rank scales them (models/lora.py)
-        lora=dict(rank=0, alpha=16.0, targets="attention", dropout=0.0, base_sha256=""),
+        # paths) of a frozen base; alpha / rank scales them; kind "dora-rows" / "dora-cols": DoRA (models/lora.py)
+        lora=dict(rank=0, alpha=16.0, targets="attention", dropout=0.0, kind="lora", base_sha256=""),
         # train-arc (training/arc_steps.py): the discriminator is the generator's first disc_blocks blocks + a
         # small head; its own AdamW; the export samples ping-pong with export_steps steps and no CFG
         arc=dict(disc_blocks=12 if full_size else 1, head_hidden=256 if full_size else 32, contrastive_weight=1.0,

@@ -119,3 +119,35 @@ def test_the_u_net_is_adapted_and_merges_exactly(small_unet, targets):
     np.testing.assert_allclose(np.asarray(apply(lora.merge(variables, trained), *inputs)),
                                np.asarray(apply(lora.with_adapters(variables, trained), *inputs)),
                                atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind, scan", [("dora-rows", False), ("dora-cols", True)])  # both kinds, both layouts
+def test_dora_starts_as_the_identity_merges_as_sa3_bakes_it_and_agrees_unmerged(kind, scan):
+    """DoRA (Stable Audio 3's dora-rows / dora-cols): a fresh adapter changes nothing (its magnitude is the base
+    kernel's norms), the unmerged layers (training) give what the merged kernels give, and a merged kernel is the
+    reference's bake of the same A, B and magnitude (convert/sa3_lora.adapted_weight, parity-tested against the
+    reference's files in tests/test_sa3_lora.py)."""
+    from stableaudio_jax.convert.sa3_lora import adapted_weight
+    dit, variables, adapters, inputs = _model(scan, lora.LoraSpec(rank=4, alpha=8.0, kind=kind))
+    base = np.asarray(dit.apply(variables, *inputs))
+    fresh = np.asarray(dit.apply(lora.with_adapters(variables, adapters), *inputs))
+    np.testing.assert_allclose(fresh, base, atol=1e-5)
+    trained = _trained(adapters)
+    unmerged = np.asarray(dit.apply(lora.with_adapters(variables, trained), *inputs))
+    merged_variables = lora.merge(variables, trained)
+    assert np.abs(unmerged - base).max() > 1e-3
+    np.testing.assert_allclose(np.asarray(dit.apply(merged_variables, *inputs)), unmerged, atol=5e-5, rtol=1e-5)
+    blocks = ("blocks",) if scan else ("blocks_0",)
+    layer = lambda tree: tree[blocks[0]]["self_attn"]["qkv"]  # noqa: E731
+    first = (lambda x: np.asarray(x)[0]) if scan else np.asarray
+    adapter, kernel = layer(trained[lora.LORA]), first(layer(variables["params"])["kernel"])
+    a, b, m = first(adapter["a"]), first(adapter["b"]), first(adapter["m"])
+    assert m.shape == ((1, b.shape[1]) if kind == "dora-rows" else (a.shape[0], 1))
+    reference = adapted_weight(kernel.reshape(a.shape[0], -1).T, {"lora_A": a.T, "lora_B": b.T,
+                                                                   "magnitude": m.ravel()}, kind, 2.0, 1.0)
+    ours = first(layer(merged_variables["params"])["kernel"]).reshape(a.shape[0], -1).T
+    np.testing.assert_allclose(ours, reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="DoRA adapters do not add up"):
+        lora.combined([trained, trained])
+    with pytest.raises(ValueError, match="dropout is a LoRA option"):
+        lora.LoraSpec(rank=2, alpha=2.0, dropout=0.1, kind=kind)

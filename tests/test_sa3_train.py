@@ -1,7 +1,8 @@
 """`train` on Stable Audio 3 (configs/sa3.py:tiny): clips of different lengths encoded by a SAME autoencoder and
 T5Gemma, trained on a data x fsdp mesh with padding masks, exported as an SA3 bundle that `generate` runs at the
-requested duration; a LoRA run on that bundle as its base, applied by `generate --lora`; data another text encoder
-made is refused by name."""
+requested duration; a DoRA run on that bundle as its base, applied by `generate --lora`, and ARC post-training of it
+into a few-step model; data another text encoder made is refused by name. (The discriminator's masking of padded
+frames: tests/test_sa3_training.py.)"""
 import json
 
 import jax
@@ -94,10 +95,11 @@ def test_an_sa3_model_trains_on_clips_of_different_lengths_and_generates(tmp_pat
     assert code == 0, out
     audio, rate = sf.read(tmp_path / "clip.wav")
     assert (audio.shape, rate) == ((1400, 2), RATE) and np.isfinite(audio).all()
-    # LoRA on that model as a base (its self- and cross-attention), the adapter applied by `generate --lora`
+    # DoRA (SA3's dora-rows) on that model as a base (its self- and cross-attention), applied by `generate --lora`
     code, out = _cli(capsys, "train", "--config", "configs/sa3.py:tiny", "--init-from", workdir / "model", "--data",
                      tmp_path / "latents", "--workdir", tmp_path / "lora", "--no-progress", "--force",
-                     "--config.training.lora.rank=2", "--config.training.lora.alpha=8", "--config.training.steps=6",
+                     "--config.training.lora.rank=2", "--config.training.lora.alpha=8",
+                     "--config.training.lora.kind=dora-rows", "--config.training.steps=6",
                      "--config.training.log_every=3", "--config.training.optimizer.lr=0.02")
     assert code == 0, out
     from stableaudio_jax.store.adapters import load_lora
@@ -105,6 +107,7 @@ def test_an_sa3_model_trains_on_clips_of_different_lengths_and_generates(tmp_pat
     from stableaudio_jax.models import lora
     assert {p.split("/", 1)[1] for p in lora.adapter_paths(adapter.adapters)} == {
         "self_attn/to_qkv", "self_attn/to_out", "cross_attn/to_q", "cross_attn/to_kv", "cross_attn/to_out"}
+    assert adapter.spec.kind == "dora-rows" and lora.is_dora(adapter.adapters)  # a, b and the magnitude m
     code, out = _cli(capsys, "generate", "a slow piano piece", "--checkpoint", workdir / "model", "--lora",
                      tmp_path / "lora" / "model", "--seconds", 0.7, "--steps", 4, "--out", tmp_path / "lora.wav",
                      "--no-progress")
@@ -119,6 +122,20 @@ def test_an_sa3_model_trains_on_clips_of_different_lengths_and_generates(tmp_pat
     qkv = ("blocks_0", "self_attn", "to_qkv", "kernel")
     assert np.abs(np.asarray(_at(merged, qkv)) - np.asarray(_at(before, qkv))).max() > 1e-4
     assert np.array_equal(merged["project_in"]["kernel"], before["project_in"]["kernel"])  # not an adapted layer
+    # ARC post-training of that rectified-flow model into a few-step one (ping-pong, 8 steps)
+    code, out = _cli(capsys, "train-arc", "--config", "configs/sa3.py:tiny", "--init-from", workdir / "model",
+                     "--data", tmp_path / "latents", "--workdir", tmp_path / "arc", "--no-progress", "--force",
+                     "--config.training.steps=4", "--config.training.log_every=2")
+    assert code == 0, out
+    metrics = [json.loads(line) for line in (tmp_path / "arc" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(m["train/discriminator_loss"]) for m in metrics if "train/discriminator_loss" in m)
+    few_step = load_sa3(tmp_path / "arc" / "model")
+    assert (few_step.objective, few_step.config.generation.sampler, few_step.config.generation.steps) == (
+        "rf_denoiser", "pingpong", 8)
+    code, out = _cli(capsys, "generate", "happy flute at 120 BPM", "--checkpoint", tmp_path / "arc" / "model",
+                     "--seconds", 0.5, "--out", tmp_path / "arc.wav", "--no-progress")
+    assert code == 0, out
+    assert sf.read(tmp_path / "arc.wav")[0].shape == (1000, 2)
 
 
 def test_sa3_training_refuses_data_another_text_encoder_made(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Stable Audio 3's training objective (training/sa3_steps.py): the reference's inpainting masks, length shift and
 masked loss; frames past a clip never reach the loss or the gradients; a tiny SA3 model learns a fixed set, and with
 the context loss keeps the given region when inpainting."""
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,3 +134,25 @@ def test_an_inpainting_model_keeps_the_given_region(tiny, trained):
     with_context, without = given_error(trained[1.0]), given_error(trained[0.0])
     # measured: 0.27 with, 0.75 without, against latents of RMS 0.70 (150 steps; more steps bring it closer)
     assert with_context < 0.5 * scale and with_context < 0.5 * without, (with_context, without, scale)
+
+
+def test_arc_s_discriminator_scores_only_the_frames_of_each_clip():
+    """ARC on SA3 (training/arc_steps.py): the discriminator attends to and scores a clip's frames only, so what
+    lies past a clip (real latents of silence, a generator's arbitrary output) cannot tell real from fake."""
+    from stableaudio_jax.training import arc_steps
+    config = load_config("sa3.py:tiny")
+    run = arc_steps.build(config, 3, 16)
+    state = jax.jit(lambda k: flax.linen.unbox(arc_steps._boxed_state(run, k)))(jax.random.key(0))
+    rng = np.random.default_rng(5)
+    frames = 24
+    padding = np.arange(frames)[None] < np.array([[24], [11]])
+    batch = {"latents": jnp.asarray(rng.normal(size=(2, frames, 8)), jnp.float32),
+             "padding_mask": jnp.asarray(padding), "seconds_start": jnp.zeros(2), "seconds_total": jnp.ones(2),
+             "text_embeddings": jnp.asarray(rng.normal(size=(2, 3, 16)), jnp.float32),
+             "text_mask": jnp.ones((2, 3), bool)}
+    score = jax.jit(lambda b: arc_steps.score(run, state.disc_params, b["latents"], jnp.full((2,), 0.5), b))
+    first = np.asarray(score(batch))
+    past = dict(batch, latents=jnp.where(jnp.asarray(padding)[..., None], batch["latents"], 50.0))
+    np.testing.assert_allclose(np.asarray(score(past)), first, atol=1e-5)
+    inside = dict(batch, latents=batch["latents"].at[1, 3].add(5.0))
+    assert abs(float(score(inside)[1]) - first[1]) > 1e-4

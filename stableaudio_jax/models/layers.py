@@ -231,7 +231,8 @@ class DenseGeneral(nn.Module):
             bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, self.axes[self.in_dims:]),
                               features, self.param_dtype)
             y = y + bias.astype(self.dtype)
-        return lora.adapted(self, x.astype(self.dtype).reshape(*lead, int(np.prod(ins))), y)
+        return lora.adapted(self, x.astype(self.dtype).reshape(*lead, int(np.prod(ins))), y,
+                            kernel.reshape(int(np.prod(ins)), int(np.prod(outs))))
 
 
 class WNConv2d(nn.Module):

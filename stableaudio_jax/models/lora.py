@@ -10,6 +10,12 @@ scanned DiT stacks them per layer as it stacks its weights, and the base weights
 
 ``create`` adds adapters to a model's variables; ``merge`` folds them into the kernels (``W + scale A B``), the
 form to export or serve at full speed; ``apply_scale`` multiplies an adapter's effect (``generate --lora P:0.5``).
+
+DoRA (``kind``: ``dora-rows`` / ``dora-cols``, Stable Audio 3's adapter types of those names) adds a trained
+magnitude ``m`` and uses ``W' = m * (W + scale A B) / ||W + scale A B||``, the norm per output feature (rows of the
+reference's ``[out, in]`` weight; ``m [out]``) or per input feature (its columns; ``m [in]``). ``m`` starts at the
+base kernel's norms, so a fresh DoRA adapter changes nothing either. A DoRA layer computes ``x (W' - W)`` beside
+``x W`` (one more matmul per adapted layer); adapter dropout is a LoRA option only.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ ATTENTION = (r"attn\w*/(to_)?(qkv|q|kv|out)$",)
 ATTENTION_AND_MLP = ATTENTION + (r"ff/(proj|out)$", r"ff_(in|out)$")  # DiT SwiGLU, U-Net GELU MLP
 WITH_CONVS = ATTENTION_AND_MLP + (r"conv\w*$",)  # + convolutions (U-Net conv1/conv2, down_i_conv, up_i_conv)
 TARGET_SETS = {"attention": ATTENTION, "attention+mlp": ATTENTION_AND_MLP, "attention+mlp+conv": WITH_CONVS}
+KINDS = ("lora", "dora-rows", "dora-cols")
+NORM_AXIS = {"dora-rows": -2, "dora-cols": -1}  # of a kernel [..., in, out]: per output / per input feature
 
 _creating: contextvars.ContextVar[LoraSpec | None] = contextvars.ContextVar("lora_creating", default=None)
 _dropout: contextvars.ContextVar[float] = contextvars.ContextVar("lora_dropout", default=0.0)
@@ -43,8 +51,13 @@ class LoraSpec:
     alpha: float
     targets: tuple[str, ...] = ATTENTION   # regular expressions searched in a layer's path ("blocks/self_attn/qkv")
     dropout: float = 0.0
+    kind: str = "lora"                     # or "dora-rows" / "dora-cols" (a trained magnitude, see above)
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"adapter kind {self.kind!r}: expected one of {KINDS}")
+        if self.kind != "lora" and float(self.dropout):
+            raise ValueError(f"adapter dropout {self.dropout} with kind {self.kind!r}: dropout is a LoRA option")
         if int(self.rank) < 1:
             raise ValueError(f"LoRA rank {self.rank!r}: expected a positive integer")
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -58,7 +71,7 @@ class LoraSpec:
         if isinstance(targets, str):
             targets = TARGET_SETS.get(targets, (targets,))
         return cls(int(cfg["rank"]), float(cfg.get("alpha", cfg["rank"])), tuple(targets),
-                   float(cfg.get("dropout", 0.0)))
+                   float(cfg.get("dropout", 0.0)), str(cfg.get("kind", "lora")))
 
     def selects(self, path: str) -> bool:
         return any(re.search(pattern, path) for pattern in self.targets)
@@ -69,7 +82,7 @@ class LoraSpec:
 
     def as_dict(self) -> dict:
         return {"rank": int(self.rank), "alpha": float(self.alpha), "targets": list(self.targets),
-                "dropout": float(self.dropout)}
+                "dropout": float(self.dropout), "kind": self.kind}
 
 
 @contextlib.contextmanager
@@ -82,13 +95,18 @@ def dropout(rate: float) -> Iterator[None]:
         _dropout.reset(token)
 
 
-def adapted(module: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
-    """``y`` plus the layer's adapter term (``x``: the layer's input flattened to ``[..., in]``); creates the
-    adapter while :func:`create` runs and the layer is selected."""
-    _maybe_create(module, x.shape[-1], int(np.prod(y.shape[x.ndim - 1:])))
+def adapted(module: nn.Module, x: jax.Array, y: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
+    """``y`` plus the layer's adapter term (``x``: the layer's input flattened to ``[..., in]``; ``kernel``: the
+    layer's kernel as ``[in, out]``, which DoRA needs); creates the adapter while :func:`create` runs and the layer
+    is selected."""
+    _maybe_create(module, x.shape[-1], int(np.prod(y.shape[x.ndim - 1:])), kernel)
     if not module.has_variable(LORA, "a"):
         return y
     a, b = module.get_variable(LORA, "a"), module.get_variable(LORA, "b")
+    if module.has_variable(LORA, "m"):
+        scale = module.get_variable(LORA_SCALE, "scale")
+        delta = dora_kernel(kernel, a, b, scale, module.get_variable(LORA, "m")) - kernel.astype(jnp.float32)
+        return y + (x @ delta.astype(x.dtype)).reshape(y.shape).astype(y.dtype)
     h, rate = x, _dropout.get()
     if rate > 0 and module.has_rng(LORA_RNG):
         keep = jax.random.bernoulli(module.make_rng(LORA_RNG), 1.0 - rate, h.shape)
@@ -109,7 +127,17 @@ def adapted_kernel(module: nn.Module, kernel: jax.Array) -> jax.Array:
     return (kernel.astype(jnp.float32) + delta.reshape(kernel.shape)).astype(kernel.dtype)
 
 
-def _maybe_create(module: nn.Module, fan_in: int, fan_out: int) -> None:
+def dora_kernel(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: jax.Array, m: jax.Array) -> jax.Array:
+    """``m * (W + scale A B) / ||W + scale A B||`` for ``kernel [..., in, out]`` (float32). ``m`` is kept in the
+    norm's keepdims shape, which says which norm: ``[..., 1, out]`` per output feature (rows), ``[..., in, 1]`` per
+    input feature (columns)."""
+    w = kernel.astype(jnp.float32).reshape(*a.shape[:-1], b.shape[-1])
+    w = w + jnp.einsum("...ir,...ro->...io", a, b) * jnp.asarray(scale)[..., None, None]
+    axis = -2 if m.shape[-2] == 1 else -1
+    return m * w / (jnp.linalg.norm(w, axis=axis, keepdims=True) + 1e-12)
+
+
+def _maybe_create(module: nn.Module, fan_in: int, fan_out: int, kernel: jax.Array | None = None) -> None:
     """Creates the layer's adapter while :func:`create` runs and the layer is selected."""
     spec = _creating.get()
     if spec is None or not module.is_mutable_collection(LORA) or not spec.selects("/".join(module.path)):
@@ -119,6 +147,12 @@ def _maybe_create(module: nn.Module, fan_in: int, fan_out: int) -> None:
                                                           jnp.float32, -bound, bound))
     module.variable(LORA, "b", lambda: jnp.zeros((spec.rank, fan_out), jnp.float32))
     module.variable(LORA_SCALE, "scale", lambda: jnp.asarray(spec.scale, jnp.float32))
+    if spec.kind != "lora":
+        if kernel is None:
+            raise ValueError(f"{'/'.join(module.path)}: {spec.kind} needs the layer's kernel (a linear layer); "
+                             "convolutions take LoRA only")
+        flat = kernel.astype(jnp.float32).reshape(fan_in, fan_out)
+        module.variable(LORA, "m", lambda: jnp.linalg.norm(flat, axis=NORM_AXIS[spec.kind], keepdims=True))
 
 
 def create(apply_fn, variables: dict, spec: LoraSpec, rng: jax.Array, *args, **kwargs) -> dict:
@@ -184,6 +218,10 @@ def merge(variables: dict, adapters: dict) -> dict:
         node, lora = _node(params, keys), _node(adapters[LORA], keys)
         scale = jnp.asarray(_node(adapters[LORA_SCALE], keys)["scale"], jnp.float32)
         kernel = node["kernel"]
+        if "m" in lora:
+            merged = dora_kernel(kernel, lora["a"], lora["b"], scale, lora["m"])
+            node["kernel"] = merged.reshape(kernel.shape).astype(kernel.dtype)
+            continue
         delta = jnp.einsum("...ir,...ro->...io", lora["a"], lora["b"]) * scale[..., None, None]
         node["kernel"] = (kernel.astype(jnp.float32) + delta.reshape(kernel.shape)).astype(kernel.dtype)
     return {**{k: v for k, v in variables.items() if k not in COLLECTIONS}, "params": params}
@@ -211,6 +249,9 @@ def combined(adapters: Sequence[dict]) -> dict:
     along the rank (``x [A1 A2] [s1 B1; s2 B2]`` = the sum of their terms), each scale folded into its ``B``."""
     if len(adapters) == 1:
         return adapters[0]
+    if any(is_dora(a) for a in adapters):
+        raise ValueError("DoRA adapters do not add up by concatenation (each renormalises the kernel): merge them "
+                         "one at a time (store.adapters.apply_adapters does)")
     owned = [set(adapter_paths(a)) for a in adapters]
     lora, scales = {}, {}
     for path in sorted(set().union(*owned)):
@@ -222,6 +263,11 @@ def combined(adapters: Sequence[dict]) -> dict:
         _set(lora, keys, {"a": a, "b": b})
         _set(scales, keys, {"scale": jnp.ones_like(jnp.asarray(parts[0][1]))})
     return {LORA: lora, LORA_SCALE: scales}
+
+
+def is_dora(adapters: dict) -> bool:
+    return any(str(getattr(path[-1], "key", "")) == "m"
+               for path, _ in jax.tree_util.tree_flatten_with_path(adapters[LORA])[0])
 
 
 def _set(tree: dict, keys: Sequence[str], value: Any) -> None:

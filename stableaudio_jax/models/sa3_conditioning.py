@@ -130,6 +130,10 @@ class SA3Conditioned:
         cross, global_cond = self.conditioner.apply(params["conditioner"], text, text_mask, seconds_total)
         return dict(cross_attn_cond=cross, global_cond=global_cond)
 
+    def predict(self, params: dict, x: jax.Array, t: jax.Array, cond: dict) -> jax.Array:
+        """The velocity; ``cond`` from :meth:`condition`, optionally with ``padding_mask`` (and ``local_cond``)."""
+        return self.denoiser.apply(params["denoiser"], x, t, **cond)
+
     def denoiser_params(self, params: dict) -> dict:
         """As a stored SA3 model holds them (``store.sa3``: ``{"params": {"dit", "conditioner"}}``)."""
         return {"params": {"dit": params["denoiser"]["params"], "conditioner": params["conditioner"]["params"]}}

@@ -212,6 +212,7 @@ class SA3DiT(nn.Module):
     attention_impl: str = "auto"
     scan_layers: bool = False
     remat: str = "none"
+    features_only: bool = False        # return the last block's hidden states of the frames [B, T, embed] (ARC)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -277,6 +278,8 @@ class SA3DiT(nn.Module):
             local = (jnp.zeros((*x.shape[:2], self.local_cond_dim), self.dtype) if local_cond is None
                      else local_cond.astype(self.dtype))
         h = self._blocks(h, context.astype(self.dtype), modulation, local, cos, sin, mask)
+        if self.features_only:
+            return h[:, self.num_memory_tokens:].astype(jnp.float32)
         out = _dense(self.io_channels, ("embed", "latent"), "project_out", kw)(h[:, self.num_memory_tokens:])
         out = out + _dense(self.io_channels, ("latent", "latent_out"), "postprocess_conv", kw, zero=True)(out)
         return out.astype(jnp.float32)

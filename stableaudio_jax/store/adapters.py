@@ -71,6 +71,10 @@ def apply_adapters(denoiser: dict, adapters: Sequence[tuple[LoraAdapter, float]]
             logger.warning("the LoRA adapter %s was trained on %s (weights %s...), not on %s; applying it anyway",
                            adapter.source, adapter.base.get("path"), str(adapter.base.get("sha256"))[:12], where)
         scaled.append(lora.apply_scale(adapter.adapters, scale))
+    if any(lora.is_dora(a) for a in scaled):  # DoRA renormalises the kernel: one adapter at a time, in order
+        for adapter in scaled:
+            denoiser = lora.merge(denoiser, adapter)
+        return denoiser
     return lora.merge(denoiser, lora.combined(scaled)) if scaled else denoiser
 
 

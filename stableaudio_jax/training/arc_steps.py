@@ -32,9 +32,10 @@ import optax
 from stableaudio_jax.diffusion.objectives import sample_timesteps
 from stableaudio_jax.models.arc import ScoreHead
 from stableaudio_jax.models.conditioned import ConditionedDenoiser
+from stableaudio_jax.models.sa3_conditioning import SA3Conditioned
 from stableaudio_jax.parallel.sharding import in_mesh, normalize_rules, param_shardings
 from stableaudio_jax.store.builders import diffusion_model_from_config, resolve_conditioning
-from stableaudio_jax.training.diffusion_steps import batch_sharding, example_batch
+from stableaudio_jax.training.diffusion_steps import SA3_TYPE, batch_sharding, example_batch, sa3_model
 from stableaudio_jax.training.loop import abstract_with_shardings, frozen_without
 from stableaudio_jax.training.optim import ema_decay, ema_update, learning_rate, make_optimizer
 
@@ -64,8 +65,14 @@ class ARCTraining:
     def latent_channels(self) -> int:
         return self.model.latent_channels
 
+    @property
+    def kind(self) -> str:
+        return self.model.kind
+
 
 def build(config, text_length: int, text_dim: int) -> ARCTraining:
+    if config.model.type == SA3_TYPE:
+        return _build_sa3(config, text_length, text_dim)
     resolved = resolve_conditioning(config, text_dim, text_length)
     if resolved.model.get("type", "dit") != "dit" or resolved.diffusion.objective != "rectified_flow":
         raise ValueError(f"ARC post-trains a rectified-flow DiT; this model is a {resolved.model.get('type', 'dit')} "
@@ -81,6 +88,29 @@ def build(config, text_length: int, text_dim: int) -> ARCTraining:
     return ARCTraining(diffusion_model_from_config(resolved), diffusion_model_from_config(disc_config), head,
                        make_optimizer(config.training.optimizer), make_optimizer(a.disc_optimizer), resolved,
                        int(text_length), int(text_dim))
+
+
+def _build_sa3(config, text_length: int, text_dim: int) -> ARCTraining:
+    """ARC on an SA3 DiT: its discriminator is the DiT's first blocks over the clip's frames (padded frames excluded
+    from attention and from the score), conditioned as the generator is; text-to-audio (no inpainting input)."""
+    a = config.training.arc
+    if not 1 <= int(a.disc_blocks) <= int(config.model.depth):
+        raise ValueError(f"training.arc.disc_blocks={a.disc_blocks}: expected 1..{config.model.depth} (the "
+                         "generator's depth)")
+    disc_config = ml_collections.ConfigDict(config.to_dict())
+    disc_config.model.depth, disc_config.model.features_only = int(a.disc_blocks), True
+    head = ScoreHead(int(a.head_hidden), jnp.dtype(config.dtype), jnp.dtype(config.param_dtype))
+    return ARCTraining(sa3_model(config, text_dim), sa3_model(disc_config, text_dim), head,
+                       make_optimizer(config.training.optimizer), make_optimizer(a.disc_optimizer), config,
+                       int(text_length), int(text_dim))
+
+
+def _condition(model, params, batch: dict) -> dict:
+    cond = model.condition(params, batch["text_embeddings"], batch["text_mask"], batch["seconds_start"],
+                           batch["seconds_total"])
+    if model.kind == SA3Conditioned.kind:  # variable-length clips: padded frames masked in attention
+        cond = dict(cond, padding_mask=batch["padding_mask"])
+    return cond
 
 
 def _boxed_state(run: ARCTraining, rng: jax.Array) -> ARCTrainState:
@@ -118,13 +148,12 @@ def trunk_from(generator: dict, disc: dict) -> dict:
 
 
 def _features(run: ARCTraining, disc: dict, x, t, batch) -> jax.Array:
-    cond = run.disc.condition(disc, batch["text_embeddings"], batch["text_mask"], batch["seconds_start"],
-                              batch["seconds_total"])
-    return run.disc.predict(disc, x, t, cond)
+    return run.disc.predict(disc, x, t, _condition(run.disc, disc, batch))
 
 
 def score(run: ARCTraining, disc: dict, x, s, batch) -> jax.Array:
-    return run.head.apply(disc["head"], _features(run, disc, x, s, batch))
+    mask = batch["padding_mask"] if run.model.kind == SA3Conditioned.kind else None
+    return run.head.apply(disc["head"], _features(run, disc, x, s, batch), mask)
 
 
 def _rolled(batch: dict) -> dict:
@@ -144,9 +173,7 @@ def _fake(run: ARCTraining, params, batch, x0, t, eps):
     """One-step denoising of ``x0`` noised to ``t``: ``x̂0 = x_t - t v``."""
     tb = t[:, None, None]
     x_t = (1 - tb) * x0 + tb * eps
-    cond = run.model.condition(params, batch["text_embeddings"], batch["text_mask"], batch["seconds_start"],
-                               batch["seconds_total"])
-    return x_t - tb * run.model.predict(params, x_t, t, cond)
+    return x_t - tb * run.model.predict(params, x_t, t, _condition(run.model, params, batch))
 
 
 def generator_loss(run, params, disc, batch, rng):

@@ -10,10 +10,9 @@ import jax
 import ml_collections
 
 from stableaudio_jax.parallel.mesh import make_mesh
-from stableaudio_jax.store import load_diffusion
 from stableaudio_jax.training import arc_steps
 from stableaudio_jax.training.diffusion_steps import abstract_batch
-from stableaudio_jax.training.init_from import check_same_shapes, placed
+from stableaudio_jax.training.init_from import check_same_shapes, load_trainable, placed
 from stableaudio_jax.training.latent_run import LatentRun
 from stableaudio_jax.training.latent_source import model_batch
 from stableaudio_jax.training.memory_fit import Need
@@ -45,7 +44,7 @@ class ARCRun(LatentRun):
         compiled, t = self.compiled, self.config.training
 
         def init():
-            model = load_diffusion(t.init_from)
+            model = load_trainable(t.init_from)
             check_same_shapes(model.params, compiled.abstract.params, t.init_from)
             logger.info("ARC: generator and discriminator trunk (%d blocks) from %s", t.arc.disc_blocks, t.init_from)
             fresh = compiled.init(jax.random.key(self.config.seed))

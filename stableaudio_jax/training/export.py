@@ -42,7 +42,7 @@ def export_model(run, state, config, manifest: dict | None, directory: str, samp
     """The trained model (EMA denoiser + conditioners) as a text-to-audio model with the data's T5 and VAE, or the
     diffusion model alone when they are unknown; ``sampling``: generation defaults other than the objective's."""
     if run.kind == "sa3":
-        return export_sa3(run, state, config, manifest, directory)
+        return export_sa3(run, state, config, manifest, directory, sampling)
     params = host_arrays(sampling_params(run, state, None))
     if jax.process_index() != 0:
         return directory
@@ -68,9 +68,11 @@ def export_model(run, state, config, manifest: dict | None, directory: str, samp
     return path
 
 
-def export_sa3(run, state, config, manifest: dict | None, directory: str) -> str:
+def export_sa3(run, state, config, manifest: dict | None, directory: str, sampling: dict | None = None) -> str:
     """An SA3 run's EMA weights as a Stable Audio 3 bundle (``store.sa3``) with the data's SAME and T5Gemma; the
-    generation settings are the config's, at the data's sample rate, capped at the frames the run trained on."""
+    generation settings are the config's, at the data's sample rate, capped at the frames the run trained on.
+    ``sampling`` (ARC's few-step defaults) marks a post-trained model: objective ``rf_denoiser``, as the published
+    post-trained SA3 models are labelled."""
     from stableaudio_jax.models.sa3_conditioning import SA3Denoiser
     from stableaudio_jax.store.sa3 import SA3Model, save_sa3
     params = host_arrays(sampling_params(run, state, None))
@@ -83,6 +85,9 @@ def export_sa3(run, state, config, manifest: dict | None, directory: str) -> str
     model_config = ml_collections.ConfigDict({k: run.config[k].to_dict() for k in ("model", "conditioning",
                                                                                  "diffusion", "generation")})
     model_config.conditioning.max_length = int(manifest["text_length"])
+    if sampling:
+        model_config.generation.update(sampling)
+        model_config.diffusion.objective = "rf_denoiser"
     model_config.generation.update(sample_rate=int(manifest["sample_rate"]), max_frames=min(
         int(model_config.generation.max_frames), int(config.training.crop_frames)))
     bundle = SA3Model(text, SA3Denoiser(run.model.denoiser, run.model.conditioner),
