@@ -26,7 +26,6 @@ from typing import Iterator
 import grain
 import numpy as np
 
-from stableaudio_jax import paths
 from stableaudio_jax.audio.io import match_channels, resample
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
