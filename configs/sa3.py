@@ -40,7 +40,8 @@ def get_config(arg=None):
     tiny = variant == "tiny"
     config = ml_collections.ConfigDict()
     config.variant = variant
-    config.model = ml_collections.ConfigDict(dict(type="sa3_dit", scan_layers=not tiny, **MODELS[variant]))
+    config.model = ml_collections.ConfigDict(dict(type="sa3_dit", scan_layers=not tiny, remat="none",
+                                                  attention_impl="auto", **MODELS[variant]))
     config.dtype = "float32" if tiny else "bfloat16"  # compute dtype; params stay float32
     config.param_dtype = "float32"
     config.autoencoder = AUTOENCODERS[variant]

@@ -107,3 +107,13 @@ def test_bench_command_writes_rows_table_and_plot(tmp_path, capsys):
     assert "| 8x1x1 b1 | 8 |" in capsys.readouterr().out
     assert main(["bench", "sharding", "--mesh", "3x3x1", "--no-progress"]) == 2
     assert "mesh shape {'data': 3, 'fsdp': 3, 'tensor': 1} needs 9 devices; 8 are available" in capsys.readouterr().err
+
+
+def test_an_sa3_training_step_is_planned_like_any_denoiser():
+    """`bench sharding` on configs/sa3.py: the SA3 step (its own objective) compiles per strategy, its text shape
+    is T5Gemma's, --seconds follows SAME's frames, and FSDP lowers per-device memory against data parallelism."""
+    config = load_config("configs/sa3.py:tiny")
+    assert apply(config, Strategy((8, 1, 1), 1, seconds=0.512, remat="full")).training.crop_frames == 32
+    data, fsdp = (run_strategy(config, Strategy(mesh, 1, remat="full"), measure=False)
+                  for mesh in ((8, 1, 1), (1, 8, 1)))
+    assert fsdp["memory"]["arguments"] < data["memory"]["arguments"]

@@ -60,6 +60,10 @@ def parse_mesh(text: str, devices: int) -> tuple[int, int, int]:
 
 def frames_per_second(config) -> float:
     """Latent frames per second of audio for a denoiser config (its VAE's downsampling)."""
+    if config.model.type == "sa3_dit":  # SAME: 4096 (tiny: 32) samples per frame, at the generation's rate
+        from stableaudio_jax.config_loader import load_config
+        same = load_config(config.autoencoder).model
+        return float(config.generation.sample_rate) / (same.patch_size * same.stride)
     vae = config.get("vae")
     if vae is None:
         raise ValueError("the config names no VAE (config.vae); give the audio length in frames with "
@@ -115,6 +119,8 @@ TARGET_ATTENTION = {"tpu": "xla", "cuda": "xla"}
 
 def text_shape(config) -> tuple[int, int]:
     """(tokens, width) of the text features the denoiser is trained on: the configured encoder's."""
+    if config.model.type == "sa3_dit":  # T5Gemma states, unprojected
+        return int(config.conditioning.max_length), int(config.conditioning.text_dim)
     text = config.conditioning.get("text") or {}
     return int(text.get("max_length") or 128), synthetic_text_width(config)
 
