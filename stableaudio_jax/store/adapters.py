@@ -70,6 +70,8 @@ def apply_adapters(denoiser: dict, adapters: Sequence[tuple[LoraAdapter, float]]
         if base_sha256 and adapter.base.get("sha256") not in (None, "", base_sha256):
             logger.warning("the LoRA adapter %s was trained on %s (weights %s...), not on %s; applying it anyway",
                            adapter.source, adapter.base.get("path"), str(adapter.base.get("sha256"))[:12], where)
+        if scale == 0:  # the base as it is (a DoRA adapter at 0 would still renormalise: the reference skips it too)
+            continue
         scaled.append(lora.apply_scale(adapter.adapters, scale))
     if any(lora.is_dora(a) for a in scaled):  # DoRA renormalises the kernel: one adapter at a time, in order
         for adapter in scaled:
