@@ -154,8 +154,8 @@ def test_dora_starts_as_the_identity_merges_as_sa3_bakes_it_and_agrees_unmerged(
     jax.tree_util.tree_map(np.testing.assert_array_equal, apply_adapters(variables, [(stored, 0.0)], None, "test"),
                            variables)  # at strength 0 the base as it is (the reference skips the adapter)
     twice = apply_adapters(variables, [(stored, 1.0), (stored, 1.0)], None, "test")  # merged one after the other
-    np.testing.assert_allclose(np.asarray(layer(twice["params"])["kernel"]).ravel()[:50],
-                               np.asarray(layer(lora.merge(merged_variables, trained)["params"])["kernel"]).ravel()[:50],
-                               atol=1e-6)
+    again = lora.merge(merged_variables, trained)
+    np.testing.assert_allclose(np.asarray(layer(twice["params"])["kernel"]),
+                               np.asarray(layer(again["params"])["kernel"]), atol=1e-6)
     with pytest.raises(ValueError, match="dropout is a LoRA option"):
         lora.LoraSpec(rank=2, alpha=2.0, dropout=0.1, kind=kind)

@@ -140,4 +140,5 @@ class SA3Conditioned:
 
     @staticmethod
     def from_denoiser_params(stored: dict) -> dict:
-        return {"denoiser": {"params": stored["params"]["dit"]}, "conditioner": {"params": stored["params"]["conditioner"]}}
+        weights = stored["params"]
+        return {"denoiser": {"params": weights["dit"]}, "conditioner": {"params": weights["conditioner"]}}
