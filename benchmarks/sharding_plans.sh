@@ -46,6 +46,9 @@ declare -A plans=(
   [sao_attention_v5e-8]="$sao --target tpu:v5e-8 --mesh 1x8x1 --attention xla,flash --seconds 47.55,95"
   [sao_generate_length_v5p-8]="$sao --target tpu:v5p-8 --workload generate --param-dtype bfloat16 --mesh 4x1x1 --seconds 10,30,47.55,95,190,285"
   [vae_h100x8]="--config configs/vae.py:sao --workload vae-train --target gpu:h100x8 --mesh 8x1x1,4x2x1,1x8x1"
+  # Stable Audio 3 Medium (1.45 B) training on its longest clips (4096 frames, 380 s): one chip's batch of 1 under
+  # FSDP over a v5p-8's 4 chips, without and with full remat (one strategy each, not a search)
+  [sa3_medium_v5p-8]="--config configs/sa3.py:medium --target tpu:v5p-8 --mesh 1x4x1 --batch 1 --remat none,full --no-measure"
 )
 # XLA's GPU compiler without autotuning (ahead of time) fails to tile some GEMMs for the L4 (sm_89) at batch 8
 # ("Couldn't find output tile sizes"): the L4 memory plans use cuBLAS GEMMs instead of Triton ones. Their memory
@@ -56,7 +59,7 @@ declare -A xla_flags=([sao_finetune_ema_device_l4x1]=$l4_gemm [sao_finetune_ema_
 order=(sao_v5p-8 sao_v5e-8 sao_v5p-64 sao_v6e-64 sao_h100x8 sao_finetune_l4x1 sao_remat_l4x1 sao_finetune_l4x8 sao_finetune_ema_device_l4x1
        sao_finetune_ema_host_l4x1 sao_finetune_ema_off_l4x1 sao_lora16_l4x1 sao_lora64_l4x1 dit3b_v5p-64
        dit3b_v6e-64 sao_attention_v5e-8 vae_h100x8 sao_generate_tp_v5p-8 sao_generate_dp_v5p-8 sao_generate_length_v5p-8 sao_v5p-64_batch sao_v6e-64_batch
-       sao_v6e-256_fsdp sao_v6e-256 sao_batch256_v5p)
+       sao_v6e-256_fsdp sao_v6e-256 sao_batch256_v5p sa3_medium_v5p-8)
 for name in "${@:-${order[@]}}"; do
   echo "== $name: stableaudio-jax bench sharding ${plans[$name]}"
   rm -f "$out/$name.jsonl"

@@ -111,7 +111,10 @@ def test_bench_command_writes_rows_table_and_plot(tmp_path, capsys):
 
 def test_an_sa3_training_step_is_planned_like_any_denoiser():
     """`bench sharding` on configs/sa3.py: the SA3 step (its own objective) compiles per strategy, its text shape
-    is T5Gemma's, --seconds follows SAME's frames, and FSDP lowers per-device memory against data parallelism."""
+    is T5Gemma's, --seconds follows SAME's frames, a scanned SA3 DiT is costed from unrolled twins, and FSDP lowers
+    per-device memory against data parallelism."""
+    from stableaudio_jax.bench.sharding import scanned_layers
+    assert scanned_layers(load_config("configs/sa3.py:small")) == 20  # its cost fitted from unrolled twins
     config = load_config("configs/sa3.py:tiny")
     assert apply(config, Strategy((8, 1, 1), 1, seconds=0.512, remat="full")).training.crop_frames == 32
     data, fsdp = (run_strategy(config, Strategy(mesh, 1, remat="full"), measure=False)

@@ -61,9 +61,10 @@ def compile_strategy(config, strategy: Strategy, target: Target):
 
 
 def scanned_layers(config) -> int | None:
-    """The DiT's depth when its blocks are a ``lax.scan`` (whose body XLA's cost analysis counts once)."""
+    """The DiT's (or SA3 DiT's) depth when its blocks are a ``lax.scan`` (whose body XLA's cost analysis counts
+    once)."""
     model = config.model
-    return int(model.depth) if model.type == "dit" and model.get("scan_layers") else None
+    return int(model.depth) if model.type in ("dit", "sa3_dit") and model.get("scan_layers") else None
 
 
 def unrolled_cost(config, strategy: Strategy, target: Target, quick: bool = False) -> dict[str, Any]:
