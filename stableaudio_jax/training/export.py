@@ -18,8 +18,10 @@ from stableaudio_jax.diffusion.samplers import default_sampling
 from stableaudio_jax.models import lora
 from stableaudio_jax.store import (VAE, TextToAudioModel, diffusion_model, load_diffusion, load_text_to_audio,
                                    read_info, save_diffusion, save_text_to_audio, save_vae, vae_from_config)
+from stableaudio_jax.models.sa3_conditioning import SA3Denoiser
 from stableaudio_jax.store.adapters import LoraAdapter, base_record, save_lora
 from stableaudio_jax.store.format import host_arrays
+from stableaudio_jax.store.sa3 import SA3Model, is_sa3, load_sa3, save_sa3
 from stableaudio_jax.training.lora_runs import sampling_params, trained_adapters
 from stableaudio_jax.training.sources import data_model_paths, load_data_models
 
@@ -73,14 +75,13 @@ def export_sa3(run, state, config, manifest: dict | None, directory: str, sampli
     generation settings are the config's, at the data's sample rate, capped at the frames the run trained on.
     ``sampling`` (ARC's few-step defaults) marks a post-trained model: objective ``rf_denoiser``, as the published
     post-trained SA3 models are labelled."""
-    from stableaudio_jax.models.sa3_conditioning import SA3Denoiser
-    from stableaudio_jax.store.sa3 import SA3Model, save_sa3
     params = host_arrays(sampling_params(run, state, None))
     if jax.process_index() != 0:
         return directory
-    if not all(data_model_paths(config, manifest)):
-        raise ValueError(f"export to {directory}: an SA3 model is stored with the SAME and T5Gemma that encoded "
-                         "its data, and this run's data names none (train on `stableaudio-jax encode` output)")
+    if not all(data_model_paths(config, manifest)):  # synthetic data (benchmarks): the checkpoints are the result
+        logger.warning("not exported to %s: an SA3 model is stored with the SAME and T5Gemma that encoded its data, "
+                       "and this run's data names none (train on `stableaudio-jax encode` output)", directory)
+        return directory
     vae, text = load_data_models(config, manifest)
     model_config = ml_collections.ConfigDict({k: run.config[k].to_dict() for k in ("model", "conditioning",
                                                                                  "diffusion", "generation")})
@@ -123,7 +124,6 @@ def export_merged(run, state, config, directory: str) -> str:
     source = config.training.init_from
     provenance = {"base": paths.absolute(source), "step": int(state.step),
                   "lora": {"rank": run.lora.rank, "alpha": run.lora.alpha}}
-    from stableaudio_jax.store.sa3 import is_sa3, load_sa3, save_sa3
     if read_info(source).kind == "text-to-audio" and is_sa3(source):
         bundle = load_sa3(source)
         dit = lora.merge({"params": bundle.params["params"]["dit"]}, adapters)["params"]
