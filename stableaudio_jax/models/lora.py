@@ -13,7 +13,7 @@ form to export or serve at full speed; ``apply_scale`` multiplies an adapter's e
 
 DoRA (``kind``: ``dora-rows`` / ``dora-cols``, Stable Audio 3's adapter types of those names) adds a trained
 magnitude ``m`` and uses ``W' = m * (W + scale A B) / ||W + scale A B||``, the norm per output feature (rows of the
-reference's ``[out, in]`` weight; ``m [out]``) or per input feature (its columns; ``m [in]``). ``m`` starts at the
+reference's ``[out, in]`` weight; ``m [1, out]``) or per input feature (its columns; ``m [in, 1]``). ``m`` starts at the
 base kernel's norms, so a fresh DoRA adapter changes nothing either. A DoRA layer computes ``x (W' - W)`` beside
 ``x W`` (one more matmul per adapted layer); adapter dropout is a LoRA option only.
 """
