@@ -10,7 +10,7 @@ Variants:
             the reference's adversarial + feature-matching phase after a spectral warm-up, 512x down to 16
             channels (32x fewer floats per second), and a DiT 5.5x the cpu one's; quickstart resumes stage by
             stage, so it may be stopped and rerun. Its first run (docs/learning.md) failed: the VAE did not learn
-            at the cpu preset's 2e-3; the preset now trains it at 5e-4 (see below)
+            at the cpu preset's 2e-3; at 5e-4 (the preset since) the second run learns, its VAE the ceiling
   gpu       one GPU: all 8 instruments, 5 s clips at 44.1 kHz stereo, SAO's VAE structure at half width (39 M
             parameters, 2048x down to 64 channels: SAO's 64x fewer floats per second, 32x per audio channel) and a
             12 x 512 DiT, both with the reference's hyper-parameters (stable-audio-tools' SAO VAE and DiT training
