@@ -4,7 +4,8 @@ import os
 import sys
 
 process_id, count, port, out, steps = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // count} --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={8 // count} "
+                           + os.environ.get("STABLEAUDIO_TESTS_XLA_FLAGS", ""))  # tests/conftest.py's compile flags
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
