@@ -39,7 +39,9 @@ os.environ["JAX_PLATFORMS"] = "cpu"  # tests never need an accelerator
 # run, the other xdist worker) holds libtpu. bench/targets.py sets the same for `bench sharding`.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # One persistent compilation cache for the session, inherited by the subprocesses the CLI and multi-host tests
-# start: a computation compiled once (same HLO, same devices, same flags) is not compiled again.
+# start: a computation compiled once (same HLO, same devices, same flags) is not compiled again. Every compile is
+# kept, however short: each file ends by dropping the in-memory caches (below) and each subprocess starts without
+# them, so the many small programs (eager ops, shape helpers) would otherwise be compiled again file after file.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import atexit
     import shutil
@@ -47,7 +49,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="stableaudio-jax-xla-cache-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -282,3 +282,33 @@ def test_learning_record_times_a_stopped_and_resumed_run_without_its_pauses_and_
     assert first["stage_seconds"] == {"demo-data": 420.0, "text encoder": 120.0, "ingest": None}
     assert second["started"].endswith("05:50:00") and second["stage_seconds"] == {"demo-data": 60.0,
                                                                                    "text encoder": None}
+
+
+def test_compile_flags_benchmark_measures_the_suites_flags_and_keeps_every_repeat(monkeypatch):
+    """benchmarks/compile_flags.py (the evidence for tests/conftest.py's XLA flags): its ``suite`` set is the one the
+    suite uses, and its ratios are per repeat against level 0, every repeat kept (children faked: each real child
+    compiles for half a minute)."""
+    import conftest
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        bench = _benchmark_module("compile_flags")
+    finally:
+        sys.path.pop(0)
+    assert bench.FLAG_SETS["suite"] == conftest._COMPILE_FAST
+    compile_s = {"default": 20.0, "level0": 10.0, "suite": 4.0}
+    calls = []
+
+    def child(flags):
+        name = next(n for n, f in bench.FLAG_SETS.items() if f == flags)
+        calls.append(name)
+        scale = 1.0 + 0.1 * (len(calls) > 3)  # the second repeat is 10 % slower on every side
+        return {p: {"compile_cpu_s": compile_s[name] * scale, "compile_wall_s": 0.0,
+                    "step_cpu_s": (0.5 if name == "default" else 1.0) * scale} for p in bench.PROGRAMS}
+    monkeypatch.setattr(bench, "_run_child", child)
+    report = bench.measure(repeats=2)
+    assert calls == ["default", "level0", "suite"] * 2  # interleaved: every set once per repeat
+    assert len(report["rows"]) == 2
+    suite = report["summary"]["suite/vae"]
+    assert suite["compile_speedup_vs_level0"] == {"median": 2.5, "min": 2.5, "max": 2.5}
+    assert report["summary"]["default/dit_scanned"]["step_time_vs_level0"]["median"] == 0.5
+    assert report["compile_cpu_s_all_programs"]["level0"]["min"] == 30.0
