@@ -7,8 +7,8 @@ import pathlib
 # 8 fake CPU devices for sharding tests. The tests run tiny models, so XLA compile time dominates, and the flags
 # below trade run-time speed for compile time (none changes the maths): backend optimisation level 0 halves the
 # suite's wall time (how hard LLVM optimises); XLA:CPU's older elemental emitters instead of its MLIR fusion
-# emitters, in one LLVM module, compile a tiny DiT/VAE training step 2-5x faster at about the same step time
-# (benchmarks/compile_flags.py, docs/results/compile_flags.json). Worker scripts that set their own XLA_FLAGS
+# emitters, in one LLVM module, compile a tiny DiT/VAE training step 1.7-6x faster than level 0 alone, its steps
+# up to 1.2x as long (medians: benchmarks/compile_flags.py, docs/results/compile_flags.json). Worker scripts that set their own XLA_FLAGS
 # append STABLEAUDIO_TESTS_XLA_FLAGS.
 _COMPILE_FAST = ["--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false",
                  "--xla_cpu_parallel_codegen_split_count=1"]
