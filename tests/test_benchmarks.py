@@ -312,3 +312,26 @@ def test_compile_flags_benchmark_measures_the_suites_flags_and_keeps_every_repea
     assert suite["compile_speedup_vs_level0"] == {"median": 2.5, "min": 2.5, "max": 2.5}
     assert report["summary"]["default/dit_scanned"]["step_time_vs_level0"]["median"] == 0.5
     assert report["compile_cpu_s_all_programs"]["level0"]["min"] == 30.0
+
+
+def test_cpu_preset_vae_lr_changes_only_the_rate_and_reads_what_the_vae_trained_with(tmp_path):
+    """The comparison's runs differ from the preset in the generator's learning rate alone, and each row reports
+    the rate from the VAE run's own config (not the one asked for) beside the quickstart's times and evaluation."""
+    bench = _benchmark_module("cpu_preset_vae_lr")
+    from stableaudio_jax.config_loader import load_config
+    preset = load_config("configs/quickstart.py:cpu").vae.overrides
+    changed = bench.rate_overrides(5e-4)
+    assert [a for a, b in zip(preset, changed) if a != b] == [o for o in preset if o.startswith(bench.LR_KEY)]
+    assert f"{bench.LR_KEY}0.0005" in changed and len(changed) == len(preset)
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"training": {"gen_optimizer": {"lr": 5e-4}}}))
+    (tmp_path / "quickstart.json").write_text(json.dumps(
+        {"runs": {"dit": {"stage_seconds": {"train-vae": 300.0}, "total_seconds": 750.0}}}))
+    rows = {name: {"clips": 12} for name in ("trained model", "real audio through the VAE", "untrained model")}
+    sections = {"autoencoder reconstruction": {"trained VAE": {"mel_distance": 2.6}}, "prompt adherence": rows,
+                "timing control": {"trained model": {"tail_energy_db": -2.3}}}
+    (tmp_path / "evaluation" / "dit").mkdir(parents=True)
+    (tmp_path / "evaluation" / "dit" / "evaluation.json").write_text(json.dumps({"sections": sections}))
+    row = bench.summarize(str(tmp_path))
+    assert row["vae_lr"] == 5e-4 and row["total_seconds"] == 750.0 and row["test"]["vae"]["mel_distance"] == 2.6
+    assert row["test"]["timing"]["tail_energy_db"] == -2.3 and row["test"]["through_vae"] == {"clips": 12}
