@@ -62,11 +62,19 @@ def summarize(workdir: str) -> dict:
     vae_config = _read(os.path.join(workdir, "vae", "config.json"))
     sections = _read(os.path.join(workdir, "evaluation", "dit", "evaluation.json"))["sections"]
     adherence = sections["prompt adherence"]
-    return {"vae_lr": vae_config["training"]["gen_optimizer"]["lr"],
+    return {"vae_lr": vae_config["training"]["gen_optimizer"]["lr"], "dit_grad_norm": dit_grad_norms(workdir),
             "stage_seconds": quickstart["stage_seconds"], "total_seconds": quickstart["total_seconds"],
             "test": {"vae": sections["autoencoder reconstruction"]["trained VAE"],
                      "dit": adherence["trained model"], "through_vae": adherence["real audio through the VAE"],
                      "untrained": adherence["untrained model"], "timing": sections["timing control"]["trained model"]}}
+
+
+def dit_grad_norms(workdir: str) -> dict:
+    """The DiT's gradient norm at its logged steps: whether cpu-long's other change (clipping at norm 1) would act
+    on this preset at all."""
+    with open(os.path.join(workdir, "dit", "metrics.jsonl"), encoding="utf-8") as f:
+        norms = [row["train/grad_norm"] for row in map(json.loads, f) if "train/grad_norm" in row]
+    return {"logged_steps": len(norms), "max": max(norms), "median": sorted(norms)[len(norms) // 2]}
 
 
 def main(argv=None) -> int:
