@@ -333,3 +333,23 @@ def test_screening_says_does_not_fit_only_for_want_of_memory(monkeypatch, messag
         return
     screened = planner.screen(config, strategy, target)
     assert screened.fits is False and screened.memory == fits_memory and "RESOURCE_EXHAUSTED" in screened.error
+
+
+def test_an_sa3_generation_plan_samples_as_its_config_says_and_decodes_with_same(tmp_path):
+    """SA3's generate workload: the sampler and guidance of the config's generation section (ping-pong unguided, as
+    the post-trained models run), the latent length from SAME's rate, the SAME decoder in its config's chunks."""
+    from stableaudio_jax.bench import generation
+    out = tmp_path / "sa3.jsonl"
+    # SA3 tiny: 2 kHz, SAME tiny's 32x (62.5 frames/s): 4.8 s is 300 frames, 3 chunks of 128 (+ 2 x 32 overlap)
+    assert main(["bench", "sharding", "--workload", "generate", "--config", "configs/sa3.py:tiny", "--target",
+                 "tpu:v5e-4", "--mesh", "4x1x1", "--steps", "8", "--seconds", "4.8", "--out", str(out),
+                 "--no-progress", "--config.generation.sampler=pingpong"]) == 0
+    row = json.loads(out.read_text())
+    assert (row["workload"], row["sampler"], row["cfg"], row["steps"]) == ("generate", "pingpong", False, 8)
+    assert row["frames"] == 300 and row["audio_seconds"] == pytest.approx(4.8) and row["decode_chunks"] == 3
+    assert set(row["memory"]["parts"]) == {"sampler", "decode_chunk"} and row["fits"] is True
+    assert row["bound_parts"]["sampling"] > 0 and row["bound_parts"]["decode"] > 0
+    # guidance as the config says: a cfg_scale other than 1 doubles each step's batch (base models, 50 steps)
+    guided = load_config("configs/sa3.py:tiny", ["generation.cfg_scale=3.0"])
+    assert generation.guidance(guided) == {"sampler": "euler", "cfg": True}
+    assert generation.guidance(load_config("configs/dit.py:tiny")) == {"sampler": "dpmpp-3m-sde", "cfg": True}

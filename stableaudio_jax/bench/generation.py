@@ -1,6 +1,10 @@
 """The ``generate`` workload of ``bench sharding``: text-to-audio latency of one batch — the conditioning, the
-sampling scan (the objective's default sampler, classifier-free guidance as one batched call per step) and the
-VAE decode in chunks — compiled for a target, with per-device memory and a whole-run cost.
+sampling scan and the autoencoder's decode in chunks — compiled for a target, with per-device memory and a
+whole-run cost. Stable Audio 1/2/Open denoisers: the objective's default sampler, classifier-free guidance as one
+batched call per step, the VAE decoded in ``models.chunked_vae``'s chunks. Stable Audio 3 (``configs/sa3.py``): as
+``SA3Pipeline`` generates, on SA3's time grid with the DiT's padding mask (a length bucket's padded frames) and the
+sampler and guidance of the config's ``generation`` section (guided only when its cfg_scale is not 1: the
+post-trained models sample with ping-pong at 8 steps, unguided), the SAME decoder in its config's chunks.
 
 XLA's cost analysis counts a ``lax.scan`` body once, and generation nests two: the sampler's steps around the
 denoiser's scanned layers. The cost is therefore fitted from small unrolled compiles: the sampler at 1 and 2 steps
@@ -22,10 +26,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from stableaudio_jax.bench import compiled as analysis
 from stableaudio_jax.bench import targets
-from stableaudio_jax.bench.strategies import Strategy, apply, apply_for_target, text_shape
+from stableaudio_jax.bench.strategies import Strategy, apply, apply_for_target, frames_per_second, text_shape
 from stableaudio_jax.bench.targets import Target
 
 CFG_SCALE = 7.0
+SA3_TYPE = "sa3_dit"  # config.model.type of a Stable Audio 3 DiT
+LAYERED = ("dit", SA3_TYPE)  # denoisers whose layer stack the cost fit unrolls at depth 1 and 2
 
 
 def _mesh(strategy: Strategy, target: Target):
@@ -40,7 +46,6 @@ def _compile(fn, args, mesh, rules, in_shardings, out_sharding):
 
 def compile_sampler(config, strategy: Strategy, target: Target, steps: int):
     """The conditioning + sampling scan for ``strategy`` (batch = its global batch, length = its seconds)."""
-    from stableaudio_jax.diffusion.samplers import DEFAULT_SAMPLERS, sample
     from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
     from stableaudio_jax.training import diffusion_steps
     from stableaudio_jax.training.loop import abstract_with_shardings
@@ -48,7 +53,7 @@ def compile_sampler(config, strategy: Strategy, target: Target, steps: int):
     mesh, rules = _mesh(strategy, target), normalize_rules(config.sharding_rules)
     length, width = text_shape(config)
     run = diffusion_steps.build(config, length, width)
-    model, objective = run.model, config.diffusion.objective
+    model = run.model
     batch, frames = strategy.global_batch(), int(config.training.crop_frames)
     example = diffusion_steps.example_batch(run)
     boxed = jax.eval_shape(lambda k: model.init(k, example["latents"], example["text_embeddings"],
@@ -56,18 +61,52 @@ def compile_sampler(config, strategy: Strategy, target: Target, steps: int):
     shardings = param_shardings(boxed, mesh, rules)
     rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     whole = NamedSharding(mesh, PartitionSpec())
+    abstract = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
+    if config.model.type == SA3_TYPE:  # the per-clip input: the padding mask
+        generate, per_clip = sa3_generate(model, config.generation, steps), abstract((batch, frames), bool)
+    else:  # seconds_start
+        generate, per_clip = sao_generate(model, config.diffusion.objective, steps), abstract((batch,))
+    args = (abstract_with_shardings(nn.unbox(boxed), shardings), abstract((batch, frames, run.latent_channels)),
+            jax.eval_shape(lambda: jax.random.key(0)), abstract((batch, length, width)),
+            abstract((batch, length), bool), per_clip, abstract((batch,)))
+    in_shardings = (shardings, rows, whole, rows, rows, rows, rows)
+    return _compile(generate, args, mesh, rules, in_shardings, rows), config
+
+
+def sao_generate(model, objective: str, steps: int):
+    """``generate(params, noise, rng, text, mask, seconds_start, seconds_total)`` of a Stable Audio 1/2/Open
+    denoiser: the objective's default sampler, classifier-free guidance at ``CFG_SCALE``."""
+    from stableaudio_jax.diffusion.samplers import DEFAULT_SAMPLERS, sample
 
     def generate(params, noise, rng, text, mask, start, total):
         cond = model.condition(params, text, mask, start, total)
         return sample(lambda x, t: model.guided(params, x, t, cond, CFG_SCALE), noise, rng, objective=objective,
                       sampler=DEFAULT_SAMPLERS[objective], steps=steps)
+    return generate
 
-    abstract = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
-    args = (abstract_with_shardings(nn.unbox(boxed), shardings), abstract((batch, frames, run.latent_channels)),
-            jax.eval_shape(lambda: jax.random.key(0)), abstract((batch, length, width)),
-            abstract((batch, length), bool), abstract((batch,)), abstract((batch,)))
-    in_shardings = (shardings, rows, whole, rows, rows, rows, rows)
-    return _compile(generate, args, mesh, rules, in_shardings, rows), config
+
+def sa3_generate(model, generation, steps: int):
+    """``generate(params, noise, rng, text, mask, padding_mask, seconds_total)`` of an SA3 model
+    (``models.sa3_conditioning.SA3Conditioned``) as ``SA3Pipeline`` samples it."""
+    from stableaudio_jax.inference.sa3 import generate_latents
+    cfg, apg = float(generation.cfg_scale), float(generation.apg_scale)
+
+    def generate(params, noise, rng, text, mask, padding, total):
+        cond = model.condition(params, text, mask, None, total)
+        velocity = lambda x, t, cross, g, local, m: model.denoiser.apply(  # noqa: E731
+            params["denoiser"], x, t, cross, g, local, m)
+        return generate_latents(velocity, noise, rng, cond["cross_attn_cond"], cond["global_cond"], padding,
+                                steps=steps, sampler=str(generation.sampler), cfg_scale=cfg, apg_scale=apg,
+                                guided=cfg != 1.0)
+    return generate
+
+
+def guidance(config) -> dict:
+    """What the sampler of ``compile_sampler`` runs: its name and whether each step is a guided (doubled) call."""
+    if config.model.type == SA3_TYPE:
+        return {"sampler": str(config.generation.sampler), "cfg": float(config.generation.cfg_scale) != 1.0}
+    from stableaudio_jax.diffusion.samplers import DEFAULT_SAMPLERS
+    return {"sampler": DEFAULT_SAMPLERS[config.diffusion.objective], "cfg": True}
 
 
 # one decode chunk compile per (target, mesh, batch, VAE): it does not depend on the clip's length (only the number
@@ -77,26 +116,38 @@ _DECODE_CHUNKS: dict[tuple, Any] = {}
 
 def compile_decode_chunk(config, strategy: Strategy, target: Target):
     """One chunk of the chunked VAE decode (``chunk + 2 overlap`` latent frames) and the number of chunks."""
-    from stableaudio_jax.models.chunked_vae import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
     config = apply(config, strategy)
     frames = int(config.training.crop_frames)
-    window = min(frames, DEFAULT_CHUNK_SIZE + 2 * DEFAULT_OVERLAP)
-    chunks = 1 if frames <= window else math.ceil(frames / DEFAULT_CHUNK_SIZE)
     dtype = jnp.dtype(config.get("dtype", "float32"))
-    key = (target.name, tuple(strategy.mesh), strategy.global_batch(), window, str(dtype), config.vae.to_json(),
+    vae, chunk, overlap = autoencoder(config, dtype)
+    window = min(frames, chunk + 2 * overlap)
+    chunks = 1 if frames <= window else math.ceil(frames / chunk)
+    key = (target.name, tuple(strategy.mesh), strategy.global_batch(), window, str(dtype), repr(vae),
            repr(config.sharding_rules))
     if key not in _DECODE_CHUNKS:
-        _DECODE_CHUNKS[key] = _compile_decode(config, strategy, target, window, dtype)
+        _DECODE_CHUNKS[key] = _compile_decode(vae, config, strategy, target, window)
     return _DECODE_CHUNKS[key], chunks
 
 
-def _compile_decode(config, strategy: Strategy, target: Target, window: int, dtype):
-    from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
+def autoencoder(config, dtype) -> tuple[nn.Module, int, int]:
+    """The config's autoencoder and its decode chunking (chunk, overlap in latent frames): an SA3 config's SAME
+    (``config.autoencoder``, chunked as its config's ``chunking``), else ``config.vae`` in ``models.chunked_vae``'s
+    default chunks."""
+    if config.model.type == SA3_TYPE:
+        from stableaudio_jax.config_loader import load_config
+        from stableaudio_jax.models.same import same_from_config
+        same = load_config(config.autoencoder)
+        return same_from_config(same.model, dtype=dtype), int(same.chunking.chunk_size), int(same.chunking.overlap)
+    from stableaudio_jax.models.chunked_vae import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
     from stableaudio_jax.store.builders import vae_from_config
+    return vae_from_config(config.vae, dtype=dtype), DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
+
+
+def _compile_decode(vae, config, strategy: Strategy, target: Target, window: int):
+    from stableaudio_jax.parallel.sharding import normalize_rules, param_shardings
     from stableaudio_jax.training.loop import abstract_with_shardings
     mesh, rules = _mesh(strategy, target), normalize_rules(config.sharding_rules)
-    vae = vae_from_config(config.vae, dtype=dtype)
-    audio = jax.ShapeDtypeStruct((1, vae.downsampling_ratio, vae.audio_channels), jnp.float32)
+    audio = jax.ShapeDtypeStruct((1, window * vae.downsampling_ratio, vae.audio_channels), jnp.float32)
     boxed = jax.eval_shape(lambda a: vae.init(jax.random.key(0), a, sample=False), audio)
     shardings = param_shardings(boxed, mesh, rules)
     rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
@@ -137,20 +188,21 @@ def run_generation(config, strategy: Strategy, target: Target, steps: int = 100)
     sampler, applied = compile_sampler(config, strategy, target, min(steps, 2))
     mesh = _mesh(strategy, target)
     decoder, chunks = compile_decode_chunk(config, strategy, target)
-    depth = int(applied.model.depth) if applied.model.type == "dit" else 1
+    layered = applied.model.type in LAYERED
+    depth = int(applied.model.depth) if layered else 1
     # an unrolled DiT of depth 1 or 2 is its own twin at the sampler's step count: that program is compiled once
-    own_twin = (depth, min(steps, 2)) if applied.model.type == "dit" and not applied.model.get("scan_layers") else None
+    own_twin = (depth, min(steps, 2)) if layered and not applied.model.get("scan_layers") else None
     small = {}
     for layers, n in ((1, 1), (2, 1), (1, 2), (2, 2)):
         if (layers, n) == own_twin:
             small[(layers, n)] = analysis.describe(sampler, mesh)
             continue
         twin = apply(config, strategy)
-        if applied.model.type == "dit":
+        if layered:
             twin.model.depth, twin.model.scan_layers = layers, False
         small[(layers, n)] = analysis.describe(compile_sampler(twin, dataclasses.replace(strategy, scan_layers=False),
                                                                target, n)[0], mesh)
-    if applied.model.type != "dit":  # no layer scan to fit: the (1, s) and (2, s) compiles are the same program
+    if not layered:  # no layer scan to fit: the (1, s) and (2, s) compiles are the same program
         depth = 1
     fit = lambda get: bilinear({k: get(v) for k, v in small.items()}, depth, steps)  # noqa: E731
     fitted = lambda name, fields: {  # noqa: E731  (per collective kind, or per mesh axes)
@@ -171,13 +223,13 @@ def run_generation(config, strategy: Strategy, target: Target, steps: int = 100)
     memory = {"sampler": analysis.memory(sampler), "decode_chunk": analysis.memory(decoder)}
     peak = max(m["total"] for m in memory.values())
     frames = int(applied.training.crop_frames)
-    seconds_audio = frames * math.prod(applied.vae.strides) / applied.vae.sample_rate
+    seconds_audio = frames / frames_per_second(applied)
     # the phases run one after the other: a roofline of the summed counts would let the compute-bound decode hide
     # under the memory-bound sampling steps
     bound = None if None in parts.values() else sum(parts.values())
     return {"workload": "generate", "strategy": strategy.as_dict(), "target": target.as_dict(),
             "devices": target.device_count, "frames": frames, "audio_seconds": seconds_audio, "steps": steps,
-            "cfg": True, "decode_chunks": chunks, "memory": dict(memory["sampler"], total=peak, parts=memory),
+            **guidance(applied), "decode_chunks": chunks, "memory": dict(memory["sampler"], total=peak, parts=memory),
             "fits": targets.fits(peak, target), "cost": cost, "collectives": collectives, "traffic": traffic,
             "bound_parts": parts,
             "cost_method": "sampler: bilinear fit of unrolled (depth, steps) in {1,2}^2 compiles; decode: chunks x "
