@@ -49,6 +49,11 @@ declare -A plans=(
   # Stable Audio 3 Medium (1.45 B) training on its longest clips (4096 frames, 380 s): one chip's batch of 1 under
   # FSDP over a v5p-8's 4 chips, without and with full remat (one strategy each, not a search)
   [sa3_medium_v5p-8]="--config configs/sa3.py:medium --target tpu:v5p-8 --mesh 1x4x1 --batch 1 --remat none,full --no-measure"
+  # the same step on the other slices: full remat only (without it the step needs > 159 GiB per chip on the v5p-8,
+  # more than any of these chips has), FSDP over each slice's 8 chips / the node's 8 GPUs
+  [sa3_medium_v5e-8]="--config configs/sa3.py:medium --target tpu:v5e-8 --mesh 1x8x1 --batch 1 --remat full --no-measure"
+  [sa3_medium_v6e-8]="--config configs/sa3.py:medium --target tpu:v6e-8 --mesh 1x8x1 --batch 1 --remat full --no-measure"
+  [sa3_medium_h100x8]="--config configs/sa3.py:medium --target gpu:h100x8 --mesh 1x8x1 --batch 1 --remat full --no-measure"
   # ... and generating that clip as the post-trained model does (ping-pong, 8 steps, unguided), bfloat16 weights:
   # the DiT's heads over the 4 chips, the SAME-L decoder in 192-frame chunks (128 + 2 x 32 overlap)
   [sa3_medium_generate_v5p-8]="--config configs/sa3.py:medium --target tpu:v5p-8 --workload generate --param-dtype bfloat16 --mesh 1x1x4 --batch 1 --steps 8 --config.training.crop_frames=4096 --config.generation.sampler=pingpong"
@@ -62,7 +67,8 @@ declare -A xla_flags=([sao_finetune_ema_device_l4x1]=$l4_gemm [sao_finetune_ema_
 order=(sao_v5p-8 sao_v5e-8 sao_v5p-64 sao_v6e-64 sao_h100x8 sao_finetune_l4x1 sao_remat_l4x1 sao_finetune_l4x8 sao_finetune_ema_device_l4x1
        sao_finetune_ema_host_l4x1 sao_finetune_ema_off_l4x1 sao_lora16_l4x1 sao_lora64_l4x1 dit3b_v5p-64
        dit3b_v6e-64 sao_attention_v5e-8 vae_h100x8 sao_generate_tp_v5p-8 sao_generate_dp_v5p-8 sao_generate_length_v5p-8 sao_v5p-64_batch sao_v6e-64_batch
-       sao_v6e-256_fsdp sao_v6e-256 sao_batch256_v5p sa3_medium_v5p-8 sa3_medium_generate_v5p-8)
+       sao_v6e-256_fsdp sao_v6e-256 sao_batch256_v5p sa3_medium_v5p-8 sa3_medium_v5e-8 sa3_medium_v6e-8 sa3_medium_h100x8
+       sa3_medium_generate_v5p-8)
 for name in "${@:-${order[@]}}"; do
   echo "== $name: stableaudio-jax bench sharding ${plans[$name]}"
   rm -f "$out/$name.jsonl"
