@@ -42,7 +42,7 @@ UNET_BASE = ["model.channels=32", "model.multipliers=(1,2,2)", "model.factors=(2
 # (8x compression of 16 kHz mono): with only 800 steps, decoding noisy posterior samples of a 16-channel latent left
 # its reconstructions so smeared that the instrument classifier recognised 44% of them (56% decoding the mean, 62%
 # with 32 channels and lr 2e-3; 16 held-out clips; docs/learning.md). The cpu-long preset's 5e-4 left this 800-step
-# VAE further from converged (mel distance 2.64 vs 2.52, SI-SDR 17 dB lower: benchmarks/cpu_preset_vae_lr.py,
+# VAE further from converged (mel distance 2.64 vs 2.52, SI-SDR 17-18 dB lower: benchmarks/cpu_preset_vae_lr.py,
 # docs/results/cpu_preset_vae_lr.json), so the cpu preset keeps 2e-3. gpu / tpu keep the reference's recipe.
 ALL_INSTRUMENTS = ("piano", "strings", "flute", "organ", "guitar", "choir", "brass", "marimba")
 # min_seconds: clip lengths vary from it to `seconds` (shorter than the window: what teaches seconds_total).
