@@ -72,9 +72,10 @@ def summarize(workdir: str) -> dict:
 def dit_grad_norms(workdir: str) -> dict:
     """The DiT's gradient norm at its logged steps: whether cpu-long's other change (clipping at norm 1) would act
     on this preset at all."""
+    from common import spread
     with open(os.path.join(workdir, "dit", "metrics.jsonl"), encoding="utf-8") as f:
         norms = [row["train/grad_norm"] for row in map(json.loads, f) if "train/grad_norm" in row]
-    return {"logged_steps": len(norms), "max": max(norms), "median": sorted(norms)[len(norms) // 2]}
+    return {"logged_steps": len(norms), **spread(norms)}
 
 
 def main(argv=None) -> int:
