@@ -66,16 +66,6 @@ def test_the_options_the_parity_rests_on_each_change_the_output(reference):
         assert not np.allclose(model.clone(**change).apply(variables, audio), base, atol=1e-3), change
 
 
-def test_banded_attention_in_chunks_equals_the_whole_band():
-    """Long sequences attend chunk by chunk against their band of keys (memory O(L (chunk + 2 window))): the same
-    numbers as one masked softmax over the whole sequence, at a chunk that does not divide the length."""
-    q, k, v = (jax.random.normal(key, (2, 50, 3, 8)) for key in jax.random.split(jax.random.key(0), 3))
-    whole = same._attend(q, k, v, window=5, chunk=64)
-    chunked = same._attend(q, k, v, window=5, chunk=16)
-    np.testing.assert_allclose(chunked, whole, atol=1e-5)
-    assert not np.allclose(same._attend(q, k, v, window=None), whole, atol=1e-3)
-
-
 def test_decode_noise_is_the_references_and_only_with_a_key(reference):
     """With a ``noise`` key the decoder adds what the reference adds at inference (N(0, 0.01^2) on the new tokens,
     N(0, (1e-3 running_std)^2) on the latents); without one it is deterministic."""

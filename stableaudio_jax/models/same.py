@@ -15,11 +15,13 @@ Dynamic-Tanh q/k norms and rotary embeddings on the first half of each head, and
 ``sin(pi x)`` in a decoder's last ``sinusoidal_blocks - 1`` blocks). Attention never crosses far: SAME-S attends
 inside chunks of ``chunk_size`` latents' tokens (the second half of the blocks on chunks shifted by half a chunk,
 the sequence's first and last half-chunk repeated at its ends), SAME-L inside a band of ``sliding_window`` latents'
-tokens either side. The reference's stochastic parts (noise on the decoder's new tokens, on the decoded latents)
-happen only when a ``noise`` rng is given.
+tokens either side (``models/band_attention.py``: the Pallas splash kernel on TPU, blocked XLA elsewhere). The
+reference's stochastic parts (noise on the decoder's new tokens, on the decoded latents) happen only when a
+``noise`` rng is given.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from stableaudio_jax.models.attention import apply_partial_rotary, rotary_tables
+from stableaudio_jax.models.band_attention import band_attention
 from stableaudio_jax.models.layers import DenseGeneral, WNConv1d, module_from_config
 
 Dtype = Any
@@ -53,41 +56,10 @@ def _dense(features: int, name: str, kw: dict, use_bias: bool = False, zero: boo
     return DenseGeneral((features,), ("embed", "mlp"), name=name, use_bias=use_bias, kernel_init=init, **kw)
 
 
-def _attend(q, k, v, window: int | None, chunk: int = 1024):
-    """Softmax attention [B, L, H, D] at 1/sqrt(D); ``window``: keys at most that many positions away, computed
-    chunk by chunk of queries against their band of keys (memory O(L * (chunk + 2 window)), not O(L^2))."""
-    scale = q.shape[-1] ** -0.5
-    if window is None or q.shape[1] <= chunk:
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-        if window is not None:
-            i = jnp.arange(q.shape[1])
-            scores = jnp.where(jnp.abs(i[:, None] - i[None, :]) <= window, scores, -jnp.inf)
-        return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1).astype(v.dtype), v)
-    length = q.shape[1]
-    chunks = -(-length // chunk)
-    pad = chunks * chunk - length
-    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    k, v = (jnp.pad(t, ((0, 0), (window, pad + window), (0, 0), (0, 0))) for t in (k, v))
-    span = chunk + 2 * window
-
-    def one(n):
-        qs = jax.lax.dynamic_slice_in_dim(q, n * chunk, chunk, axis=1)
-        ks, vs = (jax.lax.dynamic_slice_in_dim(t, n * chunk, span, axis=1) for t in (k, v))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", qs, ks, preferred_element_type=jnp.float32) * scale
-        key_pos = n * chunk - window + jnp.arange(span)  # positions in the unpadded sequence
-        query_pos = n * chunk + jnp.arange(chunk)
-        near = (jnp.abs(query_pos[:, None] - key_pos[None, :]) <= window) & (key_pos >= 0) & (key_pos < length)
-        scores = jnp.where(near, scores, -jnp.inf)
-        return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1).astype(vs.dtype), vs)
-
-    out = jax.lax.map(one, jnp.arange(chunks))  # [chunks, B, chunk, H, D]
-    out = jnp.moveaxis(out, 0, 1).reshape(q.shape[0], chunks * chunk, *q.shape[2:])
-    return out[:, :length]
-
-
 class DifferentialAttention(nn.Module):
     head_dim: int = 64
     window: int | None = None  # in tokens, either side
+    attention_impl: str = "auto"  # models/band_attention.py: "xla", "splash" (Pallas, TPU) or "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -103,7 +75,8 @@ class DifferentialAttention(nn.Module):
         cos, sin = rotary_tables(x.shape[1], self.head_dim // 2)
         q, q2 = (apply_partial_rotary(q_norm(t), cos, sin) for t in (q, q2))
         k, k2 = (apply_partial_rotary(k_norm(t), cos, sin) for t in (k, k2))
-        out = _attend(q, k, v, self.window) - _attend(q2, k2, v, self.window)
+        attend = functools.partial(band_attention, window=self.window, impl=self.attention_impl)
+        out = attend(q, k, v) - attend(q2, k2, v)
         return _dense(dim, "to_out", kw, zero=True)(out.reshape(*x.shape[:2], dim))
 
 
@@ -127,13 +100,14 @@ class SAMETransformerBlock(nn.Module):
     ff_mult: int = 3
     sinusoidal: bool = False
     window: int | None = None
+    attention_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = x + DifferentialAttention(self.head_dim, self.window, name="self_attn", **kw)(
+        x = x + DifferentialAttention(self.head_dim, self.window, self.attention_impl, name="self_attn", **kw)(
             DynamicTanh(name="pre_norm", **kw)(x))
         return x + GLUFeedForward(self.ff_mult, self.sinusoidal, name="ff", **kw)(DynamicTanh(name="ff_norm", **kw)(x))
 
@@ -156,6 +130,7 @@ class ResamplingBlock(nn.Module):
     chunk_size: int = 32  # in input tokens (encoder: patches); used when there is no sliding window
     midpoint_shift: bool = False
     sliding_window: int | None = None  # in latents, either side
+    attention_impl: str = "auto"
     sinusoidal_blocks: int = 0
     mask_noise: float = 0.0
     conv_mapping: bool = False
@@ -188,7 +163,7 @@ class ResamplingBlock(nn.Module):
 
     def _blocks(self, kw: dict, window: int | None):
         return [SAMETransformerBlock(self.head_dim, self.ff_mult, self.depth - i < self.sinusoidal_blocks, window,
-                                     name=f"transformers_{i}", **kw) for i in range(self.depth)]
+                                     self.attention_impl, name=f"transformers_{i}", **kw) for i in range(self.depth)]
 
     def _transformer(self, x, kw: dict):
         group = self.stride + 1
@@ -259,6 +234,7 @@ class SAMEAutoencoder(nn.Module):
     chunk_size: int = 32
     midpoint_shift: bool = True
     sliding_window: int | None = None
+    attention_impl: str = "auto"  # "xla", "splash" (the Pallas kernel; TPU) or "auto" (models/band_attention.py)
     decoder_sinusoidal_blocks: int = 0
     decoder_mask_noise: float = 0.01
     encoder_conv_mapping: bool = False
@@ -272,7 +248,8 @@ class SAMEAutoencoder(nn.Module):
 
     def setup(self):
         kw = dict(stride=self.stride, head_dim=self.head_dim, ff_mult=self.ff_mult, chunk_size=self.chunk_size,
-                  midpoint_shift=self.midpoint_shift, sliding_window=self.sliding_window, dtype=self.dtype,
+                  midpoint_shift=self.midpoint_shift, sliding_window=self.sliding_window,
+                  attention_impl=self.attention_impl, dtype=self.dtype,
                   param_dtype=self.param_dtype)
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.encoder = ResamplingBlock(self.width, kind="encoder", depth=self.encoder_depth,
