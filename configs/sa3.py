@@ -72,6 +72,10 @@ def _add_training(config, tiny: bool) -> None:
     t.timestep_sampler = "logit_normal"  # the SA3 models' training sampler, then shifted by length
     t.mask_padding = True                # frames past a clip never reach the loss (always, for SA3)
     t.demo.every = 0                     # demos render through the SAO pipeline; SA3 runs show `generate` instead
+    # LoRA as the reference's train_lora.py sets it (rank 0 = off; it uses 16 with alpha = rank): DoRA with
+    # per-row magnitudes on every layer of the DiT. Its conditioner's seconds_total embedding, which the reference
+    # adapts too, stays frozen here (its docs advise `--exclude seconds_total` on small datasets)
+    t.lora.update(targets="all", kind="dora-rows")
     # inpainting masks per example (the reference's types 0, 1, 2): segments given, nothing given, a prefix given
     # context_loss_weight: the given frames' loss weight (the reference's mask_loss_weight, default 0: the model is
     # not taught to reproduce the given latents, and generation does not paste them back)

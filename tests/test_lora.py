@@ -159,3 +159,28 @@ def test_dora_starts_as_the_identity_merges_as_sa3_bakes_it_and_agrees_unmerged(
                                np.asarray(layer(again["params"])["kernel"]), atol=1e-6)
     with pytest.raises(ValueError, match="dropout is a LoRA option"):
         lora.LoraSpec(rank=2, alpha=2.0, dropout=0.1, kind=kind)
+
+
+def test_dora_on_every_layer_trains_through_zero_initialised_layers():
+    """``targets="all"`` (SA3's train_lora.py default) adapts every kernel, the DiT's zero-initialised output
+    projections among them: their DoRA gradient is zero where the weight's norm is zero (as torch's norm gives),
+    never NaN, which would spread to every adapter."""
+    spec = lora.LoraSpec(rank=2, alpha=2.0, targets=lora.TARGET_SETS["all"], kind="dora-rows")
+    dit, variables, adapters, inputs = _model(False, spec)
+    assert lora.adapter_paths(adapters) == sorted(lora.linear_layers(variables))
+    zero = [p for p in lora.linear_layers(variables) if not np.any(_at(variables["params"], p)["kernel"])]
+    assert zero  # zero-initialised layers exist and are adapted
+
+    def loss(trained):
+        out = dit.apply(lora.with_adapters(variables, {**adapters, lora.LORA: trained}), *inputs)
+        return jnp.mean(out ** 2)
+
+    grads = jax.grad(loss)(adapters[lora.LORA])  # the first step: B = 0, so a zero kernel's V is zero too
+    assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
+    assert np.abs(_at(grads, "project_out")["b"]).max() > 0  # (a fresh DiT's zero output layers block the rest)
+
+
+def _at(tree, path: str):
+    for key in path.split("/"):
+        tree = tree[key]
+    return tree

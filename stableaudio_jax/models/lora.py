@@ -37,7 +37,11 @@ COLLECTIONS = (LORA, LORA_SCALE)
 ATTENTION = (r"attn\w*/(to_)?(qkv|q|kv|out)$",)
 ATTENTION_AND_MLP = ATTENTION + (r"ff/(proj|out)$", r"ff_(in|out)$")  # DiT SwiGLU, U-Net GELU MLP
 WITH_CONVS = ATTENTION_AND_MLP + (r"conv\w*$",)  # + convolutions (U-Net conv1/conv2, down_i_conv, up_i_conv)
-TARGET_SETS = {"attention": ATTENTION, "attention+mlp": ATTENTION_AND_MLP, "attention+mlp+conv": WITH_CONVS}
+# every linear layer and convolution the model has: Stable Audio 3's train_lora.py default (its add_lora adapts
+# every Linear and Conv1d when no include / exclude is given)
+EVERY_LAYER = (r".",)
+TARGET_SETS = {"attention": ATTENTION, "attention+mlp": ATTENTION_AND_MLP, "attention+mlp+conv": WITH_CONVS,
+               "all": EVERY_LAYER}
 KINDS = ("lora", "dora-rows", "dora-cols")
 NORM_AXIS = {"dora-rows": -2, "dora-cols": -1}  # of a kernel [..., in, out]: per output / per input feature
 
@@ -134,7 +138,16 @@ def dora_kernel(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: jax.Array,
     w = kernel.astype(jnp.float32).reshape(*a.shape[:-1], b.shape[-1])
     w = w + jnp.einsum("...ir,...ro->...io", a, b) * jnp.asarray(scale)[..., None, None]
     axis = -2 if m.shape[-2] == 1 else -1
-    return m * w / (jnp.linalg.norm(w, axis=axis, keepdims=True) + 1e-12)
+    return m * w / (_norm(w, axis) + 1e-12)
+
+
+def _norm(w: jax.Array, axis: int) -> jax.Array:
+    """``||w||`` along ``axis`` (keepdims) with a zero gradient where the norm is zero, as torch's norm has: the
+    plain ``sqrt`` gives NaN there, and a zero row (a zero-initialised layer of the base, say) would make every
+    DoRA update NaN."""
+    squares = jnp.sum(w * w, axis=axis, keepdims=True)
+    positive = squares > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1.0)), 0.0)
 
 
 def _maybe_create(module: nn.Module, fan_in: int, fan_out: int, kernel: jax.Array | None = None) -> None:
