@@ -23,7 +23,10 @@ import statistics
 import sys
 import time
 
+import tqdm
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import environment  # noqa: E402
 from sa3_reference import import_reference, reference_commit  # noqa: E402
 
 PROMPT = "warm analog synth pad with slow filter movement"
@@ -160,9 +163,11 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default="/tmp/sa3_bench")
     parser.add_argument("--exact-length", action="store_true",
                         help="ours on the reference's exact latent length instead of its length bucket")
+    parser.add_argument("--reference-commit", help="the checkout's commit, when it is not a git work tree")
     args = parser.parse_args(argv)
     import jax
     import torch
+    env = environment(with_torch=True)  # host, its load at start, versions, threads, the code's commit
     s = sizes(args.variant)
     config = model_config(s)
     text_dir = tokenizer_directory(args.workdir, s["vocab"])
@@ -174,7 +179,9 @@ def main(argv=None) -> int:
         run_ours = lambda: jax.block_until_ready(ours([PROMPT], [seconds], seed=0))  # noqa: E731
         run_reference = lambda: reference.generate(PROMPT, duration=seconds, steps=8, seed=0)  # noqa: E731
         warm = {"ours_first_call_s": timed(run_ours), "reference_first_call_s": timed(run_reference)}
-        pairs = [(timed(run_ours), timed(run_reference)) for _ in range(args.pairs)]
+        pairs = []
+        for _ in tqdm.trange(args.pairs, desc=f"{seconds:g} s pairs"):
+            pairs.append((timed(run_ours), timed(run_reference)))
         ratios = [r / o for o, r in pairs]  # > 1: ours is faster
         frames = {"ours_frames": ours.lengths([seconds]).frames,  # ours: a length bucket unless --exact-length
                   "reference_frames": sa3_frames(ours, seconds)}
@@ -189,7 +196,8 @@ def main(argv=None) -> int:
            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                        "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                        "xla_flags": os.environ.get("XLA_FLAGS", "")},
-           "reference_commit": reference_commit(args.reference, None), "date": time.strftime("%Y-%m-%d")}
+           "environment": env,
+           "reference_commit": reference_commit(args.reference, args.reference_commit), "date": time.strftime("%Y-%m-%d")}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
