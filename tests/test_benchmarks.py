@@ -340,3 +340,35 @@ def test_cpu_preset_vae_lr_changes_only_the_rate_and_reads_what_the_vae_trained_
     assert row["dit_grad_norm"] == {"logged_steps": 3, "max": 0.75, "median": 0.5, "min": 0.25}
     assert row["vae_lr"] == 5e-4 and row["total_seconds"] == 750.0 and row["test"]["vae"]["mel_distance"] == 2.6
     assert row["test"]["timing"]["tail_energy_db"] == -2.3 and row["test"]["through_vae"] == {"clips": 12}
+
+
+def test_length_crossover_times_musicgen_and_estimates_sao_from_measured_steps(tmp_path):
+    """The length benchmark on tiny sizes: MusicGen runs one decoder step per 50 Hz frame (+3 for its delay pattern)
+    and returns that much audio; SAO's 100-step time is built from its measured stages, flagged as an estimate;
+    the crossover is read from the two curves; SA3 without its reference checkout is refused by name."""
+    out, png = tmp_path / "crossover.json", tmp_path / "crossover.png"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "length_crossover_bench.py"), "--variant", "tiny",
+           "--systems", "musicgen", "sao", "--seconds", "0.1", "--sao-steps", "2", "--out", str(out),
+           "--plot", str(png)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    musicgen, sao = report["runs"]["musicgen"], report["runs"]["sao"]
+    assert [r["decoder_steps"] for r in musicgen] == [8]
+    assert [r["audio_seconds"] for r in musicgen] == pytest.approx([0.1])
+    for r in sao:
+        stages = r["stages_s"]
+        assert r["estimated"] and r["measured_steps"] == 2
+        assert r["seconds_s"] == pytest.approx(r["measured_s"] + 98 * stages["sampling_s"] / 2)
+    assert set(report["against_musicgen"]) == {"sao"} and png.stat().st_size > 0
+    refused = subprocess.run(cmd[:2] + ["--systems", "sa3", "--out", str(out)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--systems sa3 needs --reference" in refused.stderr
+
+
+def test_length_crossover_is_read_between_the_lengths_where_the_faster_system_changes():
+    bench = _benchmark_module("length_crossover_bench")
+    found = bench.crossovers([10, 30, 60], diffusion=[30.0, 40.0, 50.0], autoregressive=[10.0, 40.0 + 10.0, 100.0])
+    assert found["diffusion_faster_at"] == [30, 60]
+    assert found["crossings"] == [{"seconds": pytest.approx(10 + 20 * 20 / 30), "diffusion_faster_above": True}]
+    assert bench.crossovers([10, 20], [1.0, 2.0], [5.0, 6.0]) == {"diffusion_faster_at": [10, 20], "crossings": []}
