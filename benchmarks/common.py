@@ -179,3 +179,29 @@ def write_report(report: dict, out: str | None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w", encoding="utf-8") as f:
             f.write(text + "\n")
+
+
+def random_text_to_audio(config, text_encoder, text_width: int, source: str, dtype: str = "float32"):
+    """A ``TextToAudioModel`` with random weights at a diffusion config's sizes (its DiT and its ``vae``), computing
+    in ``dtype``, around ``text_encoder`` (whose features are ``text_width`` wide): what the generation benchmarks
+    time."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    import ml_collections
+
+    from stableaudio_jax.diffusion.samplers import default_sampling
+    from stableaudio_jax.models.conditioned import example_text
+    from stableaudio_jax.store import VAE, TextToAudioModel, diffusion_model
+    from stableaudio_jax.store.builders import diffusion_model_from_config, resolve_conditioning, vae_from_config
+    model = diffusion_model_from_config(resolve_conditioning(config), dtype, "float32")
+    text, mask = example_text(1, int(config.conditioning.text.get("max_length") or 77), text_width)
+    params = jax.jit(lambda k: nn.unbox(model.init(k, jnp.zeros((1, 16, model.latent_channels)), text, mask)))(
+        jax.random.key(1))
+    vae_module = vae_from_config(config.vae, dtype=dtype)
+    vae_params = jax.jit(lambda k: vae_module.init(k, jnp.zeros((1, vae_module.downsampling_ratio, 2)),
+                                                   sample=False))(jax.random.key(2))
+    vae = VAE(vae_module, vae_params, ml_collections.ConfigDict(config.vae.to_dict()), f"random {source} VAE")
+    return TextToAudioModel(text_encoder, diffusion_model(config, params, f"random {source} DiT", dtype=dtype),
+                            vae, ml_collections.ConfigDict({"audio": config.audio.to_dict(),
+                                                            "sampling": default_sampling("v")}), "benchmark")
+

@@ -33,7 +33,7 @@ import numpy as np
 import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, write_report  # noqa: E402
+from common import environment, random_text_to_audio, write_report  # noqa: E402
 
 PROMPT = "warm analog synth pad with slow filter movement"
 SAO_STEPS = 100  # SAO's published default (dpmpp-3m-sde in its demo; DPM-Solver++ 2M costs the same per step here)
@@ -105,40 +105,24 @@ def sa3_run(pipe, seconds: float) -> dict:
 
 def sao_pipeline(variant: str, directory: str):
     """Ours at SAO's sizes (configs/dit.py:sao: the 24-layer DiT, the Oobleck VAE, t5-base), random weights."""
-    import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    import ml_collections
 
     from stableaudio_jax.config_loader import load_config
-    from stableaudio_jax.diffusion.samplers import default_sampling
     from stableaudio_jax.inference.pipeline import TextToAudioPipeline
-    from stableaudio_jax.models.conditioned import example_text
     from stableaudio_jax.models.t5 import T5Encoder
-    from stableaudio_jax.store import VAE, T5TextEncoder, TextToAudioModel, diffusion_model
-    from stableaudio_jax.store.builders import diffusion_model_from_config, resolve_conditioning, vae_from_config
+    from stableaudio_jax.store import T5TextEncoder
     from stableaudio_jax.store.tokenizers import T5Tokenizer, train_sentencepiece
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = load_config(os.path.join(root, f"configs/dit.py:{'sao' if variant == 'small' else 'tiny'}"), [])
-    model = diffusion_model_from_config(resolve_conditioning(config), "float32", "float32")
     t = config.conditioning.text
-    text, mask = example_text(1, int(t.max_length), int(t.model.d_model))
-    params = jax.jit(lambda k: nn.unbox(model.init(k, jnp.zeros((1, 16, model.latent_channels)), text, mask)))(
-        jax.random.key(1))
-    diffusion = diffusion_model(config, params, "random SAO DiT", dtype="float32")
-    vae_module = vae_from_config(config.vae, dtype="float32")
-    vae_params = jax.jit(lambda k: vae_module.init(k, jnp.zeros((1, vae_module.downsampling_ratio, 2)),
-                                                   sample=False))(jax.random.key(2))
-    vae = VAE(vae_module, vae_params, ml_collections.ConfigDict(config.vae.to_dict()), "random SAO VAE")
     spiece = train_sentencepiece([PROMPT, "rain on a tin roof", "a dog barking"] * 50,
                                  os.path.join(directory, "spiece.model"), vocab_size=200)
     encoder = T5Encoder(**t.model.to_dict())
     ids = jnp.zeros((1, int(t.max_length)), jnp.int32)
     text_params = jax.jit(lambda k: encoder.init(k, ids, jnp.ones(ids.shape, bool)))(jax.random.key(3))
     text_encoder = T5TextEncoder(encoder, text_params, T5Tokenizer(spiece, int(t.max_length)), int(t.max_length))
-    bundle = TextToAudioModel(text_encoder, diffusion, vae, ml_collections.ConfigDict(
-        {"audio": config.audio.to_dict(), "sampling": default_sampling("v")}), "benchmark")
-    return TextToAudioPipeline(bundle)
+    return TextToAudioPipeline(random_text_to_audio(config, text_encoder, int(t.model.d_model), "SAO"))
 
 
 def sao_run(pipe, seconds: float, steps: int) -> dict:

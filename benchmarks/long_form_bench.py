@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import environment, write_report
+from common import environment, random_text_to_audio, write_report
 
 PROMPT = "slow evolving ambient pads with distant piano, 70 bpm"
 
@@ -44,30 +44,11 @@ def clap_encoder(directory: str):
 
 
 def build_pipeline(depth: int, dtype: str, directory: str):
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    import ml_collections
-
     from stableaudio_jax.config_loader import load_config
-    from stableaudio_jax.diffusion.samplers import default_sampling
     from stableaudio_jax.inference.pipeline import TextToAudioPipeline
-    from stableaudio_jax.models.conditioned import example_text
-    from stableaudio_jax.store import VAE, TextToAudioModel, diffusion_model
-    from stableaudio_jax.store.builders import diffusion_model_from_config, resolve_conditioning, vae_from_config
     config = load_config("configs/dit.py:sa2", [f"--config.model.depth={depth}", "--config.model.scan_layers=false"])
-    resolved = resolve_conditioning(config)
-    model = diffusion_model_from_config(resolved, dtype, "float32")
     frames = config.audio.sample_size // 2048
-    text, mask = example_text(1, 77, 768)
-    params = jax.jit(lambda k: nn.unbox(model.init(k, jnp.zeros((1, 16, 64)), text, mask)))(jax.random.key(1))
-    diffusion = diffusion_model(config, params, "random sa2 DiT", dtype=dtype)
-    vae_module = vae_from_config(config.vae, dtype=dtype)
-    vae_params = jax.jit(lambda k: vae_module.init(k, jnp.zeros((1, 2048, 2)), sample=False))(jax.random.key(2))
-    vae = VAE(vae_module, vae_params, ml_collections.ConfigDict(config.vae.to_dict()), "random SAO VAE")
-    audio = {"sample_rate": 44100, "channels": 2, "sample_size": int(config.audio.sample_size)}
-    bundle = TextToAudioModel(clap_encoder(directory), diffusion, vae, ml_collections.ConfigDict(
-        {"audio": audio, "sampling": default_sampling("v")}), "benchmark")
+    bundle = random_text_to_audio(config, clap_encoder(directory), 768, "sa2", dtype)
     return TextToAudioPipeline(bundle), frames
 
 
